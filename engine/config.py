@@ -1,0 +1,144 @@
+"""Engine configuration: one typed place for thresholds, paths and the tracking store.
+
+Why a file and not flags: risk thresholds, value tiers and drift alert levels are business decisions
+that an operator changes without a release. Defaults ship in `engine/defaults/config.yaml`; a
+`retain.yaml` in the working directory, a file named by `RETAIN_CONFIG`, or `--config FILE` overrides
+any subset of it (deep-merged). Environment variable `MLFLOW_TRACKING_URI` overrides the store.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from engine.errors import ConfigError
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RiskGrades(_Strict):
+    """Churn-probability cut-offs: >= high is 'high', >= medium is 'medium', else 'low'."""
+
+    high: float = Field(0.5, gt=0, lt=1)
+    medium: float = Field(0.25, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RiskGrades:
+        if self.medium >= self.high:
+            raise ValueError(f"medium ({self.medium}) must be below high ({self.high})")
+        return self
+
+
+class ValueTiers(_Strict):
+    """3-month mean ARPU cut-offs for the value tier."""
+
+    high: float = Field(80.0, gt=0)
+    medium: float = Field(40.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ValueTiers:
+        if self.medium >= self.high:
+            raise ValueError(f"medium ({self.medium}) must be below high ({self.high})")
+        return self
+
+
+class Lifecycle(_Strict):
+    """Tenure and usage-trend boundaries of the lifecycle stages new / growth / mature / decline."""
+
+    new_months: int = Field(6, ge=1)
+    growth_months: int = Field(24, ge=1)
+    decline_usage_drop: float = Field(0.3, gt=0, lt=1, description="Usage fall month on month that means decline")
+
+
+class Training(_Strict):
+    trials: int = Field(20, ge=1)
+    timeout_seconds: float | None = Field(None, gt=0)
+    folds: int = Field(3, ge=2)
+    holdout_share: float = Field(0.2, gt=0, lt=0.9)
+    seed: int = 42
+    max_iterations: int = Field(1000, ge=10)
+    early_stopping_rounds: int = Field(50, ge=5)
+    reference_sample_rows: int = Field(50_000, ge=100, description="Rows logged with the model as drift reference")
+
+
+class Drift(_Strict):
+    """Alert thresholds for `retain drift`."""
+
+    drift_share: float = Field(0.3, gt=0, le=1, description="Share of drifted features that raises an alert")
+    feature_threshold: float | None = Field(None, gt=0, description="Per-feature drift threshold (Evidently default when empty)")
+    sample_rows: int = Field(200_000, ge=1000, description="Current rows sampled (seeded) above this size")
+    auc_drop: float = Field(0.05, gt=0, lt=1, description="ROC AUC fall vs training hold-out that raises an alert")
+
+
+class Settings(_Strict):
+    tracking_uri: str = DEFAULT_TRACKING_URI
+    model_name: str = "churn"
+    policy_dir: str = "policies"
+    risk_grades: RiskGrades = RiskGrades()
+    value_tiers: ValueTiers = ValueTiers()
+    lifecycle: Lifecycle = Lifecycle()
+    training: Training = Training()
+    drift: Drift = Drift()
+    reasons: dict[str, list[str]] = Field(default_factory=dict, description="Reason family -> features")
+    reason_labels: dict[str, str] = Field(default_factory=dict, description="Reason family -> words")
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key not in ("reasons", "reason_labels"):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file '{path}' does not exist") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: malformed YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings")
+    return data
+
+
+@lru_cache(maxsize=1)
+def _defaults() -> dict[str, Any]:
+    text = resources.files("engine.defaults").joinpath("config.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def load_settings(path: str | Path | None = None, *, tracking_uri: str | None = None) -> Settings:
+    """Defaults, then retain.yaml / RETAIN_CONFIG / `path`, then MLFLOW_TRACKING_URI, then `tracking_uri`."""
+    data = dict(_defaults())
+    source = "defaults"
+    candidate = Path(path) if path else (Path(os.environ["RETAIN_CONFIG"]) if os.environ.get("RETAIN_CONFIG")
+                                         else Path("retain.yaml"))
+    if path or os.environ.get("RETAIN_CONFIG") or candidate.exists():
+        data = _deep_merge(data, _read_yaml(candidate))
+        source = str(candidate)
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        data["tracking_uri"] = os.environ["MLFLOW_TRACKING_URI"]
+    if tracking_uri:
+        data["tracking_uri"] = tracking_uri
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(x) for x in err["loc"])
+        raise ConfigError(f"{source}: setting '{field}': {err['msg']}") from None
