@@ -75,7 +75,7 @@ class Drift(_Strict):
     """Alert thresholds for `retain drift`."""
 
     drift_share: float = Field(0.3, gt=0, le=1, description="Share of drifted features that raises an alert")
-    feature_threshold: float | None = Field(None, gt=0, description="Per-feature drift threshold (Evidently default when empty)")
+    feature_threshold: float | None = Field(None, gt=0, description="Per-feature drift threshold (empty: Evidently default)")
     sample_rows: int = Field(200_000, ge=1000, description="Current rows sampled (seeded) above this size")
     auc_drop: float = Field(0.05, gt=0, lt=1, description="ROC AUC fall vs training hold-out that raises an alert")
 

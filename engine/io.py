@@ -28,7 +28,8 @@ def read_table(path: str | Path, *, what: str = "input table") -> pd.DataFrame:
     """Read a Parquet or CSV table, refusing missing, unreadable or empty files with a clear error."""
     p = Path(path)
     if not p.exists():
-        raise DataError(f"{what} '{p}' does not exist", hint="check the path, or create data with `retain data generate`")
+        raise DataError(f"{what} '{p}' does not exist",
+                        hint="check the path, or create data with `retain data generate`")
     if p.is_dir():
         raise DataError(f"{what} '{p}' is a directory, expected a .parquet or .csv file")
     suffix = p.suffix.lower()

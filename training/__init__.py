@@ -1,0 +1,1 @@
+"""Training: data splits, Optuna study over CatBoost, evaluation, MLflow logging and registration."""
