@@ -75,9 +75,15 @@ class Drift(_Strict):
     """Alert thresholds for `retain drift`."""
 
     drift_share: float = Field(0.3, gt=0, le=1, description="Share of drifted features that raises an alert")
-    feature_threshold: float | None = Field(None, gt=0, description="Per-feature drift threshold (empty: Evidently default)")
+    feature_threshold: float | None = Field(None, gt=0, description="Per-feature threshold; empty: Evidently default")
     sample_rows: int = Field(200_000, ge=1000, description="Current rows sampled (seeded) above this size")
     auc_drop: float = Field(0.05, gt=0, lt=1, description="ROC AUC fall vs training hold-out that raises an alert")
+
+
+class Governance(_Strict):
+    """Promotion gate: a candidate may be at most this much worse in hold-out ROC AUC than the holder."""
+
+    auc_tolerance: float = Field(0.005, ge=0, lt=1)
 
 
 class Settings(_Strict):
@@ -89,6 +95,7 @@ class Settings(_Strict):
     lifecycle: Lifecycle = Lifecycle()
     training: Training = Training()
     drift: Drift = Drift()
+    governance: Governance = Governance()
     reasons: dict[str, list[str]] = Field(default_factory=dict, description="Reason family -> features")
     reason_labels: dict[str, str] = Field(default_factory=dict, description="Reason family -> words")
 

@@ -1,0 +1,45 @@
+"""Use cases the CLI (and later the API) call: each loads its inputs, runs the library, publishes outputs.
+
+Why a service layer: `retain decide` on a file and a future real-time lookup share everything but
+I/O. Keeping file handling here keeps `decide.py` pure (frame in, decisions out).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.actions import log_decision_run, write_decisions
+from engine.config import Settings
+from engine.decide import ProgressFn, decide_frame
+from engine.io import read_table
+from engine.registry import load_model
+
+
+@dataclass
+class DecisionRunResult:
+    summary: dict[str, Any]
+    files: dict[str, Path]
+    mlflow_run_id: str | None
+
+
+def load_policy_engine(policy_dir: str | Path):
+    """Load, validate and compile a policy set. A set with errors raises and is never used."""
+    from engine.policy import PolicyEngine, load_policy_set
+
+    return PolicyEngine(load_policy_set(policy_dir))
+
+
+def decide_file(input_path: str | Path, out_dir: str | Path, *, settings: Settings, model: str | None = None,
+                policy_dir: str | Path | None = None, log_run: bool = True,
+                progress: ProgressFn | None = None) -> DecisionRunResult:
+    """Decide for every subscriber in a file and publish decisions + work orders into `out_dir`."""
+    policy_engine = load_policy_engine(policy_dir or settings.policy_dir)  # fail fast, before heavy work
+    frame = read_table(input_path, what="subscriber table")
+    loaded = load_model(settings, model)
+    decisions = decide_frame(frame, loaded=loaded, policy_engine=policy_engine, settings=settings,
+                             source=str(input_path), progress=progress)
+    files = write_decisions(decisions, out_dir)
+    run_id = log_decision_run(settings, decisions, files) if log_run else None
+    return DecisionRunResult(summary=decisions.summary, files=files, mlflow_run_id=run_id)

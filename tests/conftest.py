@@ -1,0 +1,82 @@
+"""Shared fixtures: a real MLflow store (SQLite) with a small real model, trained once per session."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST_TRAINING = {"training": {"trials": 2, "folds": 2, "max_iterations": 120, "early_stopping_rounds": 15,
+                              "reference_sample_rows": 2000}}
+
+
+@dataclass
+class Store:
+    """A tracking store folder with a config that keeps training tiny."""
+
+    root: Path
+    config: Path
+
+    @property
+    def uri(self) -> str:
+        return f"sqlite:///{self.root / 'mlruns' / 'mlflow.db'}"
+
+    def args(self) -> list[str]:
+        return ["--config", str(self.config), "--tracking-uri", self.uri]
+
+    def settings(self):
+        from engine.config import load_settings
+
+        return load_settings(self.config, tracking_uri=self.uri)
+
+
+def make_store(root: Path) -> Store:
+    root.mkdir(parents=True, exist_ok=True)
+    cfg = root / "retain.yaml"
+    cfg.write_text(yaml.safe_dump(FAST_TRAINING))
+    return Store(root, cfg)
+
+
+@pytest.fixture(scope="session")
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture(scope="session")
+def month_files(tmp_path_factory) -> dict[str, Path]:
+    """Small simulated months: base (train), same distribution, and a drifted month."""
+    from engine.simulator import generate
+
+    from engine.io import write_table
+
+    folder = tmp_path_factory.mktemp("months")
+    files = {"base": folder / "base.parquet", "same": folder / "same.parquet", "drifted": folder / "drifted.parquet"}
+    write_table(generate(4000, seed=1), files["base"])
+    write_table(generate(3000, seed=2), files["same"])
+    write_table(generate(3000, seed=3, scenario="competitor_campaign"), files["drifted"])
+    return files
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, month_files, runner) -> Store:
+    """A store whose model version 1 is trained on the base month and promoted to champion."""
+    from engine.cli import app
+
+    store = make_store(tmp_path_factory.mktemp("store"))
+    res = runner.invoke(app, ["train", "--data", str(month_files["base"]), "--json", *store.args()])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert summary["model_version"] == "1"
+    res = runner.invoke(app, ["models", "promote", "1", "--alias", "champion", *store.args()])
+    assert res.exit_code == 0, res.output
+    return store
+
+
+@pytest.fixture()
+def store(tmp_path) -> Store:
+    return make_store(tmp_path / "store")
