@@ -6,3 +6,10 @@ with drift watching the inputs and outputs.
 """
 
 __version__ = "0.1.0"
+
+import os as _os
+
+# Library noise users cannot act on (MLflow registration chatter, artefact progress bars) stays off
+# unless the user asks for it through the same environment variables.
+_os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
+_os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

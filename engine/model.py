@@ -87,15 +87,19 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
             raw = cal["a"] * raw + cal["b"]
         return 1.0 / (1.0 + np.exp(-raw))
 
-    def shap_values(self, features: pd.DataFrame, *, approximate: bool = True) -> np.ndarray:
-        """Per-feature attributions (log-odds), base value dropped. Approximate mode is ~10x cheaper."""
+    def shap_values(self, features: pd.DataFrame, *, approximate: bool = False) -> np.ndarray:
+        """Per-feature attributions (log-odds), base value dropped.
+
+        Exact by default: on our models (depth <= 8, a few hundred trees) CatBoost's approximate mode was
+        measured no faster (~14 k rows/s either way) and changed the top reason for ~5% of subscribers.
+        """
         vals = self.booster.get_feature_importance(
             self._pool(features), type="ShapValues",
             shap_calc_type="Approximate" if approximate else "Regular")
         return vals[:, :-1]
 
     def explain(self, df: pd.DataFrame, *, features: pd.DataFrame | None = None,
-                approximate: bool = True) -> pd.DataFrame:
+                approximate: bool = False) -> pd.DataFrame:
         """reason, reason_share, reason_signal per row (same index as `df`)."""
         feats = self.features(df) if features is None else features
         shap = self.shap_values(feats, approximate=approximate)

@@ -9,6 +9,7 @@ for later drift checks. The CLI only renders what this returns.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import subprocess
 import tempfile
@@ -268,10 +269,11 @@ def _log_model(mlflow, client, settings: Settings, model: ChurnModel, raw_train:
         ref_path = Path(tmp) / Path(REFERENCE_ARTIFACT).name
         reference.to_parquet(ref_path, index=False)
         mlflow.log_artifact(str(ref_path), artifact_path=str(Path(REFERENCE_ARTIFACT).parent))
-        info = mlflow.pyfunc.log_model(
-            name="model", python_model=ChurnModel(), artifacts=artifacts, signature=signature,
-            input_example=example, registered_model_name=settings.model_name if register else None,
-            pip_requirements=_requirements())
+        with contextlib.redirect_stderr(io.StringIO()):  # MLflow prints registration chatter to stderr
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=ChurnModel(), artifacts=artifacts, signature=signature,
+                input_example=example, registered_model_name=settings.model_name if register else None,
+                pip_requirements=_requirements())
     if info.signature is None:
         raise ModelError("the logged model has no signature; refusing to register it")
     version = str(info.registered_model_version) if register and info.registered_model_version else None
