@@ -78,12 +78,57 @@ class Drift(_Strict):
     feature_threshold: float | None = Field(None, gt=0, description="Per-feature threshold; empty: Evidently default")
     sample_rows: int = Field(200_000, ge=1000, description="Current rows sampled (seeded) above this size")
     auc_drop: float = Field(0.05, gt=0, lt=1, description="ROC AUC fall vs training hold-out that raises an alert")
+    score_threshold: float = Field(0.1, gt=0, description="Churn-probability drift (normed Wasserstein distance) "
+                                                          "that raises an alert")
+    risk_mix_threshold: float = Field(0.1, gt=0, description="Risk-grade mix shift (PSI) that raises an alert")
+    seed: int = Field(0, description="Seed of the row sample taken above sample_rows")
+    webhook_timeout: float = Field(10.0, gt=0, description="Seconds to wait for a --webhook receiver")
+    experiment: str = Field("monitoring", min_length=1, description="MLflow experiment of the monitoring runs")
 
 
 class Governance(_Strict):
     """Promotion gate: a candidate may be at most this much worse in hold-out ROC AUC than the holder."""
 
     auc_tolerance: float = Field(0.005, ge=0, lt=1)
+
+
+class ContactRules(_Strict):
+    """Contact law: fatigue limit, cool-down after a refusal, quiet hours for calls."""
+
+    max_contacts_30d: int = Field(2, ge=0, description="Outbound contacts allowed per subscriber in 30 days")
+    cooldown_days_after_decline: int = Field(30, ge=0)
+    quiet_hours_start: str = Field("20:00", pattern=r"^\d{2}:\d{2}$")
+    quiet_hours_end: str = Field("09:00", pattern=r"^\d{2}:\d{2}$")
+
+
+class ControlGroup(_Strict):
+    """A stable random share of eligible subscribers gets no offer, so effects can be measured."""
+
+    share: float = Field(0.1, ge=0, lt=1)
+    salt: str = "retain-control"
+
+
+class Channel(_Strict):
+    cost: float = Field(ge=0, description="Cost of one contact on this channel")
+    daily_capacity: int | None = Field(None, gt=0, description="Contacts the channel can handle per run")
+
+
+class Arbitration(_Strict):
+    """Expected net value = P(churn) x P(accept) x value kept x horizon - offer cost - channel cost."""
+
+    horizon_months: float = Field(6, gt=0)
+    budget: float | None = Field(None, ge=0, description="Total offer + channel cost allowed per run; empty: none")
+    acceptance_default: float = Field(0.10, gt=0, le=1, description="P(accept) when nothing more specific is set")
+    acceptance: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="offer id -> {reason or 'default': P(accept)}")
+
+    @model_validator(mode="after")
+    def _rates(self) -> Arbitration:
+        for offer, rates in self.acceptance.items():
+            for reason, rate in rates.items():
+                if not 0 < rate <= 1:
+                    raise ValueError(f"acceptance rate {offer}.{reason} = {rate} must be in (0, 1]")
+        return self
 
 
 class Settings(_Strict):
@@ -96,14 +141,28 @@ class Settings(_Strict):
     training: Training = Training()
     drift: Drift = Drift()
     governance: Governance = Governance()
+    contact: ContactRules = ContactRules()
+    control_group: ControlGroup = ControlGroup()
+    arbitration: Arbitration = Arbitration()
+    channels: dict[str, Channel] = Field(default_factory=dict, description="Contact channel -> cost, capacity")
     reasons: dict[str, list[str]] = Field(default_factory=dict, description="Reason family -> features")
     reason_labels: dict[str, str] = Field(default_factory=dict, description="Reason family -> words")
+
+    @model_validator(mode="after")
+    def _known_channels(self) -> Settings:
+        from engine.attributes import CHANNELS
+
+        unknown = sorted(set(self.channels) - set(CHANNELS))
+        if unknown:
+            raise ValueError(f"unknown channel(s) {unknown}; channels are {', '.join(CHANNELS)}")
+        return self
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key not in ("reasons", "reason_labels"):
+        replace_whole = key in ("reasons", "reason_labels", "acceptance")
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and not replace_whole:
             merged[key] = _deep_merge(merged[key], value)
         else:
             merged[key] = value
