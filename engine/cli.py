@@ -224,11 +224,22 @@ def decide(
                                                     "summary.json (published atomically).")],
     model: Annotated[str, typer.Option(help="Model alias, version number or URI.")] = "champion",
     policies: Annotated[Path | None, typer.Option(help="Policy folder (default from config: policies/).")] = None,
+    contact_history: Annotated[Path | None, typer.Option(
+        help="Contact history (.csv/.parquet: subscriber_id, contacted_on, channel, offer_id, outcome) for "
+             "contact limits and cool-downs; this run's contacts are appended to it.")] = None,
+    run_date: Annotated[str | None, typer.Option("--date", help="Decision date YYYY-MM-DD (default: today); "
+                                                                "offer validity and due dates follow it.")] = None,
     log_run: Annotated[bool, typer.Option("--log/--no-log", help="Record the run in MLflow.")] = True,
     config: ConfigOpt = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
-    """Score, explain, segment and match policies for every subscriber; write decisions and work orders."""
+    """Score, explain, segment, match policies and arbitrate for every subscriber; write work orders.
+
+    Each subscriber gets at most one offer: among the offers the policies make eligible, the one with the
+    best expected net value, within the run's budget and each channel's capacity, never breaking the
+    contact rules (opt-out, contact limit, cool-down). A stable share of eligible subscribers is kept
+    as a control group and gets no offer.
+    """
     from engine.service import decide_file
 
     settings = settings_for(config, tracking_uri)
@@ -237,27 +248,42 @@ def decide(
             status.update(f"{step}: {done:,}/{total:,}")
 
         result = decide_file(input, out, settings=settings, model=model, policy_dir=policies, log_run=log_run,
-                             progress=progress)
+                             contact_history=contact_history, run_date=_date(run_date), progress=progress)
     render_decision_summary(result.summary)
     console.print(f"decisions: {result.files['decisions']}")
     console.print(f"work orders: {Path(result.files['summary']).parent / 'work_orders'}")
 
 
+def _date(text: str | None):
+    import datetime as dt
+
+    if text is None:
+        return None
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise RetainError(f"--date '{text}' is not a date", hint="use YYYY-MM-DD") from None
+
+
 def render_decision_summary(s: dict[str, Any]) -> None:
+    """Per risk grade, value tier, status, channel and offer; then cost, budget and expected saves."""
     table = Table(title=f"Decision run {s['decision_run']} - {s['subscribers']:,} subscribers, "
                         f"model {s['model_version'] or s['model']}, policy {s['policy_hash'][:12]}",
                   title_justify="left")
     table.add_column("group")
     table.add_column("value")
     table.add_column("subscribers", justify="right")
-    for grade in ("high", "medium", "low"):
-        table.add_row("risk grade", grade, f"{s['risk_grades'].get(grade, 0):,}")
-    for status, n in s["status"].items():
-        table.add_row("status", status, f"{n:,}")
-    for channel, n in s["offers_per_channel"].items():
-        table.add_row("channel", channel, f"{n:,}")
+    sections = [("risk grade", s["risk_grades"]), ("value tier", s["value_tiers"]), ("status", s["status"]),
+                ("channel", s["offers_per_channel"]), ("offer", s["offers"])]
+    for name, counts in sections:
+        for value, n in sorted(counts.items(), key=lambda kv: -kv[1]):
+            table.add_row(name, value, f"{n:,}")
+        table.add_section()
     console.print(table)
-    console.print(f"total offer cost: {s['total_offer_cost']:,.2f}")
+    budget = "no limit" if s.get("budget") is None else f"{s['budget']:,.2f}"
+    console.print(f"offer cost {s['total_offer_cost']:,.2f} + channel cost {s['total_channel_cost']:,.2f} = "
+                  f"{s['budget_used']:,.2f} (budget {budget}); control group {s['control_group']:,}; "
+                  f"expected saves {s['expected_saves']:,.1f}, expected value kept {s['expected_saved_value']:,.2f}")
 
 
 # ---------------------------------------------------------------------------------------------

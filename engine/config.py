@@ -12,7 +12,7 @@ import os
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -27,8 +27,14 @@ class _Strict(BaseModel):
 
 
 class RiskGrades(_Strict):
-    """Churn-probability cut-offs: >= high is 'high', >= medium is 'medium', else 'low'."""
+    """Churn-probability cut-offs: >= high is 'high', >= medium is 'medium', else 'low'.
 
+    With `capacity_high` / `capacity_medium` set, grades follow what the channels can handle instead: the
+    top N subscribers by probability are high, the next M medium.
+    """
+
+    capacity_high: int | None = Field(None, gt=0)
+    capacity_medium: int | None = Field(None, ge=0)
     high: float = Field(0.5, gt=0, lt=1)
     medium: float = Field(0.25, gt=0, lt=1)
 
@@ -40,8 +46,9 @@ class RiskGrades(_Strict):
 
 
 class ValueTiers(_Strict):
-    """3-month mean ARPU cut-offs for the value tier."""
+    """Value tier method: 'kmeans' (RFM clusters fitted with the model) or 'thresholds' on 3-month ARPU."""
 
+    method: Literal["kmeans", "thresholds"] = "kmeans"
     high: float = Field(80.0, gt=0)
     medium: float = Field(40.0, gt=0)
 
@@ -146,6 +153,8 @@ class Settings(_Strict):
     arbitration: Arbitration = Arbitration()
     channels: dict[str, Channel] = Field(default_factory=dict, description="Contact channel -> cost, capacity")
     reasons: dict[str, list[str]] = Field(default_factory=dict, description="Reason family -> features")
+    explain_risk_grades: list[Literal["high", "medium", "low"]] = Field(
+        default_factory=lambda: ["high", "medium"], description="Risk grades whose churn reason is computed")
     reason_labels: dict[str, str] = Field(default_factory=dict, description="Reason family -> words")
 
     @model_validator(mode="after")

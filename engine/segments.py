@@ -14,7 +14,13 @@ from engine.schema import PREPAID_PLANS
 
 
 def risk_grade(probability: np.ndarray | pd.Series, grades: RiskGrades) -> np.ndarray:
+    """By thresholds, or by capacity (top N high, next M medium) when capacities are configured."""
     p = np.asarray(probability, dtype=float)
+    if grades.capacity_high is not None:
+        rank = np.empty(len(p), dtype=np.int64)
+        rank[np.argsort(-p, kind="stable")] = np.arange(len(p))
+        medium = grades.capacity_high + (grades.capacity_medium or 0)
+        return np.where(rank < grades.capacity_high, "high", np.where(rank < medium, "medium", "low")).astype(object)
     return np.where(p >= grades.high, "high", np.where(p >= grades.medium, "medium", "low")).astype(object)
 
 

@@ -6,12 +6,14 @@ I/O. Keeping file handling here keeps `decide.py` pure (frame in, decisions out)
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from engine.actions import log_decision_run, write_decisions
 from engine.config import Settings
+from engine.contact import append_history, read_history
 from engine.decide import ProgressFn, decide_frame
 from engine.io import read_table
 from engine.registry import load_model
@@ -32,14 +34,23 @@ def load_policy_engine(policy_dir: str | Path):
 
 
 def decide_file(input_path: str | Path, out_dir: str | Path, *, settings: Settings, model: str | None = None,
-                policy_dir: str | Path | None = None, log_run: bool = True,
-                progress: ProgressFn | None = None) -> DecisionRunResult:
-    """Decide for every subscriber in a file and publish decisions + work orders into `out_dir`."""
+                policy_dir: str | Path | None = None, log_run: bool = True, contact_history: str | Path | None = None,
+                run_date: dt.date | None = None, progress: ProgressFn | None = None) -> DecisionRunResult:
+    """Decide for every subscriber in a file and publish decisions + work orders into `out_dir`.
+
+    With `contact_history`, the file's contacts feed the contact rules and this run's contacts are
+    appended to it (outcome 'pending') once the outputs are published.
+    """
     policy_engine = load_policy_engine(policy_dir or settings.policy_dir)  # fail fast, before heavy work
+    history = read_history(contact_history)
     frame = read_table(input_path, what="subscriber table")
     loaded = load_model(settings, model)
     decisions = decide_frame(frame, loaded=loaded, policy_engine=policy_engine, settings=settings,
-                             source=str(input_path), progress=progress)
+                             source=str(input_path), history=history, run_date=run_date, progress=progress)
     files = write_decisions(decisions, out_dir)
+    if contact_history:
+        offered = decisions.table[decisions.table["status"] == "offer"]
+        contacts = offered[["subscriber_id", "channel", "offer_id"]].assign(contacted_on=decisions.run_date)
+        files["contact_history"] = append_history(contact_history, history, contacts)
     run_id = log_decision_run(settings, decisions, files) if log_run else None
     return DecisionRunResult(summary=decisions.summary, files=files, mlflow_run_id=run_id)

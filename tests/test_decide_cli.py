@@ -16,7 +16,7 @@ def test_decide_writes_decisions_and_work_orders(trained, month_files, runner, t
     out = tmp_path / "out"
     res = runner.invoke(app, ["decide", "--input", str(month_files["drifted"]), "--out", str(out), *trained.args()])
     assert res.exit_code == 0, res.output
-    assert "risk grade" in res.output and "total offer cost" in res.output
+    assert "risk grade" in res.output and "expected saves" in res.output
     decisions = pd.read_parquet(out / "decisions.parquet")
     source = pd.read_parquet(month_files["drifted"])
     assert len(decisions) == len(source)

@@ -32,6 +32,7 @@ from engine.errors import DataError, ModelError
 from engine.features import FeaturePipeline
 from engine.model import PROBABILITY, ChurnModel
 from engine.registry import REFERENCE_ARTIFACT, TRAINING_EXPERIMENT, connect, ensure_experiment
+from engine.value import RFM_INPUTS, ValueSegmenter
 from training.data import TrainingTable, load_training_table
 from training.evaluation import expected_calibration_error, figures, holdout_metrics
 from training.tuning import CVResult, TuningSpec, catboost, cross_validate, run_study, study_name_for
@@ -199,7 +200,11 @@ def train(data: str, *, settings: Settings, target: str | None = None, id_column
         booster.fit(Pool(X_train, y_train, cat_features=cat))
         calibration = _platt(cv.oof_raw, y_train.to_numpy())
 
-        spec_json = {"reasons": settings.reasons, "reason_labels": settings.reason_labels,
+        value_segmenter = None
+        if all(c in raw_train.columns for c in RFM_INPUTS):
+            value_segmenter = ValueSegmenter(seed=seed).fit(raw_train).to_dict()
+        spec_json = {"reasons": settings.reasons, "value_segmenter": value_segmenter,
+                     "reason_labels": settings.reason_labels,
                      "target": table.config.target, "id_column": table.config.id_column,
                      "dataset": table.config.model_dump(), "calibration": calibration,
                      "data_fingerprint": table.fingerprint, "code_version": code_version()}
