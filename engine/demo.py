@@ -20,7 +20,7 @@ DRIFT_SCENARIO = "competitor_campaign"
 
 def run_demo(settings: Settings, *, rows: int, trials: int, out: Path, console: Console) -> dict[str, object]:
     from engine.cli import render_decision_summary
-    from engine.drift_service import run_drift_files
+    from engine.monitoring.service import run_drift_files
     from engine.governance import promote
     from engine.service import decide_file
     from engine.simulator import generate

@@ -392,11 +392,11 @@ def generate(n: int, seed: int = 0, scenario: str = "baseline") -> pd.DataFrame:
     df = pd.DataFrame({
         "subscriber_id": _ids(n),
         "tenure_months": tenure,
-        "plan": pd.Categorical.from_codes(plan, categories=list(PLANS)),
+        "plan": _labels(plan, PLANS),
         "contract_months_left": contract_left,
-        "region": pd.Categorical.from_codes(region, categories=list(REGIONS)),
-        "age_group": pd.Categorical.from_codes(age, categories=list(AGE_GROUPS)),
-        "preferred_channel": pd.Categorical.from_codes(channel, categories=list(CHANNELS)),
+        "region": _labels(region, REGIONS),
+        "age_group": _labels(age, AGE_GROUPS),
+        "preferred_channel": _labels(channel, CHANNELS),
         "opt_out": opt_out,
         "arpu_m0": np.round(arpu_m0, 2),
         "arpu_m1": np.round(arpu_m1, 2),
@@ -415,10 +415,17 @@ def generate(n: int, seed: int = 0, scenario: str = "baseline") -> pd.DataFrame:
         "days_inactive": days_inactive,
         "competitor_contact": competitor_contact,
         TARGET: churn.astype(np.int64),
-        REASON_LABEL: pd.Categorical.from_codes(reason_code, categories=list(REASONS)),
+        REASON_LABEL: _labels(reason_code, REASONS),
     }, copy=False)  # no block consolidation: saves a full copy of the table (about 1 s per million rows)
     assert list(df.columns[: len(SUBSCRIBER_COLUMNS)]) == [c.name for c in SUBSCRIBER_COLUMNS]
     return df
+
+
+def _labels(codes: np.ndarray, levels: tuple[str, ...]) -> np.ndarray:
+    """Plain strings (None for code -1), not pandas 'category': MLflow's pyfunc schema enforcement refuses
+    category columns, and a scorer handed our Parquet files must be able to call the model directly."""
+    table = np.asarray([*levels, None], dtype=object)
+    return table[np.where(codes < 0, len(levels), codes)]
 
 
 def summary(df: pd.DataFrame) -> dict[str, object]:

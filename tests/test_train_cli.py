@@ -22,7 +22,7 @@ def test_train_logs_run_registers_version_and_reference(trained, runner):
 
     client = MlflowClient(tracking_uri=trained.uri, registry_uri=trained.uri)
     mv = client.get_model_version_by_alias("churn", "champion")
-    assert mv.version == "1"
+    assert str(mv.version) == "1"
     assert len(mv.tags["data_fingerprint"]) == 64
     assert mv.tags["code_version"]
     assert json.loads(mv.tags["training_config"])["trials"] == 2

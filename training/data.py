@@ -49,15 +49,15 @@ def binary_target(values: pd.Series, *, source: str, name: str, positive: object
     """Map yes/no, true/false, 1/0 (or an explicit positive label) to 1/0, refusing anything else."""
     if values.isna().any():
         raise DataError(f"{source}: target column '{name}' has {int(values.isna().sum())} empty value(s)")
+    levels = values.astype(str).str.strip().str.lower().str.replace(r"\.0$", "", regex=True).unique()
+    if len(levels) > 2:
+        raise DataError(f"{source}: target column '{name}' has {len(levels)} classes "
+                        f"({sorted(levels)[:5]}), expected two", hint="churn must be binary")
     if positive is not None:
         out = (values.astype(str).str.strip().str.lower() == str(positive).strip().lower()).astype(int)
     else:
         words = values.astype(str).str.strip().str.lower().str.replace(r"\.0$", "", regex=True)
-        levels = set(words.unique())
-        if len(levels) > 2:
-            raise DataError(f"{source}: target column '{name}' has {len(levels)} classes "
-                            f"({sorted(levels)[:5]}), expected two", hint="churn must be binary")
-        unknown = levels - POSITIVE_WORDS - NEGATIVE_WORDS
+        unknown = set(levels) - POSITIVE_WORDS - NEGATIVE_WORDS
         if unknown:
             raise DataError(f"{source}: target column '{name}' has values {sorted(unknown)} that are not yes/no, "
                             "true/false or 1/0", hint="set positive_label in a dataset config")

@@ -14,6 +14,7 @@ import json
 import subprocess
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -268,7 +269,9 @@ def _log_model(mlflow, client, settings: Settings, model: ChurnModel, raw_train:
     from mlflow.models import infer_signature
 
     example = raw_train[model.input_columns].head(5).reset_index(drop=True)
-    signature = infer_signature(example, model.predict(None, example))
+    with warnings.catch_warnings():  # MLflow's "integer columns cannot hold missing values" hint: ours never do
+        warnings.simplefilter("ignore", UserWarning)
+        signature = infer_signature(example, model.predict(None, example))
     with tempfile.TemporaryDirectory() as tmp:
         artifacts = model.save_artifacts(Path(tmp) / "parts")
         ref_path = Path(tmp) / Path(REFERENCE_ARTIFACT).name
