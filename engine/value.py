@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 from sklearn.cluster import KMeans
 
-TIERS = ("low", "medium", "high")
 RFM_INPUTS = ("days_inactive", "voice_min_m0", "data_gb_m0", "arpu_m0", "arpu_m1", "arpu_m2")
 
 
@@ -28,34 +27,47 @@ def rfm(df: pd.DataFrame) -> np.ndarray:
     return np.column_stack([recency, frequency, monetary])
 
 
-class ValueSegmenter:
-    """K-Means on standardised RFM with clusters relabelled low/medium/high by monetary centre."""
+#: Weights of the standardised (recency, frequency, monetary) centre in a cluster's value score.
+VALUE_WEIGHTS = np.array([0.25, 0.25, 1.0])
 
-    def __init__(self, n_tiers: int = 3, seed: int = 0, max_rows: int = 200_000) -> None:
-        self.n_tiers, self.seed, self.max_rows = n_tiers, seed, max_rows
+
+class ValueSegmenter:
+    """K-Means on standardised RFM; clusters ranked by value score, top one 'high', bottom one 'low'.
+
+    Four clusters, not three: on subscriber data one cluster always forms around inactivity (recency),
+    and with three it would swallow a tier. The clusters between the top and the bottom are 'medium'.
+    """
+
+    def __init__(self, n_clusters: int = 4, seed: int = 0, max_rows: int = 200_000) -> None:
+        self.n_clusters, self.seed, self.max_rows = n_clusters, seed, max_rows
 
     def fit(self, df: pd.DataFrame) -> ValueSegmenter:
         x = rfm(df)
         if len(x) > self.max_rows:  # K-Means centres settle long before a million rows
             x = x[np.random.default_rng(self.seed).choice(len(x), self.max_rows, replace=False)]
         self.mean_, self.scale_ = x.mean(axis=0), x.std(axis=0) + 1e-9
-        km = KMeans(self.n_tiers, n_init=10, random_state=self.seed).fit((x - self.mean_) / self.scale_)
-        order = np.argsort(km.cluster_centers_[:, 2])  # by monetary centre
+        km = KMeans(self.n_clusters, n_init=10, random_state=self.seed).fit((x - self.mean_) / self.scale_)
+        order = np.argsort(km.cluster_centers_ @ VALUE_WEIGHTS)  # ascending value score
         self.centers_ = km.cluster_centers_[order]
         return self
+
+    def tier_of_cluster(self) -> np.ndarray:
+        tiers = np.full(len(self.centers_), "medium", dtype=object)
+        tiers[0], tiers[-1] = "low", "high"
+        return tiers
 
     def transform(self, df: pd.DataFrame) -> np.ndarray:
         z = (rfm(df) - self.mean_) / self.scale_
         dist = ((z[:, None, :] - self.centers_[None, :, :]) ** 2).sum(axis=2)
-        return np.asarray(TIERS, dtype=object)[dist.argmin(axis=1)]
+        return self.tier_of_cluster()[dist.argmin(axis=1)]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"n_tiers": self.n_tiers, "seed": self.seed, "mean_": self.mean_.tolist(),
+        return {"n_clusters": self.n_clusters, "seed": self.seed, "mean_": self.mean_.tolist(),
                 "scale_": self.scale_.tolist(), "centers_": self.centers_.tolist()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ValueSegmenter:
-        seg = cls(data["n_tiers"], data["seed"])
+        seg = cls(data["n_clusters"], data["seed"])
         seg.mean_, seg.scale_ = np.asarray(data["mean_"]), np.asarray(data["scale_"])
         seg.centers_ = np.asarray(data["centers_"])
         return seg
