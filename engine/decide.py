@@ -6,8 +6,9 @@ memory stays flat. Rules are evaluated once per distinct combination of rule inp
 engine, so their cost does not grow with the number of subscribers.
 
 The steps, in order: validate -> score -> grade -> explain (only grades that can be acted on, because
-attributions are the slow part) -> policies (every eligible offer) -> control group -> contact rules
--> arbitration (best expected net value within budget and channel capacity) -> work orders.
+attributions are the slow part) -> policies (every eligible offer) -> contact rules -> arbitration (best
+expected net value within budget and channel capacity) -> control group (a stable share of those chosen
+keeps its would-be offer on record but is not contacted) -> work orders.
 """
 
 from __future__ import annotations
@@ -129,7 +130,9 @@ def decide_frame(frame: pd.DataFrame, *, loaded: LoadedModel, policy_engine: Any
 
     rows = cands["row"].to_numpy()
     contactable = ~(cands["channel"].isin(list(OUTBOUND_CHANNELS)).to_numpy() & (blocked[rows] != ""))
-    open_cands = cands[contactable & ~control[rows]].copy()
+    # Control subscribers go through arbitration like everyone else, so each carries the offer, rule and
+    # channel it *would* have received: uplift per rule/offer/channel then compares like with like.
+    open_cands = cands[contactable].copy()
     open_cands[PROBABILITY] = scored[PROBABILITY].to_numpy()[open_cands["row"].to_numpy()]
     open_cands["reason"] = scored["reason"].to_numpy()[open_cands["row"].to_numpy()]
     valued = expected_net_value(open_cands, settings.arbitration, settings.channels, learned)
@@ -176,7 +179,10 @@ def _decision_table(scored: pd.DataFrame, cands: pd.DataFrame, allocation: pd.Da
     not_chosen = allocation[allocation["arbitration"] != CHOSEN]
     status[not_chosen["row"].to_numpy()] = not_chosen["arbitration"].to_numpy()
     status[pos] = STATUS_OFFER
+    control = control & (status == STATUS_OFFER)  # held out from what would have been sent
     status[control] = STATUS_CONTROL
+    for col in ("offer_cost", "channel_cost"):
+        cols[col][control] = 0.0  # nothing is spent on the control group
     blocked_reason = np.where(status == STATUS_BLOCKED, blocked, "")
 
     table["control"] = control

@@ -20,8 +20,8 @@ DRIFT_SCENARIO = "competitor_campaign"
 
 def run_demo(settings: Settings, *, rows: int, trials: int, out: Path, console: Console) -> dict[str, object]:
     from engine.cli import render_decision_summary
-    from engine.monitoring.service import run_drift_files
     from engine.governance import promote
+    from engine.monitoring.service import run_drift_files
     from engine.service import decide_file
     from engine.simulator import generate
     from training.train import train

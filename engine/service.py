@@ -47,6 +47,7 @@ def decide_file(input_path: str | Path, out_dir: str | Path, *, settings: Settin
     loaded = load_model(settings, model)
     decisions = decide_frame(frame, loaded=loaded, policy_engine=policy_engine, settings=settings,
                              source=str(input_path), history=history, run_date=run_date, progress=progress)
+    decisions.summary["input"] = str(Path(input_path).resolve())
     files = write_decisions(decisions, out_dir)
     if contact_history:
         offered = decisions.table[decisions.table["status"] == "offer"]
