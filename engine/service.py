@@ -7,6 +7,7 @@ I/O. Keeping file handling here keeps `decide.py` pure (frame in, decisions out)
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,8 @@ def load_policy_engine(policy_dir: str | Path):
 
 def decide_file(input_path: str | Path, out_dir: str | Path, *, settings: Settings, model: str | None = None,
                 policy_dir: str | Path | None = None, log_run: bool = True, contact_history: str | Path | None = None,
-                run_date: dt.date | None = None, progress: ProgressFn | None = None) -> DecisionRunResult:
+                run_date: dt.date | None = None, learned: Mapping[tuple[str, str], float] | None = None,
+                progress: ProgressFn | None = None) -> DecisionRunResult:
     """Decide for every subscriber in a file and publish decisions + work orders into `out_dir`.
 
     With `contact_history`, the file's contacts feed the contact rules and this run's contacts are
@@ -46,7 +48,8 @@ def decide_file(input_path: str | Path, out_dir: str | Path, *, settings: Settin
     frame = read_table(input_path, what="subscriber table")
     loaded = load_model(settings, model)
     decisions = decide_frame(frame, loaded=loaded, policy_engine=policy_engine, settings=settings,
-                             source=str(input_path), history=history, run_date=run_date, progress=progress)
+                             source=str(input_path), history=history, run_date=run_date, learned=learned,
+                             progress=progress)
     decisions.summary["input"] = str(Path(input_path).resolve())
     files = write_decisions(decisions, out_dir)
     if contact_history:
