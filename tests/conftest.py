@@ -77,6 +77,12 @@ def trained(tmp_path_factory, month_files, runner) -> Store:
     return store
 
 
+@pytest.fixture(scope="session")
+def new_store():
+    """Factory for a fresh store folder (module-scoped fixtures cannot use `store`)."""
+    return make_store
+
+
 @pytest.fixture()
 def store(tmp_path) -> Store:
     return make_store(tmp_path / "store")

@@ -111,3 +111,26 @@ def figures(y: np.ndarray, p: np.ndarray, importance: pd.Series) -> dict[str, pl
     fig.tight_layout()
     out["plots/feature_importance.png"] = fig
     return out
+
+
+def shap_summary(shap: np.ndarray, features: pd.DataFrame, top: int = 15) -> plt.Figure:
+    """SHAP summary (beeswarm): each dot a subscriber, x its attribution, colour its feature value."""
+    order = np.argsort(-np.abs(shap).mean(axis=0))[:top][::-1]
+    fig, ax = plt.subplots(figsize=(8, 0.4 * len(order) + 1.5))
+    rng = np.random.default_rng(0)
+    for y, j in enumerate(order):
+        col = features.iloc[:, j]
+        if pd.api.types.is_numeric_dtype(col):
+            v = col.to_numpy(dtype=float)
+            lo, hi = np.nanpercentile(v, [5, 95]) if np.isfinite(v).any() else (0, 1)
+            colour = np.clip((v - lo) / (hi - lo if hi > lo else 1), 0, 1)
+        else:
+            codes = pd.factorize(col)[0].astype(float)
+            colour = codes / max(codes.max(), 1)
+        ax.scatter(shap[:, j], y + rng.uniform(-0.3, 0.3, len(shap)), c=colour, cmap="coolwarm", s=4, alpha=0.6,
+                   vmin=0, vmax=1, rasterized=True)
+    ax.set_yticks(range(len(order)), [features.columns[j] for j in order])
+    ax.axvline(0, color="grey", lw=0.8)
+    ax.set(xlabel="SHAP value (impact on churn log-odds)", title="SHAP summary (hold-out; colour = feature value)")
+    fig.tight_layout()
+    return fig

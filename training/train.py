@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as plt
 import numpy as np
 import optuna
 import pandas as pd
@@ -35,7 +36,7 @@ from engine.model import PROBABILITY, ChurnModel
 from engine.registry import REFERENCE_ARTIFACT, TRAINING_EXPERIMENT, connect, ensure_experiment
 from engine.value import RFM_INPUTS, ValueSegmenter
 from training.data import TrainingTable, load_training_table
-from training.evaluation import expected_calibration_error, figures, holdout_metrics
+from training.evaluation import expected_calibration_error, figures, holdout_metrics, shap_summary
 from training.tuning import CVResult, TuningSpec, catboost, cross_validate, run_study, study_name_for
 
 ProgressFn = Callable[[int, int, float | None], None]
@@ -223,6 +224,10 @@ def train(data: str, *, settings: Settings, target: str | None = None, id_column
         mlflow.log_metrics({**{f"holdout_{k}": v for k, v in metrics.items()}, "cv_roc_auc": study.best_value})
         for name, fig in figures(y_hold.to_numpy(), p_hold, importance).items():
             mlflow.log_figure(fig, name)
+        sample = raw_hold.sample(min(len(raw_hold), 2000), random_state=seed)
+        sample_features = pipeline.transform(sample)
+        mlflow.log_figure(shap_summary(model.shap_values(sample_features), sample_features), "plots/shap_summary.png")
+        plt.close("all")
         _log_optuna_plots(mlflow, study)
         mlflow.log_dict({"number": best.number, "value": best.value, "params": best_params,
                          "fold_aucs": best.user_attrs.get("fold_aucs"), "study": study_name},
