@@ -50,9 +50,8 @@ def runner() -> CliRunner:
 @pytest.fixture(scope="session")
 def month_files(tmp_path_factory) -> dict[str, Path]:
     """Small simulated months: base (train), same distribution, and a drifted month."""
-    from engine.simulator import generate
-
     from engine.io import write_table
+    from engine.simulator import generate
 
     folder = tmp_path_factory.mktemp("months")
     files = {"base": folder / "base.parquet", "same": folder / "same.parquet", "drifted": folder / "drifted.parquet"}
