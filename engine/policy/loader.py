@@ -1,0 +1,445 @@
+"""Loading a policy set: YAML files -> validated `PolicySet`, with compiler-style errors.
+
+Every problem is reported as `file:line: rule 'id': what is wrong (hint: how to fix it)`, and all of
+them are collected before raising one `PolicyError`, so a marketer fixes a file in one pass. Line
+numbers come from a YAML loader that remembers where each mapping key and list item starts.
+
+Files: a directory loads every `*.yaml` / `*.yml` below it in sorted path order, except test cases
+(anything under a `tests/` folder, or named `test_*.yaml` / `*_test.yaml`) and hidden files; a file
+path loads just that file. Offers and rules may live in any file; ids must be unique across the set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import string
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from engine.attributes import DECISION_ATTRIBUTES
+from engine.errors import PolicyError
+from engine.policy.conditions import ALWAYS, Problems, closest, parse_condition
+from engine.policy.model import (
+    PREFERRED,
+    Action,
+    Offer,
+    OfferSpec,
+    PolicyFile,
+    PolicySet,
+    Rule,
+    RuleSpec,
+    referenced_attributes,
+)
+
+FORMAT_VERSION = "retain-policy/1"
+#: Fields a message template may insert: every decision attribute plus the subscriber id.
+TEMPLATE_FIELDS = frozenset({*DECISION_ATTRIBUTES, "subscriber_id"})
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML with line numbers
+# ---------------------------------------------------------------------------------------------
+class LineDict(dict):
+    """A mapping that remembers its own line and the line of each key (1-based)."""
+
+    line: int = 0
+    key_lines: dict[Any, int]
+
+
+class LineList(list):
+    """A list that remembers its own line and the line of each item (1-based)."""
+
+    line: int = 0
+    item_lines: list[int]
+
+
+class _LineLoader(yaml.SafeLoader):
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self.duplicate_keys: list[tuple[int, str]] = []
+
+
+def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> LineDict:
+    loader.flatten_mapping(node)
+    out = LineDict()
+    out.line = node.start_mark.line + 1
+    out.key_lines = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            hash(key)
+        except TypeError:
+            raise yaml.constructor.ConstructorError(None, None, "a mapping key must be a plain value",
+                                                    key_node.start_mark) from None
+        if key in out:
+            loader.duplicate_keys.append((key_node.start_mark.line + 1, str(key)))
+        out[key] = loader.construct_object(value_node, deep=True)
+        out.key_lines[key] = key_node.start_mark.line + 1
+    return out
+
+
+def _construct_sequence(loader: _LineLoader, node: yaml.SequenceNode) -> LineList:
+    out = LineList(loader.construct_object(child, deep=True) for child in node.value)
+    out.line = node.start_mark.line + 1
+    out.item_lines = [child.start_mark.line + 1 for child in node.value]
+    return out
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
+
+
+def read_yaml(path: Path, display: str) -> tuple[Any, list[str]]:
+    """Parse one YAML file keeping line numbers. Returns (data, problems)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, [f"{display}: cannot be read ({exc})"]
+    loader = _LineLoader(text)
+    try:
+        data = loader.get_single_data()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 1
+        what = exc.problem or "syntax error"
+        if exc.context:
+            started = f" started at line {exc.context_mark.line + 1}" if exc.context_mark else ""
+            what += f" ({exc.context}{started})"
+        return None, [f"{display}:{line}: malformed YAML: {what} (hint: check indentation, colons and quotes)"]
+    except yaml.YAMLError as exc:
+        return None, [f"{display}: malformed YAML: {exc}"]
+    finally:
+        loader.dispose()
+    problems = [f"{display}:{line}: duplicate key '{key}' (hint: a key may appear once per mapping; "
+                f"the later one would silently win)" for line, key in loader.duplicate_keys]
+    return data, problems
+
+
+def line_at(raw: Any, loc: Iterable[Any], default: int = 0) -> int:
+    """The line of the deepest element of `raw` reachable along `loc` (a pydantic error location)."""
+    line = getattr(raw, "line", default) or default
+    node = raw
+    for part in loc:
+        if isinstance(node, LineDict) and part in node:
+            line = node.key_lines.get(part, line)
+            node = node[part]
+        elif isinstance(node, LineList) and isinstance(part, int) and 0 <= part < len(node):
+            line = node.item_lines[part]
+            node = node[part]
+        else:
+            break
+    return line
+
+
+def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        f = model.model_fields.get(str(part))
+        if f is None:
+            return None
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            args = getattr(ann, "__args__", ())
+            inner = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), None)
+            if inner is None:
+                return None
+            model = inner
+    return model
+
+
+def pydantic_problems(exc: ValidationError, model: type[BaseModel], raw: Any, where: str, context: str,
+                      default_line: int, skip: tuple[str, ...] = ()) -> list[str]:
+    """Turn pydantic errors into `file:line: context: field 'x': problem` lines.
+
+    Errors under a field named in `skip` are left out (those fields are checked by other code).
+    """
+    out = []
+    seen: set[tuple[Any, ...]] = set()
+    for err in exc.errors():
+        # drop pydantic's union-member tags such as "literal['a','b']" from the location
+        loc = tuple(p for p in err["loc"] if isinstance(p, int) or str(p).isidentifier())
+        if loc and loc[0] in skip:
+            continue
+        kind = err["type"]
+        line = line_at(raw, loc, default_line)
+        path = ".".join(str(p) for p in loc)
+        if kind == "extra_forbidden":
+            parent = _model_at(model, loc[:-1])
+            allowed = list(parent.model_fields) if parent else []
+            near = closest(str(loc[-1]), allowed, n=1)
+            maybe = f"did you mean '{near[0]}'? " if near else ""
+            msg = f"unknown field '{path}' (hint: {maybe}allowed fields: {', '.join(allowed)})"
+        elif kind == "missing":
+            msg = f"missing required field '{path}'"
+        elif kind == "string_pattern_mismatch":
+            msg = (f"field '{path}': '{err['input']}' is not a valid id "
+                   f"(hint: use letters, digits, '_', '-' and '.', starting with a letter or digit)")
+        else:
+            text = err["msg"].removeprefix("Value error, ")
+            shown = err.get("input")
+            got = f" (got {shown!r})" if loc and not isinstance(shown, dict | list) else ""
+            msg = f"field '{path}': {text}{got}" if path else text
+        if (loc, kind) in seen:
+            continue
+        seen.add((loc, kind))
+        out.append(f"{where}:{line}: {context}{msg}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Message templates
+# ---------------------------------------------------------------------------------------------
+def template_fields(template: str) -> list[tuple[str, str]]:
+    """(field, format spec) pairs of a message template; raises ValueError for a malformed one."""
+    fields = []
+    for _literal, name, spec, conversion in string.Formatter().parse(template):
+        if name is None:
+            continue
+        if conversion:
+            raise ValueError(f"'{{{name}!{conversion}}}': conversions (!r, !s) are not allowed")
+        if not name:
+            raise ValueError("'{}' needs a field name, e.g. {tenure_months}")
+        if not name.isidentifier():
+            raise ValueError(f"'{{{name}}}': only plain field names are allowed (no '.', '[]')")
+        if spec and "{" in spec:
+            raise ValueError(f"'{{{name}:{spec}}}': nested fields in a format spec are not allowed")
+        fields.append((name, spec or ""))
+    return fields
+
+
+def check_template(template: str) -> list[str]:
+    try:
+        fields = template_fields(template)
+    except ValueError as exc:
+        return [f"malformed message template: {exc} (hint: write {{{{ and }}}} for literal braces)"]
+    problems = []
+    for name, spec in fields:
+        if name not in TEMPLATE_FIELDS:
+            near = closest(name, sorted(TEMPLATE_FIELDS), n=1)
+            maybe = f"did you mean '{{{near[0]}}}'? " if near else ""
+            problems.append(f"message uses unknown field '{{{name}}}' (hint: {maybe}templates may use subscriber "
+                            f"fields and engine outputs, e.g. {{tenure_months}}, {{value_tier}})")
+            continue
+        if spec:
+            attr = DECISION_ATTRIBUTES.get(name)
+            sample: Any = 1.5 if attr is not None and attr.kind == "numeric" else "x"
+            try:
+                format(sample, spec)
+            except (ValueError, TypeError) as exc:
+                problems.append(f"message field '{{{name}:{spec}}}': bad format ({exc})")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# Policy set
+# ---------------------------------------------------------------------------------------------
+def is_test_file(path: Path, root: Path) -> bool:
+    rel = path.relative_to(root)
+    return ("tests" in rel.parts[:-1] or path.name.startswith("test_") or path.stem.endswith("_test"))
+
+
+def policy_files(root: Path) -> list[Path]:
+    if root.is_file():
+        return [root]
+    files = [p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in (".yaml", ".yml")]
+    files = [p for p in files if not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    return sorted((p for p in files if not is_test_file(p, root)), key=lambda p: p.relative_to(root).as_posix())
+
+
+def _display(path: Path, root: Path, root_arg: str) -> str:
+    if root.is_file():
+        return root_arg
+    return (Path(root_arg) / path.relative_to(root)).as_posix()
+
+
+class _Collected:
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+        self.offers: dict[str, tuple[OfferSpec, Offer]] = {}
+        self.rules: list[tuple[tuple[int, int, int], RuleSpec, Rule, Any, str]] = []
+        self.rule_sources: dict[str, str] = {}
+
+
+def load_policy_set(path: str | Path) -> PolicySet:
+    """Load, validate and assemble a policy set from a folder or one file.
+
+    Raises PolicyError whose `problems` lists every finding as `file:line: ...`; `str()` is the first
+    finding plus a count of the rest.
+    """
+    root_arg = str(path)
+    root = Path(path)
+    if not root.exists():
+        raise PolicyError(f"policy path '{root_arg}' does not exist",
+                          hint="point --policies at the folder holding the policy YAML files")
+    files = policy_files(root)
+    if not files:
+        raise PolicyError(f"{root_arg}: no policy files (*.yaml) found - the policy set is empty",
+                          hint="add offers and rules, see policies/ of the project for an example")
+    col = _Collected()
+    displays = []
+    for file_index, file in enumerate(files):
+        display = _display(file, root, root_arg)
+        displays.append(display)
+        data, problems = read_yaml(file, display)
+        col.problems.extend(problems)
+        if data is None:
+            continue
+        _load_file(data, display, file_index, col)
+    for _key, _spec, rule, raw, display in col.rules:
+        _check_rule_refs(rule, raw, display, col)
+    if not col.rules and not col.problems:
+        col.problems.append(f"{displays[0]}:1: the policy set '{root_arg}' has no rules "
+                            f"(hint: add a `rules:` list to a policy file)")
+    if col.problems:
+        raise _policy_error(col.problems, root_arg)
+    ordered = sorted(col.rules, key=lambda r: r[0])
+    rules = [_with_position(r[2], i) for i, r in enumerate(ordered)]
+    offers = {k: v[1] for k, v in sorted(col.offers.items())}
+    canonical = {
+        "format": FORMAT_VERSION,
+        "offers": [col.offers[k][0].model_dump(mode="json") for k in sorted(col.offers)],
+        "rules": [r[1].model_dump(mode="json") for r in ordered],
+    }
+    digest = hashlib.sha256(json.dumps(canonical, sort_keys=True, separators=(",", ":"),
+                                       ensure_ascii=False, default=str).encode()).hexdigest()
+    fields = set()
+    for r in rules:
+        if r.action.message:
+            fields |= {name for name, _ in template_fields(r.action.message)}
+    return PolicySet(offers=offers, rules=rules, files=displays, root=root_arg, content_hash=digest,
+                     attributes=referenced_attributes(rules, offers), template_fields=fields)
+
+
+def _policy_error(problems: list[str], root: str) -> PolicyError:
+    first = problems[0]
+    more = f" (+{len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+    return PolicyError(f"{first}{more}", problems=list(problems),
+                       hint=f"run `retain policy validate --policies {root}` to list them all"
+                       if len(problems) > 1 else None)
+
+
+def _with_position(rule: Rule, position: int) -> Rule:
+    from dataclasses import replace
+
+    return replace(rule, position=position)
+
+
+def _load_file(data: Any, display: str, file_index: int, col: _Collected) -> None:
+    if not isinstance(data, dict):
+        line = getattr(data, "line", 1) or 1
+        col.problems.append(f"{display}:{line}: a policy file must be a mapping with `offers:` and/or `rules:` "
+                            f"(hint: see the example in policies/)")
+        return
+    allowed = list(PolicyFile.model_fields)
+    for key in data:
+        if key not in allowed:
+            near = closest(str(key), allowed, n=1)
+            maybe = f"did you mean '{near[0]}'? " if near else ""
+            col.problems.append(f"{display}:{data.key_lines.get(key, 1)}: unknown field '{key}' "
+                                f"(hint: {maybe}allowed top-level fields: {', '.join(allowed)})")
+    for section in ("offers", "rules"):
+        items = data.get(section)
+        if items is None:
+            continue
+        if not isinstance(items, list):
+            col.problems.append(f"{display}:{data.key_lines.get(section, 1)}: `{section}` must be a list "
+                                f"(hint: start each entry with '- ')")
+            continue
+        for i, raw in enumerate(items):
+            line = items.item_lines[i] if isinstance(items, LineList) else 1
+            if section == "offers":
+                _load_offer(raw, display, line, col)
+            else:
+                _load_rule(raw, display, line, (file_index, i), col)
+
+
+def _ident(raw: Any, what: str, line: int) -> str:
+    rid = raw.get("id") if isinstance(raw, dict) else None
+    return f"{what} '{rid}': " if isinstance(rid, str) and rid else f"{what} at line {line}: "
+
+
+def _load_offer(raw: Any, display: str, line: int, col: _Collected) -> None:
+    context = _ident(raw, "offer", line)
+    if not isinstance(raw, dict):
+        col.problems.append(f"{display}:{line}: {context}an offer must be a mapping (id, description, cost, ...)")
+        return
+    try:
+        spec = OfferSpec.model_validate(raw)
+    except ValidationError as exc:
+        col.problems.extend(pydantic_problems(exc, OfferSpec, raw, display, context, line, skip=("eligibility",)))
+        spec = None
+    problems = Problems()
+    elig_line = raw.key_lines.get("eligibility", line) if isinstance(raw, LineDict) else line
+    eligibility = parse_condition(raw.get("eligibility"), problems, line=elig_line, what="eligibility")
+    col.problems.extend(f"{display}:{ln}: {context}eligibility: {msg}" for ln, msg in problems.items)
+    if spec is None:
+        return
+    where = f"{display}:{line}"
+    if spec.id in col.offers:
+        col.problems.append(f"{where}: {context}duplicate offer id (first defined at {col.offers[spec.id][1].source}) "
+                            f"(hint: offer ids must be unique across all policy files)")
+        return
+    col.offers[spec.id] = (spec, Offer(id=spec.id, description=spec.description, cost=float(spec.cost),
+                                       value_kept=float(spec.value_kept), channels=tuple(spec.channels),
+                                       eligibility=eligibility, valid_from=spec.valid_from,
+                                       valid_to=spec.valid_to, source=where))
+
+
+def _load_rule(raw: Any, display: str, line: int, order: tuple[int, int], col: _Collected) -> None:
+    context = _ident(raw, "rule", line)
+    if not isinstance(raw, dict):
+        col.problems.append(f"{display}:{line}: {context}a rule must be a mapping (id, description, priority, "
+                            f"stage, when, then)")
+        return
+    try:
+        spec = RuleSpec.model_validate(raw)
+    except ValidationError as exc:
+        col.problems.extend(pydantic_problems(exc, RuleSpec, raw, display, context, line, skip=("when",)))
+        spec = None
+    problems = Problems()
+    when_line = raw.key_lines.get("when", line) if isinstance(raw, LineDict) else line
+    conditions = parse_condition(raw.get("when"), problems, line=when_line, what="when")
+    col.problems.extend(f"{display}:{ln}: {context}when: {msg}" for ln, msg in problems.items)
+    if spec is None:
+        return
+    where = f"{display}:{line}"
+    if spec.id in col.rule_sources:
+        col.problems.append(f"{where}: {context}duplicate rule id (first defined at {col.rule_sources[spec.id]}) "
+                            f"(hint: rule ids must be unique across all policy files)")
+        return
+    col.rule_sources[spec.id] = where
+    action = Action(offer=spec.then.offer, channel=spec.then.channel, message=spec.then.message)
+    rule = Rule(id=spec.id, description=spec.description, priority=spec.priority, stage=spec.stage,
+                conditions=conditions if conditions is not None else ALWAYS, action=action, stop=spec.stop,
+                source=where)
+    col.rules.append(((-spec.priority, order[0], order[1]), spec, rule, raw, display))
+
+
+def _check_rule_refs(rule: Rule, raw: Any, display: str, col: _Collected) -> None:
+    context = f"rule '{rule.id}': "
+    then = raw.get("then") if isinstance(raw, dict) else None
+    offer_line = line_at(raw, ("then", "offer"), 1)
+    offer = col.offers.get(rule.action.offer)
+    if offer is None:
+        known = sorted(col.offers)
+        near = closest(rule.action.offer, known, n=1)
+        maybe = f"did you mean '{near[0]}'? " if near else ""
+        listed = ", ".join(known) if known else "none defined - add an `offers:` list"
+        col.problems.append(f"{display}:{offer_line}: {context}unknown offer '{rule.action.offer}' "
+                            f"(hint: {maybe}known offers: {listed})")
+    elif rule.action.channel != PREFERRED and rule.action.channel not in offer[1].channels:
+        ch_line = line_at(raw, ("then", "channel"), offer_line)
+        col.problems.append(f"{display}:{ch_line}: {context}channel '{rule.action.channel}' is not allowed for "
+                            f"offer '{rule.action.offer}' (hint: the offer allows {', '.join(offer[1].channels)}; "
+                            f"or write 'preferred')")
+    if rule.action.message is not None and isinstance(then, dict):
+        msg_line = line_at(raw, ("then", "message"), offer_line)
+        col.problems.extend(f"{display}:{msg_line}: {context}{p}" for p in check_template(rule.action.message))

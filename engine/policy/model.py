@@ -1,0 +1,250 @@
+"""The policy file format (pydantic) and the loaded policy objects.
+
+A policy file is a YAML mapping with `offers:` (the offer catalogue) and/or `rules:` (the decision
+table). Unknown fields are errors, so a typo never silently disables part of a rule. The JSON Schema
+published next to this module (`policy.schema.json`)
+is generated from these models, so editors complete and check policy files as they are typed
+(regenerate it with `retain policy schema --out engine/policy/policy.schema.json`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+
+from engine.attributes import CHANNELS, DECISION_ATTRIBUTES, STAGES
+from engine.policy.conditions import ALWAYS, OPERATORS, Condition, attributes_of, conjoin
+
+SCHEMA_PATH = Path(__file__).with_name("policy.schema.json")
+PREFERRED = "preferred"
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+
+ChannelName = Literal[tuple(CHANNELS)]  # type: ignore[valid-type]
+ChannelOrPreferred = Literal[(*CHANNELS, "preferred")]  # type: ignore[valid-type]
+StageName = Literal[tuple(STAGES)]  # type: ignore[valid-type]
+
+_CONDITION_MARK = "x-retain-condition"
+ConditionDoc = Annotated[dict[str, Any], WithJsonSchema({"type": "object", _CONDITION_MARK: True})]
+Identifier = Annotated[str, Field(pattern=ID_PATTERN, max_length=80,
+                                  description="Letters, digits, '_', '-' and '.'; unique in the policy set")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OfferSpec(_Strict):
+    """One retention product of the offer catalogue."""
+
+    id: Identifier
+    description: str = Field(min_length=1, description="What the subscriber gets, in words")
+    cost: float = Field(ge=0, description="Unit cost of one accepted offer (currency)")
+    value_kept: float = Field(ge=0, description="Expected monthly revenue kept when the offer retains the subscriber")
+    channels: list[ChannelName] = Field(min_length=1, description="Channels the offer may be made on; "
+                                                                  "the first is the fallback for 'preferred'")
+    eligibility: ConditionDoc | None = Field(None, description="Who may get the offer at all (same condition "
+                                                               "language as a rule's `when`)")
+    valid_from: dt.date | None = Field(None, description="First day the offer may be made (inclusive)")
+    valid_to: dt.date | None = Field(None, description="Last day the offer may be made (inclusive)")
+
+    @model_validator(mode="after")
+    def _dates(self) -> OfferSpec:
+        if self.valid_from and self.valid_to and self.valid_from > self.valid_to:
+            raise ValueError(f"valid_from {self.valid_from} is after valid_to {self.valid_to}")
+        if len(set(self.channels)) != len(self.channels):
+            raise ValueError("channels lists a channel twice")
+        return self
+
+
+class ActionSpec(_Strict):
+    """What a rule does when it wins: the offer, the channel and the message."""
+
+    offer: Identifier = Field(description="Offer id from the catalogue")
+    channel: ChannelOrPreferred = Field(
+        PREFERRED, description="A channel the offer allows, or 'preferred': the subscriber's preferred channel "
+                               "when the offer allows it, else the offer's first channel")
+    message: str | None = Field(None, description="Message template; {field} inserts a subscriber field, "
+                                                  "e.g. {tenure_months} or {arpu_m0:.0f}")
+
+
+class RuleSpec(_Strict):
+    """One row of the decision table."""
+
+    id: Identifier
+    description: str = Field(min_length=1, description="Why this rule exists, in words")
+    priority: int = Field(ge=0, le=1_000_000, description="Higher wins among the rules that match")
+    stage: StageName = Field(description="Retention stage: preventive, intervention or win-back")
+    when: ConditionDoc | None = Field(None, description="Conditions; omitted or {} matches every subscriber")
+    then: ActionSpec
+    stop: bool = Field(False, description="When this rule matches, rules after it are not considered "
+                                          "(not even as fallbacks)")
+
+
+class PolicyFile(_Strict):
+    """A policy file: offers, rules, or both. Several files compose one policy set."""
+
+    description: str | None = Field(None, description="What this file holds")
+    offers: list[OfferSpec] = Field(default_factory=list)
+    rules: list[RuleSpec] = Field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loaded objects
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Offer:
+    id: str
+    description: str
+    cost: float
+    value_kept: float
+    channels: tuple[str, ...]
+    eligibility: Condition = ALWAYS
+    valid_from: dt.date | None = None
+    valid_to: dt.date | None = None
+    source: str = ""  # "file:line"
+
+    def valid_on(self, day: dt.date) -> bool:
+        return (self.valid_from is None or day >= self.valid_from) and (self.valid_to is None or day <= self.valid_to)
+
+    def validity(self) -> str:
+        if self.valid_from is None and self.valid_to is None:
+            return "always"
+        return f"{self.valid_from or '...'} to {self.valid_to or '...'}"
+
+
+@dataclass(frozen=True)
+class Action:
+    offer: str
+    channel: str = PREFERRED
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    description: str
+    priority: int
+    stage: str
+    conditions: Condition
+    action: Action
+    stop: bool = False
+    source: str = ""  # "file:line"
+    position: int = 0  # index in evaluation order
+
+    @property
+    def offer(self) -> str:
+        return self.action.offer
+
+
+@dataclass
+class PolicySet:
+    """A loaded, validated policy set. `rules` are in evaluation order (see engine.policy docs)."""
+
+    offers: dict[str, Offer]
+    rules: list[Rule]
+    files: list[str]
+    root: str
+    content_hash: str
+    attributes: set[str] = field(default_factory=set)
+    template_fields: set[str] = field(default_factory=set)
+
+    def rule(self, rule_id: str) -> Rule:
+        for r in self.rules:
+            if r.id == rule_id:
+                return r
+        raise KeyError(rule_id)
+
+    def matching_condition(self, rule: Rule) -> Condition:
+        """What must hold for `rule` to match: its conditions and its offer's eligibility."""
+        return conjoin(rule.conditions, self.offers[rule.offer].eligibility)
+
+    @property
+    def required_columns(self) -> set[str]:
+        """Columns a frame needs for decide(): rule inputs, template fields, preferred_channel if used."""
+        cols = set(self.attributes) | set(self.template_fields)
+        if any(r.action.channel == PREFERRED for r in self.rules):
+            cols.add("preferred_channel")
+        return cols
+
+
+def referenced_attributes(rules: list[Rule], offers: dict[str, Offer]) -> set[str]:
+    out: set[str] = set()
+    for r in rules:
+        out |= attributes_of(r.conditions)
+    for o in offers.values():
+        out |= attributes_of(o.eligibility)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON Schema
+# ---------------------------------------------------------------------------------------------
+def _value_schema(name: str) -> dict[str, Any]:
+    attr = DECISION_ATTRIBUTES[name]
+    if attr.kind == "numeric":
+        return {"type": "number"}
+    if attr.kind == "boolean":
+        return {"type": "boolean"}
+    if attr.values:
+        return {"type": "string", "enum": list(attr.values)}
+    return {"type": "string"}
+
+
+def _attribute_test_schema(name: str) -> dict[str, Any]:
+    attr = DECISION_ATTRIBUTES[name]
+    value = _value_schema(name)
+    listed = {"type": "array", "items": value, "minItems": 1}
+    ops: dict[str, Any] = {"eq": value, "ne": value, "in": listed, "not_in": listed,
+                           "missing": {"type": "boolean"}}
+    if attr.kind == "numeric":
+        ops.update({k: {"type": "number"} for k in ("gt", "gte", "lt", "lte", "min", "max")})
+    for k, v in ops.items():
+        ops[k] = {**v, "description": OPERATORS[k]}
+    return {
+        "description": attr.description,
+        "anyOf": [value, listed, {"type": "object", "properties": ops, "additionalProperties": False,
+                                  "minProperties": 1}],
+    }
+
+
+def condition_schema() -> dict[str, Any]:
+    props: dict[str, Any] = {name: _attribute_test_schema(name) for name in DECISION_ATTRIBUTES}
+    props["all"] = {"type": "array", "items": {"$ref": "#/$defs/Condition"}, "minItems": 1,
+                    "description": "Every listed condition holds"}
+    props["any"] = {"type": "array", "items": {"$ref": "#/$defs/Condition"}, "minItems": 1,
+                    "description": "At least one listed condition holds"}
+    props["not"] = {"$ref": "#/$defs/Condition", "description": "The condition does not hold"}
+    return {"type": "object", "description": "Conditions on subscriber attributes and engine outputs; "
+                                             "every key must hold.",
+            "properties": props, "additionalProperties": False}
+
+
+def _link_conditions(node: Any) -> Any:
+    """Replace pydantic's placeholder for condition fields with a reference to the Condition definition."""
+    if isinstance(node, dict):
+        if node.get(_CONDITION_MARK):
+            return {"$ref": "#/$defs/Condition"}
+        return {k: _link_conditions(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_link_conditions(v) for v in node]
+    return node
+
+
+def json_schema() -> dict[str, Any]:
+    """The published JSON Schema of a policy file."""
+    schema = _link_conditions(PolicyFile.model_json_schema())
+    schema["$defs"]["Condition"] = condition_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://retain.example/policy.schema.json"
+    schema["title"] = "retain retention policy file"
+    return schema
+
+
+def schema_text() -> str:
+    return json.dumps(json_schema(), indent=2, sort_keys=False) + "\n"
+

@@ -1,0 +1,249 @@
+"""What a policy set would do to a population: `retain policy simulate`.
+
+Figures, per rule, offer, channel and segment (risk_grade x value_tier):
+- **reach**: subscribers whose winning rule gives them an offer;
+- **cost**: sum of the offers' unit `cost` over the reached subscribers (every offer taken up; channel
+  cost, opt-outs, budgets and contact limits are applied later by the decision run, not here);
+- **expected saves**: sum over reached subscribers of `churn_probability x value_kept` of their offer -
+  the monthly revenue at risk that the offers address, if every offer kept its subscriber (no
+  acceptance rate; use it to compare policies, not as a forecast).
+
+With a baseline (`--against`), each subscriber is decided by both sets: how many change offer (including
+to or from no offer), and the change in cost and in expected saves (this set minus the baseline).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from engine.errors import DataError
+from engine.io import staged_outputs
+from engine.policy.evaluate import PolicyEngine
+
+NONE = "(none)"
+
+
+@dataclass
+class Simulation:
+    subscribers: int
+    policy_hash: str
+    policy_root: str
+    decided_on: dt.date
+    totals: dict[str, Any]
+    by_rule: pd.DataFrame
+    by_offer: pd.DataFrame
+    by_channel: pd.DataFrame
+    by_segment: pd.DataFrame
+    comparison: dict[str, Any] | None = None
+    transitions: pd.DataFrame | None = None
+    baseline_by_offer: pd.DataFrame | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "subscribers": self.subscribers, "policy_hash": self.policy_hash, "policies": self.policy_root,
+            "decided_on": self.decided_on.isoformat(), "totals": self.totals,
+            "by_rule": self.by_rule.to_dict(orient="records"), "by_offer": self.by_offer.to_dict(orient="records"),
+            "by_channel": self.by_channel.to_dict(orient="records"),
+            "by_segment": self.by_segment.to_dict(orient="records"),
+        }
+        if self.comparison is not None:
+            out["comparison"] = self.comparison
+            out["transitions"] = self.transitions.to_dict(orient="records") if self.transitions is not None else []
+        return out
+
+
+def _outcome(engine: PolicyEngine, frame: pd.DataFrame, on: dt.date) -> pd.DataFrame:
+    decided = engine.decide(frame, on)
+    offers = engine.policy_set.offers
+    cost = decided["offer_id"].map({k: o.cost for k, o in offers.items()}).astype(float).fillna(0.0)
+    kept = decided["offer_id"].map({k: o.value_kept for k, o in offers.items()}).astype(float).fillna(0.0)
+    prob = pd.to_numeric(frame["churn_probability"], errors="coerce").fillna(0.0).astype(float)
+    return decided.assign(cost=cost.to_numpy(), expected_saves=(prob * kept).to_numpy())
+
+
+def _group(out: pd.DataFrame, by: str | list[str], n: int) -> pd.DataFrame:
+    reached = out[out["offer_id"].notna()]
+    g = reached.groupby(by, dropna=False, observed=True).agg(reach=("offer_id", "size"), cost=("cost", "sum"),
+                                                              expected_saves=("expected_saves", "sum"))
+    g["share"] = g["reach"] / max(n, 1)
+    return g.reset_index()
+
+
+def simulate(engine: PolicyEngine, frame: pd.DataFrame, *, against: PolicyEngine | None = None,
+             on: dt.date | None = None) -> Simulation:
+    for need in ("churn_probability", "risk_grade", "value_tier"):
+        if need not in frame.columns:
+            raise DataError(f"simulate needs column '{need}'", hint="simulate on a scored decisions table")
+    day = on or engine.decision_date or dt.date.today()
+    n = len(frame)
+    out = _outcome(engine, frame, day)
+    ps = engine.policy_set
+    by_rule = _group(out, "rule_id", n)
+    rules = pd.DataFrame({"rule_id": [r.id for r in ps.rules], "priority": [r.priority for r in ps.rules],
+                          "stage": [r.stage for r in ps.rules], "offer_id": [r.offer for r in ps.rules]})
+    by_rule = rules.merge(by_rule, on="rule_id", how="left").fillna({"reach": 0, "cost": 0.0,
+                                                                      "expected_saves": 0.0, "share": 0.0})
+    by_rule["reach"] = by_rule["reach"].astype(int)
+    by_offer = _group(out, "offer_id", n).sort_values("reach", ascending=False, kind="stable")
+    by_channel = _group(out, "channel", n).sort_values("reach", ascending=False, kind="stable")
+    seg = out.assign(risk_grade=frame["risk_grade"].to_numpy(), value_tier=frame["value_tier"].to_numpy())
+    sizes = seg.groupby(["risk_grade", "value_tier"], observed=True).size().rename("subscribers").reset_index()
+    by_segment = sizes.merge(_group(seg, ["risk_grade", "value_tier"], n).drop(columns="share"),
+                             on=["risk_grade", "value_tier"], how="left").fillna(0)
+    by_segment["reach"] = by_segment["reach"].astype(int)
+    by_segment["reach_share"] = by_segment["reach"] / by_segment["subscribers"].clip(lower=1)
+    reached = int(out["offer_id"].notna().sum())
+    totals = {
+        "subscribers": n, "reached": reached, "no_offer": n - reached,
+        "cost": round(float(out["cost"].sum()), 2),
+        "expected_saves": round(float(out["expected_saves"].sum()), 2),
+        "cost_per_expected_save": round(float(out["cost"].sum() / out["expected_saves"].sum()), 4)
+        if out["expected_saves"].sum() > 0 else None,
+    }
+    sim = Simulation(n, ps.content_hash, ps.root, day, totals, by_rule, by_offer, by_channel, by_segment)
+    if against is not None:
+        base = _outcome(against, frame, day)
+        a = out["offer_id"].astype(object).where(out["offer_id"].notna(), NONE)
+        b = base["offer_id"].astype(object).where(base["offer_id"].notna(), NONE)
+        changed = (a.to_numpy() != b.to_numpy())
+        trans = pd.DataFrame({"from_offer": b.to_numpy()[changed], "to_offer": a.to_numpy()[changed]})
+        trans = trans.value_counts().rename("subscribers").reset_index()
+        sim.transitions = trans
+        sim.baseline_by_offer = _group(base, "offer_id", n)
+        sim.comparison = {
+            "against": against.policy_set.root, "against_hash": against.policy_set.content_hash,
+            "changed_offer": int(changed.sum()), "changed_share": round(float(changed.mean()), 4) if n else 0.0,
+            "baseline_reached": int(base["offer_id"].notna().sum()),
+            "baseline_cost": round(float(base["cost"].sum()), 2),
+            "baseline_expected_saves": round(float(base["expected_saves"].sum()), 2),
+            "cost_change": round(float(out["cost"].sum() - base["cost"].sum()), 2),
+            "expected_saves_change": round(float(out["expected_saves"].sum() - base["expected_saves"].sum()), 2),
+        }
+    return sim
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML report
+# ---------------------------------------------------------------------------------------------
+def _png(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=96, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _charts(sim: Simulation) -> list[tuple[str, str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    charts = []
+    offers = sim.by_offer.set_index("offer_id")
+    if sim.baseline_by_offer is not None:
+        base = sim.baseline_by_offer.set_index("offer_id")
+        idx = offers.index.union(base.index)
+        data = pd.DataFrame({"this policy set": offers["reach"].reindex(idx).fillna(0),
+                             "baseline": base["reach"].reindex(idx).fillna(0)}).sort_values("this policy set")
+    else:
+        data = pd.DataFrame({"this policy set": offers["reach"]}).sort_values("this policy set")
+    fig, ax = plt.subplots(figsize=(8, max(2.5, 0.35 * len(data) + 1)))
+    data.plot.barh(ax=ax)
+    ax.set_xlabel("subscribers reached")
+    ax.set_title("Reach per offer")
+    charts.append(("Reach per offer", _png(fig)))
+    fig, ax = plt.subplots(figsize=(8, max(2.5, 0.35 * len(offers) + 1)))
+    offers["cost"].sort_values().plot.barh(ax=ax, color="tab:red")
+    ax.set_xlabel("offer cost")
+    ax.set_title("Cost per offer")
+    charts.append(("Cost per offer", _png(fig)))
+    fig, ax = plt.subplots(figsize=(6, 3))
+    sim.by_channel.set_index("channel")["reach"].sort_values().plot.barh(ax=ax, color="tab:green")
+    ax.set_xlabel("subscribers reached")
+    ax.set_title("Reach per channel")
+    charts.append(("Reach per channel", _png(fig)))
+    per_sub = sim.by_segment["cost"] / sim.by_segment["subscribers"].clip(lower=1)
+    seg = sim.by_segment.assign(cost_per_subscriber=per_sub)
+    pivot = seg.pivot_table(index="risk_grade", columns="value_tier", values="cost_per_subscriber", aggfunc="sum")
+    pivot = pivot.reindex(index=[g for g in ("high", "medium", "low") if g in pivot.index],
+                          columns=[t for t in ("high", "medium", "low") if t in pivot.columns])
+    values = pivot.to_numpy(dtype=float)
+    top = float(np.nanmax(values)) if values.size and np.isfinite(values).any() else 1.0
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    im = ax.imshow(values, cmap="Blues", vmin=0, vmax=max(top, 1e-9))
+    ax.set_xticks(range(len(pivot.columns)), [f"value {c}" for c in pivot.columns])
+    ax.set_yticks(range(len(pivot.index)), [f"risk {r}" for r in pivot.index])
+    for (i, j), v in np.ndenumerate(values):
+        ax.text(j, i, "-" if np.isnan(v) else f"{v:,.1f}", ha="center", va="center",
+                color="white" if v > top * 0.6 else "black")
+    fig.colorbar(im, ax=ax, label="offer cost per subscriber")
+    ax.set_title("Offer cost per subscriber, by segment")
+    charts.append(("Offer cost per subscriber by segment", _png(fig)))
+    return charts
+
+
+def _table_html(df: pd.DataFrame) -> str:
+    return df.to_html(index=False, float_format=lambda v: f"{v:,.2f}", border=0, classes="t", na_rep="")
+
+
+def report_html(sim: Simulation) -> str:
+    esc = html.escape
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>Policy simulation</title><style>",
+        "body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}table.t{border-collapse:collapse;"
+        "margin:0.5em 0 1.5em}table.t td,table.t th{padding:3px 10px;border-bottom:1px solid #ddd;"
+        "text-align:right}table.t th{background:#f4f4f4}img{max-width:100%}.kpi{display:inline-block;"
+        "margin:0 2em 1em 0}.kpi b{display:block;font-size:1.6em}</style></head><body>",
+        f"<h1>Policy simulation</h1><p>Policy set <code>{esc(sim.policy_root)}</code> "
+        f"(hash <code>{sim.policy_hash[:12]}</code>) on {sim.subscribers:,} subscribers, decision date "
+        f"{sim.decided_on}.</p>",
+    ]
+    t = sim.totals
+    kpis = [("reached", f"{t['reached']:,}"), ("no offer", f"{t['no_offer']:,}"), ("offer cost", f"{t['cost']:,.2f}"),
+            ("expected saves / month", f"{t['expected_saves']:,.2f}")]
+    if sim.comparison:
+        c = sim.comparison
+        kpis += [("changed offer", f"{c['changed_offer']:,} ({c['changed_share']:.1%})"),
+                 ("cost change", f"{c['cost_change']:+,.2f}"),
+                 ("expected saves change", f"{c['expected_saves_change']:+,.2f}")]
+    parts.append("".join(f"<div class='kpi'><b>{esc(v)}</b>{esc(k)}</div>" for k, v in kpis))
+    if sim.comparison:
+        parts.append(f"<p>Compared with baseline <code>{esc(sim.comparison['against'])}</code> (hash "
+                     f"<code>{sim.comparison['against_hash'][:12]}</code>); changes are this set minus the "
+                     f"baseline.</p>")
+    parts.append("<p>Cost: offers' unit cost over reached subscribers (before channel cost, opt-outs, budget and "
+                 "contact limits). Expected saves: sum of churn probability x offer value kept per month, "
+                 "assuming every offer is accepted.</p>")
+    for title, png in _charts(sim):
+        parts.append(f"<h2>{esc(title)}</h2><img alt='{esc(title)}' src='data:image/png;base64,{png}'>")
+    for title, df in (("Per rule", sim.by_rule), ("Per offer", sim.by_offer), ("Per channel", sim.by_channel),
+                      ("Per segment", sim.by_segment)):
+        parts.append(f"<h2>{title}</h2>{_table_html(df)}")
+    if sim.transitions is not None:
+        parts.append(f"<h2>Offer changes vs baseline</h2>{_table_html(sim.transitions.head(50))}")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(sim: Simulation, out_dir: str | Path) -> dict[str, Path]:
+    """simulation.html and simulation.json, published together (atomically) into `out_dir`."""
+    import json
+
+    page = report_html(sim)
+    with staged_outputs(out_dir) as stage:
+        (stage / "simulation.html").write_text(page, encoding="utf-8")
+        (stage / "simulation.json").write_text(json.dumps(sim.as_dict(), indent=2, default=str) + "\n")
+    out = Path(out_dir)
+    return {"html": out / "simulation.html", "json": out / "simulation.json"}

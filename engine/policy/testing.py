@@ -1,0 +1,289 @@
+"""Policy test cases: `retain policy test`.
+
+Test cases live next to the policies, in `tests/*.yaml` (or files named `test_*.yaml`)::
+
+    tests:
+      - name: VIP at high risk goes to the VIP team
+        subscriber:            # only what matters; everything else takes the defaults below
+          value_tier: high
+          risk_grade: high
+          reason: price
+        expect:
+          offer: vip_loyalty_package
+          channel: vip_manager
+          rule: vip-high-risk           # optional
+      - name: low-risk prepaid gets no discount
+        subscriber: {risk_grade: low, plan: prepaid_basic}
+        expect:
+          offer: care_message
+      - name: nobody at all
+        date: 2026-06-01       # optional decision date (offer validity), default today
+        subscriber: {...}
+        expect: {no_offer: true}       # or `offer: null`
+
+`expect` may check: offer (null = no offer), no_offer, channel, rule, stage, matched (the exact
+list of matched rules), message_contains.
+
+Defaults: a test names only the attributes that matter; every other attribute takes the value of
+`DEFAULT_SUBSCRIBER`, a mid-value postpaid subscriber at low risk with no churn reason. Values
+follow from what the test gives, unless it gives them too:
+- `risk_grade` sets `churn_probability` (high 0.7, medium 0.35, low 0.1); `churn_probability`
+  sets `risk_grade` by the default cut-offs (0.5, 0.25);
+- `value_tier` sets `arpu_mean_3m` and the three monthly ARPUs (high 120, medium 60, low 25);
+- `plan` sets `is_prepaid`, and a prepaid plan has no contract (`contract_months_left` empty);
+- `plan` and `age_group` set `need_group` (business, family, elderly 65+, young 18-24, general);
+- a `reason` other than none sets `reason_share` to 0.6.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from engine.attributes import DECISION_ATTRIBUTES
+from engine.errors import PolicyError
+from engine.policy.conditions import check_value, closest
+from engine.policy.evaluate import PolicyEngine
+from engine.policy.loader import LineDict, LineList, is_test_file, line_at, pydantic_problems, read_yaml
+from engine.schema import PREPAID_PLANS
+from engine.segments import need_group
+
+DEFAULT_SUBSCRIBER: dict[str, Any] = {
+    "subscriber_id": "TEST",
+    "tenure_months": 36, "plan": "postpaid_standard", "contract_months_left": 12.0, "region": "north",
+    "age_group": "35-49", "preferred_channel": "sms", "opt_out": False,
+    "arpu_m0": 60.0, "arpu_m1": 60.0, "arpu_m2": 60.0, "data_gb_m0": 5.0, "data_gb_m1": 5.0,
+    "voice_min_m0": 300.0, "voice_min_m1": 300.0, "out_of_package_share": 0.05, "balance": 0.0,
+    "topup_count": 0, "topup_avg_amount": 0.0, "complaints_3m": 0, "satisfaction_score": 8.0,
+    "service_call_minutes": 0.0, "days_inactive": 0, "competitor_contact": False,
+    "arpu_mean_3m": 60.0, "arpu_change": 0.0, "data_change": 0.0, "voice_change": 0.0,
+    "churn_probability": 0.1, "risk_grade": "low", "reason": "none", "reason_share": 0.0,
+    "value_tier": "medium", "lifecycle_stage": "mature", "need_group": "general", "is_prepaid": False,
+}
+assert set(DEFAULT_SUBSCRIBER) == {*DECISION_ATTRIBUTES, "subscriber_id"}, "defaults must cover every attribute"
+GRADE_PROBABILITY = {"high": 0.7, "medium": 0.35, "low": 0.1}
+TIER_ARPU = {"high": 120.0, "medium": 60.0, "low": 25.0}
+
+
+class Expect(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    offer: str | None = Field(None, description="Expected offer id; null means no offer")
+    no_offer: bool = Field(False, description="true: the subscriber gets no offer")
+    channel: str | None = None
+    rule: str | None = None
+    stage: str | None = None
+    matched: list[str] | None = Field(None, description="Exact list of matched rules, in evaluation order")
+    message_contains: str | None = None
+
+
+class Case(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    description: str | None = None
+    date: dt.date | None = None
+    subscriber: dict[str, Any] = Field(default_factory=dict)
+    expect: Expect
+
+
+class CaseFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    description: str | None = None
+    tests: list[Case] = Field(default_factory=list)
+
+
+@dataclass
+class LoadedCase:
+    case: Case
+    where: str
+    record: dict[str, Any]
+    expects_offer: bool  # True when `offer` was written (possibly null)
+
+
+@dataclass
+class CaseResult:
+    name: str
+    where: str
+    passed: bool
+    expected: str
+    actual: str
+    failures: list[str]
+
+
+def case_files(policies: str | Path) -> list[Path]:
+    root = Path(policies)
+    base = root.parent if root.is_file() else root
+    if not base.exists():
+        raise PolicyError(f"policy path '{policies}' does not exist")
+    files = [p for p in base.rglob("*") if p.is_file() and p.suffix.lower() in (".yaml", ".yml")
+             and is_test_file(p, base)]
+    return sorted(files, key=lambda p: p.relative_to(base).as_posix())
+
+
+def subscriber_record(given: dict[str, Any]) -> dict[str, Any]:
+    """The full record of a test subscriber: defaults, then derived values, then what was given."""
+    rec = dict(DEFAULT_SUBSCRIBER)
+    g = given
+    if "risk_grade" in g and "churn_probability" not in g:
+        rec["churn_probability"] = GRADE_PROBABILITY[g["risk_grade"]]
+    if "churn_probability" in g and "risk_grade" not in g and g["churn_probability"] is not None:
+        p = float(g["churn_probability"])
+        rec["risk_grade"] = "high" if p >= 0.5 else "medium" if p >= 0.25 else "low"
+    if "value_tier" in g and not {"arpu_mean_3m", "arpu_m0", "arpu_m1", "arpu_m2"} & set(g):
+        for k in ("arpu_mean_3m", "arpu_m0", "arpu_m1", "arpu_m2"):
+            rec[k] = TIER_ARPU[g["value_tier"]]
+    if "plan" in g:
+        prepaid = g["plan"] in PREPAID_PLANS
+        rec["is_prepaid"] = prepaid
+        if prepaid:
+            rec["contract_months_left"] = None
+    if ("plan" in g or "age_group" in g) and "need_group" not in g:
+        plan = g.get("plan", rec["plan"])
+        age = g.get("age_group", rec["age_group"])
+        rec["need_group"] = str(need_group(pd.Series([plan]), pd.Series([age]))[0])
+    if g.get("reason") not in (None, "none") and "reason_share" not in g:
+        rec["reason_share"] = 0.6
+    rec.update(g)
+    return rec
+
+
+def load_cases(policies: str | Path) -> list[LoadedCase]:
+    """Every test case next to the policies; raises PolicyError listing every problem with file:line."""
+    root = Path(policies)
+    base = root.parent if root.is_file() else root
+    problems: list[str] = []
+    cases: list[LoadedCase] = []
+    files = case_files(policies)
+    if not files:
+        raise PolicyError(f"no test cases found next to '{policies}'",
+                          hint=f"add YAML test cases under {base / 'tests'}/ (see `retain policy test --help`)")
+    for file in files:
+        display = (Path(str(policies) if root.is_dir() else str(root.parent)) / file.relative_to(base)).as_posix()
+        data, errs = read_yaml(file, display)
+        problems.extend(errs)
+        if data is None:
+            continue
+        if not isinstance(data, dict):
+            problems.append(f"{display}:1: a test file must be a mapping with a `tests:` list")
+            continue
+        for key in data:
+            if key not in CaseFile.model_fields:
+                problems.append(f"{display}:{line_at(data, (key,), 1)}: unknown field '{key}' "
+                                f"(hint: allowed top-level fields: {', '.join(CaseFile.model_fields)})")
+        items = data.get("tests") or []
+        if not isinstance(items, list):
+            problems.append(f"{display}:{line_at(data, ('tests',), 1)}: `tests` must be a list")
+            continue
+        for i, raw in enumerate(items):
+            line = items.item_lines[i] if isinstance(items, LineList) else 1
+            name = raw.get("name") if isinstance(raw, dict) else None
+            context = f"test '{name}': " if isinstance(name, str) else f"test at line {line}: "
+            try:
+                case = Case.model_validate(raw)
+            except ValidationError as exc:
+                problems.extend(pydantic_problems(exc, Case, raw, display, context, line))
+                continue
+            bad = _check_subscriber(raw.get("subscriber"), display, context, line)
+            problems.extend(bad)
+            if bad:
+                continue
+            expects_offer = isinstance(raw.get("expect"), LineDict) and "offer" in raw["expect"]
+            if case.expect.no_offer and expects_offer and case.expect.offer is not None:
+                problems.append(f"{display}:{line}: {context}expect has both no_offer: true and offer "
+                                f"'{case.expect.offer}'")
+                continue
+            if not (expects_offer or case.expect.model_fields_set - {"offer"}):
+                problems.append(f"{display}:{line}: {context}expect checks nothing (hint: give offer, no_offer, "
+                                f"channel, rule, stage, matched or message_contains)")
+                continue
+            cases.append(LoadedCase(case, f"{display}:{line}", subscriber_record(case.subscriber), expects_offer))
+    if problems:
+        more = f" (+{len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise PolicyError(problems[0] + more, problems=problems)
+    if not cases:
+        raise PolicyError(f"no test cases found next to '{policies}'",
+                          hint="a test file holds a `tests:` list of name / subscriber / expect")
+    return cases
+
+
+def _check_subscriber(raw: Any, display: str, context: str, line: int) -> list[str]:
+    if raw is None:
+        return []
+    out = []
+    for key, value in raw.items():
+        kline = raw.key_lines.get(key, line) if isinstance(raw, LineDict) else line
+        if key == "subscriber_id":
+            continue
+        attr = DECISION_ATTRIBUTES.get(key)
+        if attr is None:
+            near = closest(str(key), list(DECISION_ATTRIBUTES), n=1)
+            maybe = f"did you mean '{near[0]}'? " if near else ""
+            out.append(f"{display}:{kline}: {context}unknown attribute '{key}' (hint: {maybe}see "
+                       f"`retain data schema` and the engine outputs)")
+            continue
+        if value is None:
+            if attr.kind == "boolean":
+                out.append(f"{display}:{kline}: {context}{key} cannot be empty (true or false)")
+            continue
+        problem = check_value(attr, value)
+        if problem:
+            out.append(f"{display}:{kline}: {context}{problem}")
+    return out
+
+
+def run_cases(engine: PolicyEngine, cases: list[LoadedCase]) -> list[CaseResult]:
+    """Decide for every case (batched per decision date) and compare with what it expects."""
+    results: list[CaseResult | None] = [None] * len(cases)
+    by_date: dict[dt.date | None, list[int]] = {}
+    for i, lc in enumerate(cases):
+        by_date.setdefault(lc.case.date, []).append(i)
+    for day, idx in by_date.items():
+        frame = pd.DataFrame([cases[i].record for i in idx])
+        for col in frame.columns:
+            if DECISION_ATTRIBUTES.get(col) is not None and DECISION_ATTRIBUTES[col].kind == "numeric":
+                frame[col] = pd.to_numeric(frame[col], errors="coerce").astype(float)
+        out = engine.decide(frame, day)
+        for k, i in enumerate(idx):
+            results[i] = _compare(cases[i], {c: _plain(out[c].iloc[k]) for c in out.columns})
+    return [r for r in results if r is not None]
+
+
+def _plain(v: Any) -> Any:
+    if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)):
+        return None
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _compare(lc: LoadedCase, got: dict[str, Any]) -> CaseResult:
+    e = lc.case.expect
+    failures, expected = [], []
+    if lc.expects_offer or e.no_offer:
+        want = None if (e.no_offer or e.offer is None) else e.offer
+        expected.append(f"offer {want or '(none)'}")
+        if got["offer_id"] != want:
+            failures.append(f"offer: expected {want or '(none)'}, got {got['offer_id'] or '(none)'}")
+    for key, col in (("channel", "channel"), ("rule", "rule_id"), ("stage", "stage")):
+        want = getattr(e, key)
+        if want is not None:
+            expected.append(f"{key} {want}")
+            if got[col] != want:
+                failures.append(f"{key}: expected {want}, got {got[col] or '(none)'}")
+    if e.matched is not None:
+        want = ",".join(e.matched)
+        expected.append(f"matched [{want}]")
+        if got["matched_rules"] != want:
+            failures.append(f"matched: expected [{want}], got [{got['matched_rules']}]")
+    if e.message_contains is not None:
+        expected.append(f"message contains '{e.message_contains}'")
+        if e.message_contains not in (got["message"] or ""):
+            failures.append(f"message: '{e.message_contains}' not in '{got['message'] or ''}'")
+    actual = (f"offer {got['offer_id'] or '(none)'} via {got['channel'] or '-'} (rule {got['rule_id'] or '-'})")
+    return CaseResult(lc.case.name, lc.where, not failures, "; ".join(expected), actual, failures)
