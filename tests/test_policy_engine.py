@@ -69,6 +69,8 @@ def test_stop_ends_the_candidate_list(semantics):
     assert cands[cands["row"] == 0]["rule_id"].tolist() == ["top"]
     assert cands[cands["row"] == 1]["rule_id"].tolist()[:2] == ["mid", "tie-first"]
     assert cands[cands["row"] == 1]["rank"].tolist() == list(range((cands["row"] == 1).sum()))
+    assert {"subscriber_id", "offer_cost", "value_kept", "churn_probability", "reason", "priority"} <= set(cands)
+    assert (cands.loc[cands["rule_id"] == "mid", "offer_cost"] == 5).all()
 
 
 def test_validity_dates_follow_the_decision_date(semantics):

@@ -183,3 +183,18 @@ def test_150k_distinct_facts():
     with DurableRuleset({"big": compile_condition(Test("tenure_months", "gte", 0))}) as rs:
         got = rs.match([{"tenure_months": float(i), "region": f"r{i}"} for i in range(150_000)])
     assert len(got) == 150_000 and all(g == {"big"} for g in got)
+
+
+def test_no_other_module_imports_durable_rules():
+    import re
+    from pathlib import Path
+
+    importing = re.compile(r"^\s*(import durable|from durable(_rules_engine)?(\.| import))", re.MULTILINE)
+    root = Path(__file__).resolve().parent.parent
+    offenders = []
+    for path in [*root.glob("engine/**/*.py"), *root.glob("training/**/*.py"), *root.glob("benchmarks/*.py")]:
+        if path.name == "rules_engine.py":
+            continue
+        if importing.search(path.read_text()):
+            offenders.append(str(path.relative_to(root)))
+    assert offenders == []

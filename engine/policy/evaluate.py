@@ -269,8 +269,9 @@ class PolicyEngine:
     def candidates(self, frame: pd.DataFrame, on: dt.date | None = None) -> pd.DataFrame:
         """Every considered (rule, offer, channel) per row, long format, for arbitration.
 
-        Columns: row (position in `frame`), rank (0 = the policy winner), rule_id, offer_id, channel,
-        stage, priority, offer_cost, value_kept. Rows with no matching rule have no candidates.
+        Columns: row (position in `frame`), subscriber_id (when present), rank (0 = the policy winner),
+        rule_id, offer_id, channel, stage, priority, offer_cost, value_kept, and churn_probability and
+        reason when the frame has them. Rows with no matching rule have no candidates.
         """
         ev = self.evaluate(frame, on)
         cand_class, cand_rank, cand_pos = [], [], []
@@ -305,6 +306,9 @@ class PolicyEngine:
         })
         if "subscriber_id" in frame.columns:
             out.insert(1, "subscriber_id", frame["subscriber_id"].to_numpy()[rows])
+        for col in ("churn_probability", "reason"):  # what arbitration needs next to each candidate
+            if col in frame.columns:
+                out[col] = frame[col].to_numpy()[rows]
         return out.sort_values(["row", "rank"], kind="stable").reset_index(drop=True)
 
     def matches_offer(self, frame: pd.DataFrame, offer_id: str, on: dt.date | None = None) -> pd.DataFrame:

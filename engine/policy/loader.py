@@ -388,7 +388,7 @@ def _load_offer(raw: Any, display: str, line: int, col: _Collected) -> None:
                             f"(hint: offer ids must be unique across all policy files)")
         return
     col.offers[spec.id] = (spec, Offer(id=spec.id, description=spec.description, cost=float(spec.cost),
-                                       value_kept=float(spec.value_kept), channels=tuple(spec.channels),
+                                       value_kept=float(spec.value_kept), channels=list(spec.channels),
                                        eligibility=eligibility, valid_from=spec.valid_from,
                                        valid_to=spec.valid_to, source=where))
 

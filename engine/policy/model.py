@@ -102,7 +102,7 @@ class Offer:
     description: str
     cost: float
     value_kept: float
-    channels: tuple[str, ...]
+    channels: list[str]
     eligibility: Condition = ALWAYS
     valid_from: dt.date | None = None
     valid_to: dt.date | None = None

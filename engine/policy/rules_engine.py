@@ -1,11 +1,14 @@
 """The one module that talks to durable-rules (pinned 2.0.28, unmaintained): a small interface of ours.
 
 Interface:
-- `compile_condition(cond, flags)` turns a condition tree into a durable-rules JSON expression;
-- `date_window(valid_from, valid_to)` adds an offer's validity as tests on the fact's decision day;
-- `to_fact(record, flags)` turns one record of rule inputs into a fact;
+- `compile_condition(cond)` turns a condition tree into a durable-rules expression, and
+  `flag_attributes(cond)` names the attributes whose facts need a missing-value flag;
+- `date_window(valid_from, valid_to)` adds an offer's validity as tests on the fact's decision day,
+  `conjunction(exprs)` joins expressions;
+- `to_fact(record, flags, day)` / `facts_from_columns(columns, n, flags, day)` build facts;
 - `DurableRuleset({key: expression})` compiles one ruleset with a process-unique name;
-  `.match(facts)` returns, for each fact, the set of keys whose expression it satisfies.
+  `.match(facts)` returns, for each fact, the set of keys whose expression it satisfies; `.close()`
+  (or garbage collection) frees it.
 
 How matching works: each fact is *asserted* (an asserted fact fires every rule it matches, whereas a
 posted event is consumed by the first), the fired rule keys are collected, and the fact is retracted,
@@ -27,7 +30,7 @@ Semantics kept identical to `engine.policy.conditions.evaluate` (the contract te
 - `not` is pushed down to the tests (De Morgan), where `not (x > 5)` becomes `x <= 5 or x missing`.
   "x missing" is a positive test on a flag field `x__missing` that facts carry for those attributes,
   because durable-rules 2.0.28 hangs on rules made only of `$nex` (measured here);
-- membership `in` is an `$or` of equalities (durable's `$mt` regex rejects values like '65+').
+- membership `in` is an `$or` of equalities (durable's `$mt` regex does not match values like '65+').
 Reserved names: a fact never has a field named `sid` (it selects a rules *session*; one per
 subscriber exhausts memory) nor `id`.
 """
