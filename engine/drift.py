@@ -296,6 +296,13 @@ def calibration_table(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[dict
     return rows
 
 
+def auc_standard_error(auc: float, n_pos: int, n_neg: int) -> float:
+    """Hanley & McNeil (1982) standard error of a ROC AUC: how far a sample's AUC moves by chance."""
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    var = (auc * (1 - auc) + (n_pos - 1) * (q1 - auc * auc) + (n_neg - 1) * (q2 - auc * auc)) / max(n_pos * n_neg, 1)
+    return float(np.sqrt(max(var, 0.0)))
+
+
 def quality_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, Any] | None:
     """ROC AUC, PR AUC, log loss, Brier, expected calibration error and the calibration table.
 
@@ -308,8 +315,10 @@ def quality_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, Any] | None:
     p = np.clip(p.astype(float), 1e-6, 1 - 1e-6)
     table = calibration_table(y, p)
     ece = sum(row["rows"] * abs(row["observed"] - row["predicted"]) for row in table) / len(y)
+    auc = float(roc_auc_score(y, p))
     return {"rows": int(len(y)), "churn_rate": float(y.mean()), "mean_probability": float(p.mean()),
-            "roc_auc": float(roc_auc_score(y, p)), "pr_auc": float(average_precision_score(y, p)),
+            "roc_auc": auc, "roc_auc_se": auc_standard_error(auc, int(y.sum()), int(len(y) - y.sum())),
+            "pr_auc": float(average_precision_score(y, p)),
             "log_loss": float(log_loss(y, p, labels=[0, 1])), "brier": float(brier_score_loss(y, p)),
             "ece": float(ece), "calibration": table}
 
@@ -430,13 +439,20 @@ def run_drift_check(reference: pd.DataFrame, current: pd.DataFrame, *, numeric: 
             notes.append(f"{int((~labelled).sum()):,} current rows have no outcome yet: quality uses the "
                          f"{int(labelled.sum()):,} labelled rows")
         auc_drop = None
+        noise = None
         decayed = False
         if cur_quality and ref_quality:
             auc_drop = ref_quality["roc_auc"] - cur_quality["roc_auc"]
-            decayed = auc_drop >= cfg.auc_drop
+            # A drop counts only when it is both large enough to matter and larger than chance on samples of
+            # this size (1.96 standard errors of the difference): a few hundred labelled rows move AUC by 0.05.
+            noise = 1.96 * float(np.hypot(ref_quality["roc_auc_se"], cur_quality["roc_auc_se"]))
+            decayed = auc_drop >= cfg.auc_drop and auc_drop > noise
+            if auc_drop >= cfg.auc_drop and not decayed:
+                notes.append(f"ROC AUC fell {auc_drop:.3f}, within chance for these sample sizes (+/- {noise:.3f}):"
+                             " not flagged as decay")
         quality = {"target": target, "labelled_rows": int(labelled.sum()), "current": cur_quality,
                    "reference": ref_quality, "reference_source": ref_quality_source, "auc_drop": auc_drop,
-                   "decayed": decayed}
+                   "auc_drop_noise": noise, "decayed": decayed}
         # Evidently's classification section needs fully labelled tables on both sides; its ROC AUC test
         # uses the same floor as the status (baseline AUC minus auc_drop).
         quality_in_report = bool(cur_quality and ref_quality and labelled.all() and ref_labelled
