@@ -56,8 +56,9 @@ def log_decision_run(settings: Settings, decisions: Decisions, files: dict[str, 
                          "retain.model_version": str(s["model_version"])})
         mlflow.log_params({"policy_hash": s["policy_hash"], "model_version": s["model_version"],
                            "decided_on": s["decided_on"]})
-        metrics = {"subscribers": s["subscribers"], "total_offer_cost": s["total_offer_cost"],
-                   "mean_churn_probability": s["mean_churn_probability"]}
+        metrics = {k: s[k] for k in ("subscribers", "total_offer_cost", "total_channel_cost", "budget_used",
+                                     "expected_saves", "expected_saved_value", "expected_net_value",
+                                     "control_group", "mean_churn_probability")}
         metrics.update({f"grade_{k}": v for k, v in s["risk_grades"].items()})
         metrics.update({f"status_{k}": v for k, v in s["status"].items()})
         metrics.update({f"channel_{k}": v for k, v in s["offers_per_channel"].items()})

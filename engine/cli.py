@@ -240,12 +240,19 @@ def decide(
     contact rules (opt-out, contact limit, cool-down). A stable share of eligible subscribers is kept
     as a control group and gets no offer.
     """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     from engine.service import decide_file
 
     settings = settings_for(config, tracking_uri)
-    with err_console.status("deciding...") as status:
+    with Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err_console) as bars:
+        tasks: dict[str, Any] = {}
+
         def progress(step: str, done: int, total: int) -> None:
-            status.update(f"{step}: {done:,}/{total:,}")
+            if step not in tasks:
+                tasks[step] = bars.add_task(step, total=total)
+            bars.update(tasks[step], completed=done, total=total)
 
         result = decide_file(input, out, settings=settings, model=model, policy_dir=policies, log_run=log_run,
                              contact_history=contact_history, run_date=_date(run_date), progress=progress)

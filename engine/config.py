@@ -117,7 +117,8 @@ class ControlGroup(_Strict):
 
 class Channel(_Strict):
     cost: float = Field(ge=0, description="Cost of one contact on this channel")
-    daily_capacity: int | None = Field(None, gt=0, description="Contacts the channel can handle per run")
+    daily_capacity: int | None = Field(None, ge=0, description="Contacts the channel can handle per run; "
+                                                               "0 closes the channel, empty means no limit")
 
 
 class Arbitration(_Strict):

@@ -78,7 +78,7 @@ def test_bad_arbitration_settings_are_refused():
     with pytest.raises(ValueError):
         Channel(cost=-1)
     with pytest.raises(ValueError):
-        Channel(cost=1, daily_capacity=0)
+        Channel(cost=1, daily_capacity=-1)
 
 
 def test_control_group_is_stable_and_sized():

@@ -101,3 +101,55 @@ def test_decide_refuses_an_invalid_policy_set(trained, month_files, runner, tmp_
                               "--policies", str(bad), *trained.args()])
     assert res.exit_code == 2 and "rules.yaml" in res.output
     assert not (tmp_path / "o").exists()
+
+
+def test_budget_capacity_contact_rules_and_control_hold_in_a_run(trained, month_files, runner, tmp_path):
+    import yaml
+
+    cfg = yaml.safe_load(trained.config.read_text())
+    cfg.update({"arbitration": {"budget": 1500.0},
+                "channels": {"outbound_call": {"cost": 4.0, "daily_capacity": 25},
+                             "sms": {"cost": 0.05, "daily_capacity": 0}},
+                "control_group": {"share": 0.2, "salt": "t"}})
+    config = tmp_path / "retain.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    month = pd.read_parquet(month_files["drifted"])
+    recent = month["subscriber_id"].iloc[:300]
+    history = pd.DataFrame({"subscriber_id": list(recent) * 2, "contacted_on": ["2026-11-20"] * 600,
+                            "channel": ["sms"] * 600, "offer_id": ["care_message"] * 600,
+                            "outcome": ["pending"] * 600})
+    hist_path = tmp_path / "contacts.csv"
+    history.to_csv(hist_path, index=False)
+    args = ["--config", str(config), "--tracking-uri", trained.uri, "--no-log", "--date", "2026-11-23"]
+    outs = []
+    for i in range(2):
+        out = tmp_path / f"run{i}"
+        extra = ["--contact-history", str(hist_path)] if i == 0 else []
+        res = runner.invoke(app, ["decide", "--input", str(month_files["drifted"]), "--out", str(out), *extra, *args])
+        assert res.exit_code == 0, res.output
+        outs.append(pd.read_parquet(out / "decisions.parquet"))
+    first, second = outs
+    offered = first[first["status"] == "offer"]
+    assert (offered["offer_cost"] + offered["channel_cost"]).sum() <= 1500.0 + 1e-6
+    assert (first["status"] == "over_budget").any()
+    assert (offered["channel"] == "outbound_call").sum() <= 25
+    assert (offered["channel"] == "sms").sum() == 0, "capacity 0 closes a channel"
+    # contact rules: two contacts in the last 30 days block outbound channels for those subscribers
+    blocked_ids = set(recent)
+    outbound = offered[offered["channel"].isin(list(OUTBOUND_CHANNELS))]
+    assert not blocked_ids & set(outbound["subscriber_id"])
+    # the run's contacts were appended to the history
+    appended = pd.read_csv(hist_path)
+    assert len(appended) == 600 + len(offered)
+    assert set(appended["outcome"].iloc[600:]) == {"pending"}
+    # control: a stable share of the chosen, never contacted, costs nothing, would-be offer on record
+    control = first[first["status"] == "control"]
+    assert len(control) > 0 and control["offer_id"].notna().all()
+    assert (control["offer_cost"] == 0).all()
+    chosen = first["status"].isin(["offer", "control"])
+    assert 0.1 < len(control) / chosen.sum() < 0.3
+    # the same subscriber is control in both runs (stable hash), whatever else changed
+    both = set(first.loc[first["control"], "subscriber_id"]) & set(second.loc[second["control"], "subscriber_id"])
+    assert len(both) >= 0.8 * min(first["control"].sum(), second["control"].sum())
+    assert not set(second.loc[second["control"], "subscriber_id"]) & set(
+        second.loc[second["status"] == "offer", "subscriber_id"])
