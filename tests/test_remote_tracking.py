@@ -52,7 +52,6 @@ def mlflow_server(tmp_path_factory):
         proc.kill()
 
 
-@pytest.mark.slow
 def test_train_list_promote_against_a_server(mlflow_server, store, month_files, runner):
     args = ["--config", str(store.config), "--tracking-uri", mlflow_server]
     res = runner.invoke(app, ["train", "--data", str(month_files["base"]), "--trials", "1", "--json", *args])
