@@ -10,30 +10,17 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
-from typer.core import TyperGroup
 
+from engine.cli_common import ErrorGroup, err_console, settings_for
 from engine.errors import RetainError
 
 console = Console()
-err_console = Console(stderr=True)
 
 
-class RetainGroup(TyperGroup):
-    """Root group: one place that turns user errors into one line and a non-zero exit."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except RetainError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(exc.exit_code) from None
-
-
-app = typer.Typer(name="retain", cls=RetainGroup, no_args_is_help=True, add_completion=False,
+app = typer.Typer(name="retain", cls=ErrorGroup, no_args_is_help=True, add_completion=False,
                   rich_markup_mode="rich",
                   help="Churn-retention decision engine: predict, explain, segment, decide, act, watch.")
 models_app = typer.Typer(no_args_is_help=True,
@@ -58,12 +45,6 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Settings YAML 
 TrackingOpt = Annotated[str | None, typer.Option("--tracking-uri", envvar="MLFLOW_TRACKING_URI",
                                                  help="MLflow store: sqlite:///mlruns/mlflow.db by default, "
                                                       "or a server such as http://mlflow:5000.")]
-
-
-def settings_for(config: Path | None, tracking_uri: str | None):
-    from engine.config import load_settings
-
-    return load_settings(config, tracking_uri=tracking_uri)
 
 
 def _table(title: str, rows: list[dict[str, Any]], columns: list[str] | None = None) -> Table:

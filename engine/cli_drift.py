@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from engine.cli_common import settings_for
 from engine.errors import RetainError
 
 console = Console()
@@ -38,10 +39,6 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
-def _settings(config: Path | None, tracking_uri: str | None):
-    from engine.config import load_settings
-
-    return load_settings(config, tracking_uri=tracking_uri)
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -125,7 +122,7 @@ def drift(
     from engine.monitoring.service import run_drift_files
 
     try:
-        settings = _settings(config, tracking_uri)
+        settings = settings_for(config, tracking_uri)
         with err_console.status("checking drift..."):
             run = run_drift_files(settings, current=current, reference=reference, model=model, out=out,
                                   webhook=webhook, log=log)
@@ -168,7 +165,7 @@ def history(
 
     parent = ctx.obj if isinstance(ctx.obj, dict) else {}
     try:
-        settings = _settings(config or parent.get("config"), tracking_uri or parent.get("tracking_uri"))
+        settings = settings_for(config or parent.get("config"), tracking_uri or parent.get("tracking_uri"))
         version = _resolve_version(settings, model) if model else None
         frame = tracking.history(settings, version=version, limit=limit)
         paths = None

@@ -13,31 +13,19 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from typer.core import TyperGroup
 
-from engine.errors import PolicyError, RetainError
+from engine.cli_common import ErrorGroup
+from engine.errors import PolicyError
 
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 
 
-class PolicyGroup(TyperGroup):
-    """Turns user errors into one line and exit code 2, also when used without the root group."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except RetainError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(exc.exit_code) from None
-
-
-app = typer.Typer(cls=PolicyGroup, no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
+app = typer.Typer(cls=ErrorGroup, no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
                   help="Retention policies: validate, test, explain, simulate, match.")
 
 PoliciesOpt = Annotated[Path, typer.Option("--policies", help="Policy folder (all *.yaml except tests/) or one "

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from engine.errors import ConfigError
+from engine.io import read_yaml_mapping
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 
@@ -179,20 +180,6 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
     return merged
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"config file '{path}' does not exist") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}{where}: malformed YAML ({getattr(exc, 'problem', exc)})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of settings")
-    return data
-
-
 @lru_cache(maxsize=1)
 def _defaults() -> dict[str, Any]:
     text = resources.files("engine.defaults").joinpath("config.yaml").read_text()
@@ -206,7 +193,7 @@ def load_settings(path: str | Path | None = None, *, tracking_uri: str | None = 
     candidate = Path(path) if path else (Path(os.environ["RETAIN_CONFIG"]) if os.environ.get("RETAIN_CONFIG")
                                          else Path("retain.yaml"))
     if path or os.environ.get("RETAIN_CONFIG") or candidate.exists():
-        data = _deep_merge(data, _read_yaml(candidate))
+        data = _deep_merge(data, read_yaml_mapping(candidate, what="config file"))
         source = str(candidate)
     if os.environ.get("MLFLOW_TRACKING_URI"):
         data["tracking_uri"] = os.environ["MLFLOW_TRACKING_URI"]

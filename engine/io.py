@@ -111,3 +111,23 @@ def staged_outputs(out_dir: str | Path) -> Iterator[Path]:
                 os.replace(item, dest)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def read_yaml_mapping(path: str | Path, *, what: str) -> dict[str, Any]:
+    """A YAML file that must hold a mapping; malformed YAML is reported as `file:line: problem`."""
+    import yaml
+
+    from engine.errors import ConfigError
+
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{what} '{p}' does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{p}{where}: malformed YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping in the {what}")
+    return data

@@ -168,6 +168,20 @@ def simulate_outcomes(decisions_dir: str | Path, seed: int = 0, *, settings: Set
     })
 
 
+def subscriber_effects(frame: pd.DataFrame, settings: Settings, *, window: int = 90,
+                       truth: Truth = TRUTH) -> np.ndarray:
+    """Per row: the expected churn reduction (within `window` days) if the row's offer_id/channel is sent.
+
+    `frame` needs offer_id, channel, churn and churn_reason (a decision table joined with the truth, as
+    `load_run` returns it). Rows without an offer get their offer's non-match effect (0 without offer_id).
+    """
+    parts = _effect_parts(frame, settings, truth)
+    later = (1 - truth.later_churn) ** WINDOWS.index(window)
+    has_offer = frame["offer_id"].notna().to_numpy()
+    return np.where(has_offer, frame["churn"].to_numpy(dtype=float) * parts["reach"].to_numpy()
+                    * parts["p_accept"].to_numpy() * parts["p_save"].to_numpy() * later, 0.0)
+
+
 def true_effects(decisions_dir: str | Path, *, by: str | None = "rule_id", window: int = 90,
                  settings: Settings | None = None, truth: Truth = TRUTH) -> pd.DataFrame:
     """The expected churn reduction per treated subscriber (uplift), per group, under `truth`.
@@ -183,10 +197,8 @@ def true_effects(decisions_dir: str | Path, *, by: str | None = "rule_id", windo
         settings = load_settings()
     frame, _ = load_run(decisions_dir)
     frame = frame[frame["status"].isin(["offer", "control"])]
-    parts = _effect_parts(frame, settings, truth)
-    later = (1 - truth.later_churn) ** (WINDOWS.index(window))
-    effect = (frame["churn"].to_numpy(dtype=float) * parts["reach"] * parts["p_accept"] * parts["p_save"] * later)
-    data = pd.DataFrame({"group": frame[by].to_numpy() if by else "all", "effect": effect.to_numpy(),
+    effect = subscriber_effects(frame, settings, window=window, truth=truth)
+    data = pd.DataFrame({"group": frame[by].to_numpy() if by else "all", "effect": effect,
                          "treated": (frame["status"] == "offer").to_numpy()})
     out = data.groupby("group", sort=True).agg(subscribers=("effect", "size"), treated=("treated", "sum"),
                                                true_uplift=("effect", "mean")).reset_index()

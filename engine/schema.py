@@ -16,10 +16,10 @@ from typing import Literal
 
 import pandas as pd
 import pandera.pandas as pa
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from engine.errors import ConfigError, DataError
+from engine.io import read_yaml_mapping
 
 Kind = Literal["id", "numeric", "integer", "categorical", "boolean"]
 
@@ -207,16 +207,7 @@ class DatasetConfig(BaseModel):
     @classmethod
     def from_yaml(cls, path: str | Path) -> DatasetConfig:
         p = Path(path)
-        if not p.exists():
-            raise ConfigError(f"dataset config '{p}' does not exist")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f":{mark.line + 1}" if mark else ""
-            raise ConfigError(f"{p}{where}: malformed YAML ({getattr(exc, 'problem', exc)})") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{p}: expected a mapping of roles (id_column, target, categorical, numeric)")
+        raw = read_yaml_mapping(p, what="dataset config")
         try:
             return cls(**raw)
         except ValidationError as exc:
