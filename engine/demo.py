@@ -12,6 +12,7 @@ from pathlib import Path
 from rich.console import Console
 
 from engine.config import Settings
+from engine.errors import ModelError
 from engine.io import write_table
 
 BASE_SEED, SAME_SEED, DRIFT_SEED = 1, 2, 3
@@ -40,8 +41,11 @@ def run_demo(settings: Settings, *, rows: int, trials: int, out: Path, console: 
     console.print(f"[green]2/5[/] trained model version {result.model_version}: hold-out ROC AUC "
                   f"{result.roc_auc:.3f}, PR AUC {result.pr_auc:.3f}, log loss {result.log_loss:.3f}")
 
-    promote(settings, str(result.model_version), "champion", reason="retain demo")
-    console.print(f"[green]3/5[/] promoted version {result.model_version} to alias 'champion'")
+    try:
+        _, verdict = promote(settings, str(result.model_version), "champion", reason="retain demo")
+        console.print(f"[green]3/5[/] promoted version {result.model_version} to alias 'champion' ({verdict})")
+    except ModelError as exc:  # a re-run whose new version is worse than the champion: keep the champion
+        console.print(f"[yellow]3/5[/] kept the current champion: {exc}")
 
     with console.status("4/5 deciding..."):
         decided = decide_file(paths["drifted"], out / "decisions", settings=settings, model="champion")
