@@ -7,6 +7,8 @@ must fire). Decisions are made on the later month, as an operator would at the s
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -67,6 +69,8 @@ def run_demo(settings: Settings, *, rows: int, trials: int, out: Path, console: 
     console.print(f"  work orders:  {out / 'decisions' / 'work_orders'}/<channel>.csv")
     for name in checks:
         console.print(f"  drift report: {out / name / 'report.html'}")
-    console.print(f"  MLflow:       mlflow ui --backend-store-uri {uri}   (then open http://127.0.0.1:5000)")
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    shown = os.path.relpath(mlflow_bin) if mlflow_bin.exists() else "mlflow"
+    console.print(f"  MLflow:       {shown} ui --backend-store-uri {uri}   (then open http://127.0.0.1:5000)")
     return {"train": result.summary(), "decisions": decided.summary,
             "drift": {k: v.one_line for k, v in checks.items()}}
