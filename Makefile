@@ -39,4 +39,4 @@ bench: setup  ## throughput and memory figures
 	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf out mlruns/*.db mlruns/artifacts mlruns/optuna.db .pytest_cache
+	rm -rf out store mlruns/*.db mlruns/artifacts .pytest_cache

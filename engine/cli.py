@@ -31,8 +31,14 @@ app.add_typer(models_app, name="models")
 def _mount_sub_apps() -> None:
     from engine.cli_data import app as data_app
     from engine.cli_drift import app as drift_app
+    from engine.cli_feedback import app as feedback_app
+    from engine.cli_feedback import outcomes_command, report_command
     from engine.cli_policy import app as policy_app
 
+    data_app.command("outcomes")(outcomes_command)
+    app.command("report")(report_command)
+    app.add_typer(feedback_app, name="feedback",
+                  help="Outcomes back in: ingest outcomes, record and list runs, learned acceptance, the store.")
     app.add_typer(data_app, name="data", help="Built-in data: generate simulated subscribers, show the schema.")
     app.add_typer(policy_app, name="policy", help="Retention policies: validate, test, explain, simulate, match.")
     app.add_typer(drift_app, name="drift", help="Drift and performance checks with an alerting exit code.")
@@ -211,6 +217,11 @@ def decide(
     run_date: Annotated[str | None, typer.Option("--date", help="Decision date YYYY-MM-DD (default: today); "
                                                                 "offer validity and due dates follow it.")] = None,
     log_run: Annotated[bool, typer.Option("--log/--no-log", help="Record the run in MLflow.")] = True,
+    record: Annotated[bool, typer.Option("--record/--no-record", help="Record the run in the decision store, "
+                                                                      "so outcomes can be ingested for it.")] = True,
+    learned: Annotated[bool, typer.Option("--learned/--no-learned",
+                                          help="Use acceptance rates learned from ingested outcomes "
+                                               "(else the configured priors).")] = True,
     config: ConfigOpt = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
@@ -235,8 +246,14 @@ def decide(
                 tasks[step] = bars.add_task(step, total=total)
             bars.update(tasks[step], completed=done, total=total)
 
+        rates = None
+        if learned:
+            from engine.learning import learned_acceptance
+
+            rates = learned_acceptance(settings)
         result = decide_file(input, out, settings=settings, model=model, policy_dir=policies, log_run=log_run,
-                             contact_history=contact_history, run_date=_date(run_date), progress=progress)
+                             contact_history=contact_history, run_date=_date(run_date), learned=rates,
+                             record=record, progress=progress)
     render_decision_summary(result.summary)
     console.print(f"decisions: {result.files['decisions']}")
     console.print(f"work orders: {Path(result.files['summary']).parent / 'work_orders'}")
@@ -282,13 +299,21 @@ def demo(
     rows: Annotated[int, typer.Option(min=1000, help="Subscribers per simulated month.")] = 20_000,
     trials: Annotated[int, typer.Option(min=1, help="Optuna trials for the demo model.")] = 4,
     out: Annotated[Path, typer.Option(help="Folder for the demo's data, decisions and drift reports.")] = Path("out"),
+    loop: Annotated[bool, typer.Option("--loop", help="Then run two monthly cycles: decide, simulate outcomes, "
+                                                      "ingest, report, learn, decide again; measured vs true "
+                                                      "uplift.")] = False,
     config: ConfigOpt = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
-    """The whole loop on built-in data: simulate, train, promote, decide, check drift."""
+    """The whole loop on built-in data: simulate, train, promote, decide, check drift (and with --loop, learn)."""
     from engine.demo import run_demo
 
-    run_demo(settings_for(config, tracking_uri), rows=rows, trials=trials, out=out, console=console)
+    settings = settings_for(config, tracking_uri)
+    run_demo(settings, rows=rows, trials=trials, out=out, console=console)
+    if loop:
+        from engine.loop_demo import run_loop_demo
+
+        run_loop_demo(settings, rows=rows, trials=trials, out=out, console=console)
 
 
 def main() -> None:  # pragma: no cover - console-script entry point

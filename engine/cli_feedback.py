@@ -3,9 +3,10 @@ and `retain data outcomes`.
 
 Thin by design (see engine/cli.py): parse options, call one library function (`engine.feedback`,
 `engine.report`, `engine.learning`, `engine.outcomes`), render with rich. User mistakes are RetainErrors;
-this sub-app's group prints them as `error: <message>` and exits 2, the same as the root group, so it
-behaves the same mounted or on its own. `report_command` and `outcomes_command` are plain functions
-that the root app registers as `retain report` and `retain data outcomes`.
+this sub-app's group (`engine.cli_common.ErrorGroup`) prints them as `error: <message>` and exits 2, the
+same as the root group, so it behaves the same mounted or on its own. `report_command` and
+`outcomes_command` are plain functions that the root app registers as `retain report` and
+`retain data outcomes`.
 """
 
 from __future__ import annotations
@@ -14,31 +15,17 @@ import math
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from typer.core import TyperGroup
 
-from engine.errors import RetainError
+from engine.cli_common import ErrorGroup, err_console, settings_for
 
 console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
 
 
-class FeedbackGroup(TyperGroup):
-    """Turns user errors into one line and exit code 2, also when used without the root group."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except RetainError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(exc.exit_code) from None
-
-
-app = typer.Typer(cls=FeedbackGroup, no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
+app = typer.Typer(cls=ErrorGroup, no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
                   help="Outcomes back in: ingest contact outcomes, record and list decision runs, learned "
                        "acceptance rates, the decision store.")
 
@@ -53,10 +40,18 @@ StoreOpt = Annotated[str | None, typer.Option(
          "Default: store/retain.db next to the MLflow store folder.")]
 
 
-def _settings(config: Path | None, tracking_uri: str | None):
-    from engine.config import load_settings
+def report_console() -> Console:
+    """The terminal's width on a terminal; 140 columns when piped or captured (rich would assume 80)."""
+    import os
 
-    return load_settings(config, tracking_uri=tracking_uri)
+    out = Console(soft_wrap=True)
+    if out.is_terminal or os.environ.get("COLUMNS"):
+        return out
+    return Console(soft_wrap=True, width=140)
+
+
+def _settings(config: Path | None, tracking_uri: str | None):
+    return settings_for(config, tracking_uri)
 
 
 def _fmt(v: Any, kind: str = "") -> str:
@@ -85,8 +80,8 @@ def ingest(
                                               "churned_60d, churned_90d, revenue_after.")],
     strict: Annotated[bool, typer.Option(help="Refuse the whole file when any row names an unknown order or "
                                               "subscriber (default: store the known rows, report the rest).")] = False,
-    rejects: Annotated[Path | None, typer.Option(help="Write the rows that were not stored (unknown orders or "
-                                                      "subscribers) to this CSV, with the problem.")] = None,
+    rejects: Annotated[Path | None, typer.Option(help="Write the rows naming unknown orders or subscribers to "
+                                                      "this CSV, with the problem and whether it was stored.")] = None,
     store: StoreOpt = None,
     config: ConfigOpt = None,
     tracking_uri: TrackingOpt = None,
@@ -105,8 +100,8 @@ def ingest(
     for note in result.warnings:
         err_console.print(f"[yellow]warning:[/] {escape(note)}", highlight=False)
     if len(result.unknown):
-        err_console.print(f"[yellow]warning:[/] {len(result.unknown):,} row(s) not stored (unknown order or "
-                          "subscriber); for example:", highlight=False)
+        err_console.print(f"[yellow]warning:[/] {len(result.unknown):,} row(s) name an unknown order or subscriber "
+                          f"({result.not_stored:,} not stored); for example:", highlight=False)
         for line in result.unknown_examples():
             err_console.print(f"  {escape(line)}", highlight=False)
         if rejects:
@@ -170,8 +165,11 @@ def store_cmd(
     console.print(f"decision store: {st.display_url}", highlight=False)
     for r in st.history().itertuples():
         console.print(f"  migration {r.version}: {r.description} (applied {r.applied_at})", highlight=False)
-    for name, n in st.counts().items():
-        console.print(f"  {name}: {n:,} rows", highlight=False)
+    from engine.store import describe
+
+    counts = st.counts()
+    for name, columns in describe():
+        console.print(f"  {name}: {counts[name]:,} rows ({', '.join(columns)})", highlight=False)
 
 
 @app.command()
@@ -202,6 +200,12 @@ def acceptance(
 # ---------------------------------------------------------------------------------------------
 # retain report (registered on the root app)
 # ---------------------------------------------------------------------------------------------
+SHORT_VERDICTS = {"works": "works", "not distinguishable from zero": "~0",
+                  "negative, not distinguishable from zero": "<0?", "harmful: uplift below zero": "harmful",
+                  "too few control subscribers to tell": "thin", "no control subscribers": "none",
+                  "no outcomes yet": "no data"}
+
+
 def render_report(report: Any, out: Console | None = None, *, rows: int = 20) -> None:
     """Terminal summary: headline figures, per-group tables, flagged rules, overdue orders."""
     out = out or console
@@ -229,17 +233,21 @@ def render_report(report: Any, out: Console | None = None, *, rows: int = 20) ->
         if key == "overall" or len(df) == 0:
             continue
         table = Table(title=f"By {GROUP_TITLES[key]}", title_justify="left")
-        for col in (GROUP_TITLES[key], "treated", "control", "churn T", "churn C", "uplift", "95% CI",
-                    "success", "cost/saved", "net kept", "verdict"):
-            table.add_column(col, justify="left" if col in (GROUP_TITLES[key], "verdict") else "right")
+        table.add_column(GROUP_TITLES[key], no_wrap=True)
+        for col in ("treated/control", "churn C -> T", "uplift [95% CI]", "success", "cost/saved", "net kept"):
+            table.add_column(col, justify="right", no_wrap=True)
+        table.add_column("verdict", no_wrap=True)
         shown = df.sort_values("treated", ascending=False).head(rows)
         for r in shown.itertuples():
-            style = "red" if r.flagged else None
-            table.add_row(str(getattr(r, key)), f"{r.treated:,}", f"{r.control:,}", _fmt(r.churn_treated, "pct"),
-                          _fmt(r.churn_control, "pct"), _fmt(r.uplift, "signed"),
-                          f"{_fmt(r.ci_low, 'signed')}..{_fmt(r.ci_high, 'signed')}", _fmt(r.retention_success, "pct"),
-                          _fmt(r.cost_per_saved, "money"), _fmt(r.net_revenue_kept, "money"), r.verdict, style=style)
+            uplift = "-" if math.isnan(r.uplift) else f"{r.uplift:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]"
+            table.add_row(str(getattr(r, key)), f"{r.treated:,}/{r.control:,}",
+                          f"{_fmt(r.churn_control, 'pct')} -> {_fmt(r.churn_treated, 'pct')}", uplift,
+                          _fmt(r.retention_success, "pct"), _fmt(r.cost_per_saved, "money"),
+                          _fmt(r.net_revenue_kept, "money"), SHORT_VERDICTS.get(r.verdict, r.verdict),
+                          style="red" if r.flagged else None)
         out.print(table)
+    out.print("verdicts: works = 95% CI above 0; ~0 = includes 0; <0? = below 0 but includes 0; harmful = CI below "
+              "0; thin = under 20 control subscribers; none = no control subscribers", highlight=False)
     if report.flagged:
         out.print(f"[bold]{len(report.flagged)} rule(s) flagged[/] (uplift not shown to be above zero):")
         for f in report.flagged:
@@ -279,7 +287,7 @@ def report_command(
 
     settings = _settings(config, tracking_uri)
     report = build_report(settings, run, window=window, overdue=overdue, url=store)
-    render_report(report)
+    render_report(report, report_console())
     files = write_report(report, out) if out else {}
     if files:
         console.print(f"report: {files['html']}", highlight=False)

@@ -95,19 +95,30 @@ def validate(
     policies: PoliciesOpt = Path("policies"),
     date: DateOpt = None,
     strict: Annotated[bool, typer.Option(help="Exit 1 when there are warnings (for CI).")] = False,
+    config: Annotated[Path | None, typer.Option("--config", help="Settings YAML (locates the decision store "
+                                                                 "whose measured uplift flags rules).")] = None,
+    tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", envvar="MLFLOW_TRACKING_URI",
+                                                     help="MLflow store; the decision store sits next to it.")] = None,
 ) -> None:
-    """Check a policy set: errors exit 2; warnings name dead, shadowed and overlapping rules, unused offers and
-    uncovered segments."""
+    """Check a policy set: errors exit 2; warnings name dead, shadowed and overlapping rules, unused offers,
+    uncovered segments, and rules whose measured uplift (from ingested outcomes) is not above zero."""
+    from engine.cli_common import settings_for
+    from engine.learning import flagged_rules
     from engine.policy.validate import check_policy_set
 
     ps = _load(policies)
     findings = check_policy_set(ps, today=_day(date))
     for f in findings:
         console.print(f"[yellow]{f.where}: warning:[/] {f.message}", highlight=False, soft_wrap=True)
+    rule_ids = {r.id for r in ps.rules}
+    measured = [f for f in flagged_rules(settings_for(config, tracking_uri)) if f.rule_id in rule_ids]
+    for f in measured:
+        console.print(f"[yellow]warning:[/] {f.line()}", highlight=False, soft_wrap=True)
+    warnings = len(findings) + len(measured)
     console.print(f"policy set '{policies}' is valid: {len(ps.rules)} rules, {len(ps.offers)} offers in "
-                  f"{len(ps.files)} file(s); hash {ps.content_hash[:12]}; {len(findings)} warning(s)",
+                  f"{len(ps.files)} file(s); hash {ps.content_hash[:12]}; {warnings} warning(s)",
                   highlight=False)
-    if strict and findings:
+    if strict and warnings:
         raise typer.Exit(1)
 
 

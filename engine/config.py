@@ -144,6 +144,8 @@ class Settings(_Strict):
     tracking_uri: str = DEFAULT_TRACKING_URI
     model_name: str = "churn"
     policy_dir: str = "policies"
+    store_url: str | None = Field(None, description="Decision store (SQLAlchemy URL); default store/retain.db "
+                                                    "next to mlruns/")
     risk_grades: RiskGrades = RiskGrades()
     value_tiers: ValueTiers = ValueTiers()
     lifecycle: Lifecycle = Lifecycle()

@@ -132,7 +132,7 @@ def record_run(settings: Settings, table: pd.DataFrame, summary: Mapping[str, An
         "offers": int((rows["status"] == "offer").sum()), "control": int(rows["control"].sum()),
         "summary": json.dumps(dict(summary), default=str),
     }])
-    with store.engine.begin() as conn:
+    with store.transaction() as conn:
         if replace:
             store.delete_run(conn, run)
         store.insert_frame(conn, runs_table, run_row)
@@ -214,7 +214,9 @@ def _bad(source: str, column: str, values: pd.Series, mask: pd.Series, problem: 
     first = int(rows[0])
     n = len(rows)
     more = f" ({n:,} rows)" if n > 1 else ""
-    raise DataError(f"{source}: column '{column}' row {first + 2}: {values.iloc[first]!r} {problem}{more}",
+    value = values.iloc[first]
+    value = value.item() if isinstance(value, np.generic) else value
+    raise DataError(f"{source}: column '{column}' row {first + 2}: {value!r} {problem}{more}",
                     hint="row numbers count the header as row 1")
 
 
@@ -242,9 +244,10 @@ def read_outcomes(path: str | Path) -> pd.DataFrame:
             return pd.Series(None, index=raw.index, dtype=object)
         s = raw[col]
         if pd.api.types.is_float_dtype(s.dtype):  # ids read from CSV as numbers: 12.0 -> '12'
-            s = s.map(lambda v: None if pd.isna(v) else (str(int(v)) if float(v).is_integer() else str(v)))
-        s = s.astype(object).where(s.notna(), None)
-        return s.map(lambda v: None if v is None or str(v).strip() == "" else str(v).strip())
+            s = s.astype("Int64") if (s.dropna() % 1 == 0).all() else s
+        text = s.astype("string").str.strip()
+        text = text.mask(text == "")
+        return text.astype(object).where(text.notna(), None)
 
     out = pd.DataFrame({"order_id": ids("order_id"), "decision_run": ids("decision_run"),
                         "subscriber_id": ids("subscriber_id")})
@@ -307,6 +310,11 @@ class IngestResult:
     def stored(self) -> int:
         return self.inserted + self.updated + self.unchanged
 
+    @property
+    def not_stored(self) -> int:
+        """Rows naming an unknown order or subscriber (an unknown order id with a known subscriber is stored)."""
+        return int((~self.unknown["stored"].astype(bool)).sum()) if len(self.unknown) else 0
+
     def unknown_examples(self, n: int = 5) -> list[str]:
         out = []
         for _, r in self.unknown.head(n).iterrows():
@@ -319,13 +327,16 @@ class IngestResult:
     def one_line(self) -> str:
         text = (f"{self.file}: {self.rows:,} outcome rows: {self.inserted:,} new, {self.updated:,} updated, "
                 f"{self.unchanged:,} unchanged")
-        if len(self.unknown):
-            text += f"; {len(self.unknown):,} unknown (not stored)"
+        if self.not_stored:
+            text += f"; {self.not_stored:,} unknown (not stored)"
+        if len(self.unknown) > self.not_stored:
+            text += f"; {len(self.unknown) - self.not_stored:,} with an unknown order id stored under subscriber + run"
         return text
 
     def as_dict(self) -> dict[str, Any]:
         return {"file": self.file, "rows": self.rows, "inserted": self.inserted, "updated": self.updated,
-                "unchanged": self.unchanged, "unknown": len(self.unknown), "unknown_examples": self.unknown_examples(),
+                "unchanged": self.unchanged, "unknown": len(self.unknown), "not_stored": self.not_stored,
+                "unknown_examples": self.unknown_examples(),
                 "runs": self.runs, "warnings": self.warnings, "store": self.store}
 
 
@@ -378,23 +389,24 @@ def _resolve(store: Store, rows: pd.DataFrame, source: str) -> tuple[pd.DataFram
     known["order_id"] = known["known_order"]
     reported = rows[fallback_ok].copy()
     reported["problem"] = "unknown order id (stored under its subscriber and run)"
+    unknown["stored"], reported["stored"] = False, True
     return known.drop(columns=["known_order", "problem"]), pd.concat([unknown, reported], ignore_index=True)
+
+
+def _as_float(s: pd.Series) -> np.ndarray:
+    """Booleans and numbers as floats, missing as NaN (vectorised: no Python loop over rows)."""
+    if isinstance(s.dtype, pd.BooleanDtype):
+        return s.astype("Float64").to_numpy(dtype=float, na_value=np.nan)
+    return pd.to_numeric(s, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
 
 
 def _same(a: pd.Series, b: pd.Series) -> np.ndarray:
     """Element-wise equality where missing == missing."""
-    an, bn = a.isna().to_numpy(), b.isna().to_numpy()
-    av = a.astype(object).to_numpy()
-    bv = b.astype(object).to_numpy()
-    eq = np.zeros(len(a), dtype=bool)
-    both = ~an & ~bn
-    if both.any():
-        if pd.api.types.is_float_dtype(a.dtype) or pd.api.types.is_float_dtype(b.dtype):
-            eq[both] = np.isclose(a.to_numpy(dtype=float, na_value=np.nan)[both],
-                                  b.to_numpy(dtype=float, na_value=np.nan)[both], rtol=1e-9, atol=1e-9)
-        else:
-            eq[both] = [bool(x) == bool(y) for x, y in zip(av[both], bv[both], strict=True)]
-    return eq | (an & bn)
+    x, y = _as_float(a), _as_float(b)
+    both_missing = np.isnan(x) & np.isnan(y)
+    with np.errstate(invalid="ignore"):
+        close = np.isclose(x, y, rtol=1e-9, atol=1e-9)
+    return close | both_missing
 
 
 def ingest(settings: Settings, file: str | Path, *, url: str | None = None, strict: bool = False) -> IngestResult:
@@ -443,10 +455,10 @@ def ingest(settings: Settings, file: str | Path, *, url: str | None = None, stri
     write["ingested_at"] = now_iso()
     for col in OUTCOME_FLAGS:
         write[col] = write[col].astype(object).where(write[col].notna(), None)
-    with store.engine.begin() as conn:
+    with store.transaction() as conn:
         store.delete_keys(conn, outcomes_table, merged.loc[changed, ["decision_run", "subscriber_id"]])
         store.insert_frame(conn, outcomes_table, write)
-    cols = ["row", "order_id", "decision_run", "subscriber_id", "problem"]
+    cols = ["row", "order_id", "decision_run", "subscriber_id", "problem", "stored"]
     return IngestResult(file=str(file), rows=len(parsed), inserted=int(is_new.sum()), updated=int(changed.sum()),
                         unchanged=int((~is_new & same).sum()), unknown=unknown[cols].reset_index(drop=True),
                         runs=runs, warnings=warnings, store=store.display_url)

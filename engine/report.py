@@ -149,43 +149,83 @@ def _num(v: Any) -> Any:
 # ---------------------------------------------------------------------------------------------
 # measuring
 # ---------------------------------------------------------------------------------------------
-def _flags_frame(frame: pd.DataFrame, window: int) -> pd.DataFrame:
-    """Numeric helper columns for one aggregation pass."""
-    churn = pd.to_numeric(frame[f"churned_{window}d"], errors="coerce").astype(float)
-    contacted = pd.to_numeric(frame["contacted"], errors="coerce").astype(float)
-    accepted = pd.to_numeric(frame["accepted"], errors="coerce").astype(float)
-    revenue = pd.to_numeric(frame["revenue_after"], errors="coerce").astype(float)
-    treated = (frame["status"] == "offer").to_numpy()
-    control = (frame["status"] == "control").to_numpy()
-    known = churn.notna().to_numpy()
-    c = churn.fillna(0).to_numpy() > 0.5
-    con = contacted.fillna(0).to_numpy() > 0.5
-    acc = accepted.fillna(0).to_numpy() > 0.5
-    rev_known = revenue.notna().to_numpy()
-    cost = np.where(treated, frame["channel_cost"].fillna(0).to_numpy(dtype=float) * con
-                    + frame["offer_cost"].fillna(0).to_numpy(dtype=float) * acc, 0.0)
-    return pd.DataFrame({
-        "t_all": treated, "c_all": control,
-        "t_n": treated & known, "t_churned": treated & known & c,
-        "c_n": control & known, "c_churned": control & known & c,
-        "contacted": treated & con, "accepted": treated & acc,
-        "retain_base": treated & con & known, "retained": treated & con & acc & known & ~c,
-        "t_rev_n": treated & rev_known, "t_rev": np.where(treated & rev_known, revenue.fillna(0), 0.0),
-        "c_rev_n": control & rev_known, "c_rev": np.where(control & rev_known, revenue.fillna(0), 0.0),
-        "cost": cost,
-        "high_value_retain_base": treated & con & known & (frame["value_tier"] == "high").to_numpy(),
-        "high_value_retained": treated & con & acc & known & ~c & (frame["value_tier"] == "high").to_numpy(),
-    }, index=frame.index)
+#: The dimensions a report groups by, plus status: the key of a "cell" (see `cells`).
+CELL_KEYS = ("rule_id", "offer_id", "channel", "value_tier", "risk_grade", "status")
+#: Additive counts per cell. Everything a report shows is a ratio or difference of their sums.
+CELL_SUMS = ("n", "known", "churned", "contacted", "accepted", "retain_base", "retained", "rev_n", "rev", "cost")
 
 
-def measure(frame: pd.DataFrame, by: str | None, window: int = 90) -> pd.DataFrame:
-    """Treated vs control per value of `by` (None: one 'all' row) over the offer and control subscribers."""
+def cells(frame: pd.DataFrame, window: int = 90) -> pd.DataFrame:
+    """Row-level decisions + outcomes (`engine.feedback.stored_outcomes`) -> additive counts per cell.
+
+    The store computes the same in SQL (`_cells_sql`); this is for frames held in memory.
+    """
     frame = frame[frame["status"].isin(["offer", "control"])]
-    helper = _flags_frame(frame, window)
-    key = frame[by].fillna("(none)").astype(str).to_numpy() if by else np.full(len(frame), "all", dtype=object)
-    sums = helper.groupby(key, sort=True).sum(numeric_only=True)
-    if len(sums) == 0:
-        sums = helper.groupby(np.array([], dtype=object)).sum()
+    num = {c: pd.to_numeric(frame[c], errors="coerce").astype(float)
+           for c in ("contacted", "accepted", "revenue_after", f"churned_{window}d")}
+    churn = num[f"churned_{window}d"]
+    known = churn.notna()
+    c, con, acc = churn.fillna(0) > 0.5, num["contacted"].fillna(0) > 0.5, num["accepted"].fillna(0) > 0.5
+    helper = pd.DataFrame({
+        "n": 1, "known": known, "churned": known & c, "contacted": con, "accepted": acc,
+        "retain_base": con & known, "retained": con & acc & known & ~c,
+        "rev_n": num["revenue_after"].notna(), "rev": num["revenue_after"].fillna(0.0),
+        "cost": frame["channel_cost"].fillna(0).astype(float) * con + frame["offer_cost"].fillna(0).astype(float) * acc,
+    }, index=frame.index).astype(float)
+    keys = frame[list(CELL_KEYS)].astype(object).fillna("(none)")
+    return pd.concat([keys, helper], axis=1).groupby(list(CELL_KEYS), sort=True, dropna=False).sum().reset_index()
+
+
+def _cells_sql(store: Any, runs: list[str], window: int) -> pd.DataFrame:
+    """`cells` computed by the database: one GROUP BY over decisions joined with outcomes."""
+    from engine.store import decisions as d
+    from engine.store import outcomes as o
+
+    def flag(col: sa.ColumnElement) -> sa.ColumnElement:
+        return sa.case((col.is_(True), 1), else_=0)
+
+    churn = o.c[f"churned_{window}d"]
+    known = sa.case((churn.is_not(None), 1), else_=0)
+    contacted, accepted = flag(o.c.contacted), flag(o.c.accepted)
+    stayed = sa.case((churn.is_(False), 1), else_=0)
+    revenue_known = sa.case((o.c.revenue_after.is_not(None), 1), else_=0)
+    keys = [sa.func.coalesce(d.c[k], "(none)").label(k) for k in CELL_KEYS]
+    q = (sa.select(*keys, sa.func.count().label("n"), sa.func.sum(known).label("known"),
+                   sa.func.sum(flag(churn)).label("churned"), sa.func.sum(contacted).label("contacted"),
+                   sa.func.sum(accepted).label("accepted"), sa.func.sum(contacted * known).label("retain_base"),
+                   sa.func.sum(contacted * accepted * stayed).label("retained"),
+                   sa.func.sum(revenue_known).label("rev_n"),
+                   sa.func.sum(sa.func.coalesce(o.c.revenue_after, 0.0)).label("rev"),
+                   sa.func.sum(sa.func.coalesce(d.c.channel_cost, 0.0) * contacted
+                               + sa.func.coalesce(d.c.offer_cost, 0.0) * accepted).label("cost"))
+         .select_from(d.outerjoin(o, sa.and_(o.c.decision_run == d.c.decision_run,
+                                             o.c.subscriber_id == d.c.subscriber_id)))
+         .where(d.c.status.in_(["offer", "control"]), d.c.decision_run.in_(runs))
+         .group_by(*keys).order_by(*keys))
+    out = store.read(q)
+    for col in CELL_SUMS:
+        out[col] = pd.to_numeric(out[col]).fillna(0).astype(float)
+    return out
+
+
+def measure(cell_table: pd.DataFrame, by: str | None) -> pd.DataFrame:
+    """Treated vs control per value of `by` (None: one 'all' row), from `cells`."""
+    treated = (cell_table["status"] == "offer").to_numpy()
+    control = (cell_table["status"] == "control").to_numpy()
+    sums = pd.DataFrame({
+        "t_all": cell_table["n"] * treated, "c_all": cell_table["n"] * control,
+        "t_n": cell_table["known"] * treated, "t_churned": cell_table["churned"] * treated,
+        "c_n": cell_table["known"] * control, "c_churned": cell_table["churned"] * control,
+        # contacts, acceptances and cost are the treated subscribers' only: a contacted control subscriber is
+        # a field mistake (ingest warns) and still counts as control, never as treated
+        "contacted": cell_table["contacted"] * treated, "accepted": cell_table["accepted"] * treated,
+        "retain_base": cell_table["retain_base"] * treated, "retained": cell_table["retained"] * treated,
+        "cost": cell_table["cost"] * treated,
+        "t_rev_n": cell_table["rev_n"] * treated, "t_rev": cell_table["rev"] * treated,
+        "c_rev_n": cell_table["rev_n"] * control, "c_rev": cell_table["rev"] * control,
+    })
+    key = cell_table[by].astype(str).to_numpy() if by else np.full(len(cell_table), "all", dtype=object)
+    sums = sums.groupby(key, sort=True).sum()
     out = pd.DataFrame(index=sums.index)
     out.index.name = by or "group"
     out["treated"] = sums["t_all"].astype(int)
@@ -264,29 +304,43 @@ class Report:
                           "score interval (Wilson per rate)"}
 
 
-def _headline(frame: pd.DataFrame, tables: dict[str, pd.DataFrame], window: int) -> dict[str, Any]:
-    overall = tables["overall"].iloc[0] if len(tables["overall"]) else None
+def _headline(cell_table: pd.DataFrame, tables: dict[str, pd.DataFrame], not_targeted: float) -> dict[str, Any]:
     h: dict[str, Any] = {}
-    if overall is not None:
-        for k in ("treated", "control", "n_treated", "n_control", "churn_treated", "churn_control", "uplift",
-                  "ci_low", "ci_high", "retention_success", "cost", "saved", "cost_per_saved", "net_revenue_kept"):
-            h[k] = overall[k]
-    grades = tables.get("risk_grade")
-    high = grades[grades["risk_grade"] == "high"] if grades is not None else pd.DataFrame()
+    if len(tables["overall"]):
+        overall = tables["overall"].iloc[0]
+        for k in ("treated", "control", "n_treated", "n_control"):
+            h[k] = int(overall[k])
+        for k in ("churn_treated", "churn_control", "uplift", "ci_low", "ci_high", "retention_success", "cost",
+                  "saved", "cost_per_saved", "net_revenue_kept"):
+            h[k] = float(overall[k])
+    grades = tables["risk_grade"]
+    high = grades[grades["risk_grade"] == "high"]
     if len(high):
         h["high_risk_churn_treated"] = high["churn_treated"].iloc[0]
         h["high_risk_churn_control"] = high["churn_control"].iloc[0]
-    helper = _flags_frame(frame[frame["status"] == "offer"], window)
-    base = helper["high_value_retain_base"].sum()
-    h["retention_success_high_value"] = helper["high_value_retained"].sum() / base if base else np.nan
-    rest = frame[~frame["status"].isin(["offer", "control"])]
-    churn = pd.to_numeric(rest[f"churned_{window}d"], errors="coerce")
-    h["churn_not_targeted"] = churn.mean() if churn.notna().any() else np.nan
+    vip = cell_table[(cell_table["value_tier"] == "high") & (cell_table["status"] == "offer")]
+    base = vip["retain_base"].sum()
+    h["retention_success_high_value"] = vip["retained"].sum() / base if base else np.nan
+    h["churn_not_targeted"] = not_targeted
     return h
 
 
-def _pick_runs(store, run: str | None) -> list[str]:
-    runs = store.runs()
+def _not_targeted_churn(store: Any, runs: list[str], window: int) -> float:
+    """Churn of the subscribers neither treated nor control (context only: they were not at risk enough)."""
+    from engine.store import decisions as d
+    from engine.store import outcomes as o
+
+    churn = o.c[f"churned_{window}d"]
+    q = (sa.select(sa.func.count().label("n"), sa.func.sum(sa.case((churn.is_(True), 1), else_=0)).label("churned"))
+         .select_from(d.join(o, sa.and_(o.c.decision_run == d.c.decision_run,
+                                        o.c.subscriber_id == d.c.subscriber_id)))
+         .where(d.c.status.not_in(["offer", "control"]), d.c.decision_run.in_(runs), churn.is_not(None)))
+    row = store.read(q).iloc[0]
+    n = int(row["n"] or 0)
+    return float(row["churned"] or 0) / n if n else float("nan")
+
+
+def _pick_runs(store: Any, run: str | None, runs: pd.DataFrame) -> list[str]:
     if len(runs) == 0:
         raise DataError(f"the decision store ({store.display_url}) holds no decision runs",
                         hint="decide with `retain decide` (recorded automatically) or `retain feedback record DIR`")
@@ -303,24 +357,28 @@ def _pick_runs(store, run: str | None) -> list[str]:
 
 def build_report(settings: Settings, run: str | None = None, *, window: int = 90, overdue: bool = False,
                  today: dt.date | None = None, url: str | None = None) -> Report:
-    """Measure a run (default: the latest run with outcomes; 'all': every run pooled) from the store."""
-    from engine.feedback import stored_outcomes
+    """Measure a run (default: the latest run with outcomes; 'all': every run pooled) from the store.
 
+    The database aggregates decisions x outcomes into cells (one GROUP BY), so a 1 M-subscriber run is
+    measured without loading its rows.
+    """
     if window not in WINDOWS:
         raise DataError(f"--window must be one of {', '.join(map(str, WINDOWS))} days, got {window}")
     store = open_store(settings, url=url)
     assert store is not None
-    runs = _pick_runs(store, run)
-    frames = [stored_outcomes(settings, r, url=url) for r in runs]
-    frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    tables = {"overall": measure(frame, None, window)}
+    all_runs = store.runs()
+    runs = _pick_runs(store, run, all_runs)
+    cell_table = _cells_sql(store, runs, window)
+    tables = {"overall": measure(cell_table, None)}
     for by in GROUPINGS:
-        tables[by] = measure(frame, by, window)
-    flagged = flags_from(tables["rule_id"])
-    counts = {"decisions": len(frame), "outcomes": int(frame["has_outcome"].astype(bool).sum()),
-              "treated": int((frame["status"] == "offer").sum()), "control": int((frame["status"] == "control").sum())}
+        tables[by] = measure(cell_table, by)
+    chosen = all_runs[all_runs["decision_run"].isin(runs)]
+    treated = int(cell_table.loc[cell_table["status"] == "offer", "n"].sum())
+    counts = {"decisions": int(chosen["subscribers"].sum()), "outcomes": int(chosen["outcomes"].sum()),
+              "treated": treated, "control": int(cell_table.loc[cell_table["status"] == "control", "n"].sum())}
     return Report(runs=runs, window=window, generated_at=now_iso(), store=store.display_url,
-                  headline=_headline(frame, tables, window), tables=tables, flagged=flagged,
+                  headline=_headline(cell_table, tables, _not_targeted_churn(store, runs, window)), tables=tables,
+                  flagged=flags_from(tables["rule_id"]),
                   overdue=overdue_orders(settings, today=today, url=url) if overdue else None, counts=counts)
 
 

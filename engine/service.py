@@ -37,11 +37,12 @@ def load_policy_engine(policy_dir: str | Path):
 def decide_file(input_path: str | Path, out_dir: str | Path, *, settings: Settings, model: str | None = None,
                 policy_dir: str | Path | None = None, log_run: bool = True, contact_history: str | Path | None = None,
                 run_date: dt.date | None = None, learned: Mapping[tuple[str, str], float] | None = None,
-                progress: ProgressFn | None = None) -> DecisionRunResult:
+                record: bool = False, progress: ProgressFn | None = None) -> DecisionRunResult:
     """Decide for every subscriber in a file and publish decisions + work orders into `out_dir`.
 
     With `contact_history`, the file's contacts feed the contact rules and this run's contacts are
-    appended to it (outcome 'pending') once the outputs are published.
+    appended to it (outcome 'pending') once the outputs are published. With `record`, the run, its
+    decisions and work orders go into the decision store so outcomes can be ingested against them.
     """
     policy_engine = load_policy_engine(policy_dir or settings.policy_dir)  # fail fast, before heavy work
     history = read_history(contact_history)
@@ -52,6 +53,10 @@ def decide_file(input_path: str | Path, out_dir: str | Path, *, settings: Settin
                              progress=progress)
     decisions.summary["input"] = str(Path(input_path).resolve())
     files = write_decisions(decisions, out_dir)
+    if record:
+        from engine.feedback import record_run
+
+        record_run(settings, decisions.table, decisions.summary, work_orders=decisions.work_orders)
     if contact_history:
         offered = decisions.table[decisions.table["status"] == "offer"]
         contacts = offered[["subscriber_id", "channel", "offer_id"]].assign(contacted_on=decisions.run_date)
