@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from engine.cli_common import ErrorGroup, err_console, settings_for
+from engine.cli_common import ErrorGroup, err_console, rows_table, settings_for
 from engine.errors import RetainError
 
 console = Console()
@@ -51,17 +51,6 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Settings YAML 
 TrackingOpt = Annotated[str | None, typer.Option("--tracking-uri", envvar="MLFLOW_TRACKING_URI",
                                                  help="MLflow store: sqlite:///mlruns/mlflow.db by default, "
                                                       "or a server such as http://mlflow:5000.")]
-
-
-def _table(title: str, rows: list[dict[str, Any]], columns: list[str] | None = None) -> Table:
-    table = Table(title=title, title_justify="left")
-    columns = columns or (list(rows[0]) if rows else [])
-    for col in columns:
-        table.add_column(col, overflow="fold")
-    for row in rows:
-        table.add_row(*["" if row.get(c) is None else (f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c]))
-                        for c in columns])
-    return table
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,7 +98,7 @@ def train(
         typer.echo(json.dumps(result.summary(), default=str))
         return
     metrics = [{"metric": k, "hold-out": v} for k, v in result.metrics.items() if k not in ("tp", "fp", "tn", "fn")]
-    console.print(_table(f"Model '{result.model_name}' version {result.model_version or '(not registered)'} "
+    console.print(rows_table(f"Model '{result.model_name}' version {result.model_version or '(not registered)'} "
                          f"- run {result.run_id}", metrics))
     console.print(f"CV ROC AUC {result.cv_roc_auc:.4f} over {result.trials} trial(s); calibrated: {result.calibrated}")
     if result.model_version:
@@ -132,7 +121,7 @@ def models_list(
     if as_json:
         typer.echo(json.dumps(rows, default=str))
         return
-    console.print(_table("Churn model versions", rows))
+    console.print(rows_table("Churn model versions", rows))
 
 
 @models_app.command("promote")
@@ -181,7 +170,7 @@ def models_compare(
     rows = [{"metric": "ROC AUC", f"v{cmp.a}": cmp.auc_a, f"v{cmp.b}": cmp.auc_b, "difference": cmp.diff},
             {"metric": "PR AUC", f"v{cmp.a}": cmp.pr_auc_a, f"v{cmp.b}": cmp.pr_auc_b,
              "difference": cmp.pr_auc_a - cmp.pr_auc_b}]
-    console.print(_table(f"Version {cmp.a} vs {cmp.b} on {cmp.data} ({cmp.rows:,} rows)", rows))
+    console.print(rows_table(f"Version {cmp.a} vs {cmp.b} on {cmp.data} ({cmp.rows:,} rows)", rows))
     console.print(f"ROC AUC difference {cmp.diff:+.4f}, "
                   f"paired bootstrap 95% CI [{cmp.ci_low:+.4f}, {cmp.ci_high:+.4f}]")
 

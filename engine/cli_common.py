@@ -6,12 +6,15 @@ each needs the same behaviour as the root, from one definition.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 import typer
 from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
 from typer.core import TyperGroup
 
 from engine.errors import RetainError
@@ -35,3 +38,21 @@ def settings_for(config: Path | None, tracking_uri: str | None):
     from engine.config import load_settings
 
     return load_settings(config, tracking_uri=tracking_uri)
+
+
+def plain_cell(value: Any, column: str = "") -> str:
+    if value is None:
+        return ""
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def rows_table(title: str, rows: list[dict[str, Any]], columns: list[str] | None = None,
+               cell: Callable[[Any, str], str] = plain_cell) -> Table:
+    """A rich table of dict rows (columns default to the first row's keys); cells are escaped markup."""
+    table = Table(title=title, title_justify="left")
+    columns = columns or (list(rows[0]) if rows else [])
+    for col in columns:
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(*[escape(cell(row.get(c), c)) for c in columns])
+    return table

@@ -50,10 +50,6 @@ def report_console() -> Console:
     return Console(soft_wrap=True, width=140)
 
 
-def _settings(config: Path | None, tracking_uri: str | None):
-    return settings_for(config, tracking_uri)
-
-
 def _fmt(v: Any, kind: str = "") -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
@@ -95,7 +91,7 @@ def ingest(
     from engine.feedback import ingest as run_ingest
     from engine.io import write_table
 
-    result = run_ingest(_settings(config, tracking_uri), file, url=store, strict=strict)
+    result = run_ingest(settings_for(config, tracking_uri), file, url=store, strict=strict)
     console.print(result.one_line, highlight=False)
     for note in result.warnings:
         err_console.print(f"[yellow]warning:[/] {escape(note)}", highlight=False)
@@ -122,7 +118,7 @@ def record(
     """Record a decision run into the decision store (recording it again changes nothing)."""
     from engine.feedback import record_run_dir
 
-    result = record_run_dir(_settings(config, tracking_uri), decisions, url=store, replace=replace)
+    result = record_run_dir(settings_for(config, tracking_uri), decisions, url=store, replace=replace)
     console.print(result.one_line, highlight=False)
 
 
@@ -135,7 +131,7 @@ def runs(
     """List the decision runs in the store, newest first, with their work orders and outcomes."""
     from engine.store import open_store
 
-    st = open_store(_settings(config, tracking_uri), url=store)
+    st = open_store(settings_for(config, tracking_uri), url=store)
     assert st is not None
     frame = st.runs()
     table = Table(title=f"Decision runs in {st.display_url}", title_justify="left")
@@ -160,7 +156,7 @@ def store_cmd(
     """Show the decision store: URL, schema version and applied migrations, row counts (creates and migrates it)."""
     from engine.store import open_store
 
-    st = open_store(_settings(config, tracking_uri), url=store)
+    st = open_store(settings_for(config, tracking_uri), url=store)
     assert st is not None
     console.print(f"decision store: {st.display_url}", highlight=False)
     for r in st.history().itertuples():
@@ -185,7 +181,7 @@ def acceptance(
     """Measured acceptance per offer x reason, the configured prior, and the learned (shrunk) rate."""
     from engine.learning import acceptance_table
 
-    t = acceptance_table(_settings(config, tracking_uri), k=k, url=store)
+    t = acceptance_table(settings_for(config, tracking_uri), k=k, url=store)
     table = Table(title="Acceptance: learned = (accepted + k x prior) / (contacted + k)", title_justify="left")
     for col in ("offer", "reason", "contacted", "accepted", "measured", "prior", "learned", "used"):
         table.add_column(col, justify="left" if col in ("offer", "reason") else "right")
@@ -285,7 +281,7 @@ def report_command(
     """
     from engine.report import build_report, log_report, write_report
 
-    settings = _settings(config, tracking_uri)
+    settings = settings_for(config, tracking_uri)
     report = build_report(settings, run, window=window, overdue=overdue, url=store)
     render_report(report, report_console())
     files = write_report(report, out) if out else {}
@@ -317,7 +313,7 @@ def outcomes_command(
     path = out or Path(decisions) / "outcomes.csv"
     if path.suffix.lower() not in (".csv", ".parquet", ".pq"):
         raise ConfigError(f"--out '{path}' must end in .csv or .parquet")
-    frame = simulate_outcomes(decisions, seed=seed, settings=_settings(config, None))
+    frame = simulate_outcomes(decisions, seed=seed, settings=settings_for(config, None))
     write_table(frame, path)
     treated = frame["order_id"].notna()
     console.print(f"{len(frame):,} outcomes ({int(treated.sum()):,} treated: {int(frame['contacted'].sum()):,} "

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from engine.cli_common import ErrorGroup
+from engine.cli_common import ErrorGroup, rows_table
 from engine.errors import PolicyError
 
 console = Console(soft_wrap=True)
@@ -67,14 +67,8 @@ def _read(path: Path):
     return read_table(path, what="decisions table")
 
 
-def _table(title: str, rows: list[dict[str, Any]], columns: list[str] | None = None) -> Table:
-    table = Table(title=title, title_justify="left")
-    columns = columns or (list(rows[0]) if rows else [])
-    for col in columns:
-        table.add_column(col, overflow="fold")
-    for row in rows:
-        table.add_row(*[escape(_cell(row.get(c), c)) for c in columns])
-    return table
+def _rows_table(title: str, rows: list[dict[str, Any]], columns: list[str] | None = None) -> Table:
+    return rows_table(title, rows, columns, cell=_cell)
 
 
 def _cell(v: Any, column: str = "") -> str:
@@ -225,19 +219,19 @@ def simulate(
     t = sim.totals
     console.print(f"{sim.subscribers:,} subscribers, policy {sim.policy_hash[:12]}: {t['reached']:,} reached, "
                   f"offer cost {t['cost']:,.2f}, expected saves {t['expected_saves']:,.2f}/month", highlight=False)
-    console.print(_table("Per offer", sim.by_offer.to_dict(orient="records")))
-    console.print(_table("Per rule", sim.by_rule.to_dict(orient="records")))
-    console.print(_table("Per channel", sim.by_channel.to_dict(orient="records")))
-    console.print(_table("Per segment", sim.by_segment.to_dict(orient="records")))
+    console.print(_rows_table("Per offer", sim.by_offer.to_dict(orient="records")))
+    console.print(_rows_table("Per rule", sim.by_rule.to_dict(orient="records")))
+    console.print(_rows_table("Per channel", sim.by_channel.to_dict(orient="records")))
+    console.print(_rows_table("Per segment", sim.by_segment.to_dict(orient="records")))
     if sim.comparison:
         c = sim.comparison
-        console.print(_table(f"Against {c['against']} ({c['against_hash'][:12]})", [
+        console.print(_rows_table(f"Against {c['against']} ({c['against_hash'][:12]})", [
             {"": "changed offer", "value": f"{c['changed_offer']:,} ({c['changed_share']:.1%})"},
             {"": "cost change", "value": f"{c['cost_change']:+,.2f}"},
             {"": "expected saves change", "value": f"{c['expected_saves_change']:+,.2f}"},
         ]))
         if sim.transitions is not None and len(sim.transitions):
-            console.print(_table("Largest offer changes", sim.transitions.head(15).to_dict(orient="records")))
+            console.print(_rows_table("Largest offer changes", sim.transitions.head(15).to_dict(orient="records")))
     if paths:
         console.print(f"report: {paths['html']} (figures: {paths['json']})", highlight=False)
 
@@ -253,7 +247,6 @@ def match(
     date: DateOpt = None,
 ) -> None:
     """Forward matching: the subscribers an offer suits (a rule giving it matches and the offer is eligible)."""
-    from engine.io import write_table
     from engine.policy.match import match_offer
 
     engine = _engine(policies, date)
@@ -265,9 +258,11 @@ def match(
     if limit and len(audience):
         shown = [c for c in ("subscriber_id", "matching_rules", "channel", "current_offer", "churn_probability",
                              "risk_grade", "value_tier", "reason") if c in audience.columns]
-        console.print(_table(f"Top {min(limit, len(audience))} (all columns in --out)",
+        console.print(_rows_table(f"Top {min(limit, len(audience))} (all columns in --out)",
                              audience.head(limit).to_dict(orient="records"), shown))
     if out is not None:
+        from engine.io import write_table
+
         write_table(audience, out)
         console.print(f"audience written to {out}", highlight=False)
 
