@@ -122,6 +122,15 @@ def record(
     console.print(result.one_line, highlight=False)
 
 
+def _open(store: str | None, config: Path | None, tracking_uri: str | None):
+    """The decision store, created and migrated if new (open_store only returns None with create=False)."""
+    from engine.store import open_store
+
+    st = open_store(settings_for(config, tracking_uri), url=store)
+    assert st is not None
+    return st
+
+
 @app.command()
 def runs(
     store: StoreOpt = None,
@@ -129,10 +138,7 @@ def runs(
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """List the decision runs in the store, newest first, with their work orders and outcomes."""
-    from engine.store import open_store
-
-    st = open_store(settings_for(config, tracking_uri), url=store)
-    assert st is not None
+    st = _open(store, config, tracking_uri)
     frame = st.runs()
     table = Table(title=f"Decision runs in {st.display_url}", title_justify="left")
     for col in ("decision run", "decided on", "subscribers", "offers", "control", "work orders", "outcomes",
@@ -154,10 +160,7 @@ def store_cmd(
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Show the decision store: URL, schema version and applied migrations, row counts (creates and migrates it)."""
-    from engine.store import open_store
-
-    st = open_store(settings_for(config, tracking_uri), url=store)
-    assert st is not None
+    st = _open(store, config, tracking_uri)
     console.print(f"decision store: {st.display_url}", highlight=False)
     for r in st.history().itertuples():
         console.print(f"  migration {r.version}: {r.description} (applied {r.applied_at})", highlight=False)

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 
 from engine.attributes import DECISION_ATTRIBUTES
 from engine.errors import PolicyError
-from engine.policy.conditions import ALWAYS, Problems, closest, parse_condition
+from engine.policy.conditions import ALWAYS, Condition, Problems, closest, parse_condition
 from engine.policy.model import (
     PREFERRED,
     Action,
@@ -366,20 +366,30 @@ def _ident(raw: Any, what: str, line: int) -> str:
     return f"{what} '{rid}': " if isinstance(rid, str) and rid else f"{what} at line {line}: "
 
 
+def _spec_and_condition(raw: dict, model: type[BaseModel], key: str, display: str, context: str, line: int,
+                        col: _Collected) -> tuple[Any, Condition]:
+    """Validate an offer or rule mapping and parse its condition block (`eligibility` / `when`).
+
+    Both are checked even when the other fails, so one pass reports every problem of the entry.
+    """
+    try:
+        spec = model.model_validate(raw)
+    except ValidationError as exc:
+        col.problems.extend(pydantic_problems(exc, model, raw, display, context, line, skip=(key,)))
+        spec = None
+    problems = Problems()
+    key_line = raw.key_lines.get(key, line) if isinstance(raw, LineDict) else line
+    condition = parse_condition(raw.get(key), problems, line=key_line, what=key)
+    col.problems.extend(f"{display}:{ln}: {context}{key}: {msg}" for ln, msg in problems.items)
+    return spec, condition
+
+
 def _load_offer(raw: Any, display: str, line: int, col: _Collected) -> None:
     context = _ident(raw, "offer", line)
     if not isinstance(raw, dict):
         col.problems.append(f"{display}:{line}: {context}an offer must be a mapping (id, description, cost, ...)")
         return
-    try:
-        spec = OfferSpec.model_validate(raw)
-    except ValidationError as exc:
-        col.problems.extend(pydantic_problems(exc, OfferSpec, raw, display, context, line, skip=("eligibility",)))
-        spec = None
-    problems = Problems()
-    elig_line = raw.key_lines.get("eligibility", line) if isinstance(raw, LineDict) else line
-    eligibility = parse_condition(raw.get("eligibility"), problems, line=elig_line, what="eligibility")
-    col.problems.extend(f"{display}:{ln}: {context}eligibility: {msg}" for ln, msg in problems.items)
+    spec, eligibility = _spec_and_condition(raw, OfferSpec, "eligibility", display, context, line, col)
     if spec is None:
         return
     where = f"{display}:{line}"
@@ -399,15 +409,7 @@ def _load_rule(raw: Any, display: str, line: int, order: tuple[int, int], col: _
         col.problems.append(f"{display}:{line}: {context}a rule must be a mapping (id, description, priority, "
                             f"stage, when, then)")
         return
-    try:
-        spec = RuleSpec.model_validate(raw)
-    except ValidationError as exc:
-        col.problems.extend(pydantic_problems(exc, RuleSpec, raw, display, context, line, skip=("when",)))
-        spec = None
-    problems = Problems()
-    when_line = raw.key_lines.get("when", line) if isinstance(raw, LineDict) else line
-    conditions = parse_condition(raw.get("when"), problems, line=when_line, what="when")
-    col.problems.extend(f"{display}:{ln}: {context}when: {msg}" for ln, msg in problems.items)
+    spec, conditions = _spec_and_condition(raw, RuleSpec, "when", display, context, line, col)
     if spec is None:
         return
     where = f"{display}:{line}"
