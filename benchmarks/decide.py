@@ -21,7 +21,7 @@ SIZES = (100_000, 1_000_000)
 
 def child(store: str, data: str, out: str) -> None:
     from engine.config import load_settings
-    from engine.service import decide_file
+    from engine.decision.run import decide_file
 
     settings = load_settings(tracking_uri=f"sqlite:///{store}/mlflow.db")
     start = time.perf_counter()
@@ -38,9 +38,9 @@ def main() -> None:
         child(*sys.argv[2:])
         return
     from engine.config import load_settings
-    from engine.governance import promote
-    from engine.io import write_table
-    from engine.simulator import generate
+    from engine.data.io import write_table
+    from engine.data.simulator import generate
+    from engine.model.governance import promote
     from training.train import train
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,6 +1,6 @@
 """Benchmark `retain drift`: 1 M current rows against a 50 k reference. Target: <= 60 s and <= 4 GiB on 2 cores.
 
-What is timed is the whole check as the CLI runs it (`engine.monitoring.service.run_drift_files`): read the
+What is timed is the whole check as the CLI runs it (`engine.monitoring.check.run_drift_files`): read the
 1 M-row Parquet file, sample it (seeded) to `drift.sample_rows`, score the sample and the reference with a
 registered model, run Evidently, write report.html / report.json / summary.json and log the MLflow
 monitoring run. It runs in a fresh process so peak RSS is the check's own, not the set-up's (simulating
@@ -30,9 +30,9 @@ def prepare(folder: Path, current_rows: int, reference_rows: int) -> dict[str, s
     import yaml
 
     from engine.config import load_settings
-    from engine.governance import promote
-    from engine.io import write_table
-    from engine.simulator import generate
+    from engine.data.io import write_table
+    from engine.data.simulator import generate
+    from engine.model.governance import promote
     from training.train import train
 
     config = folder / "retain.yaml"
@@ -56,7 +56,7 @@ def prepare(folder: Path, current_rows: int, reference_rows: int) -> dict[str, s
 def check(folder: Path, config: str, uri: str, sample_rows: int | None) -> None:
     """The timed part, in its own process: prints one JSON line with seconds and peak RSS."""
     from engine.config import load_settings
-    from engine.monitoring.service import run_drift_files
+    from engine.monitoring.check import run_drift_files
 
     settings = load_settings(config, tracking_uri=uri)
     if sample_rows:

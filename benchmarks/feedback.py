@@ -61,9 +61,9 @@ def peak_gib() -> float:
 
 def main() -> None:
     from engine.config import load_settings
-    from engine.feedback import ingest, record_run
-    from engine.learning import learned_acceptance
-    from engine.report import build_report
+    from engine.feedback.ingest import ingest, record_run
+    from engine.feedback.learning import learned_acceptance
+    from engine.feedback.report import build_report
 
     sizes = [int(a) for a in sys.argv[1:]] or SIZES
     for n in sizes:

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from engine.config import load_settings
-from engine.decide import score
-from engine.io import write_table
-from engine.registry import load_model
-from engine.simulator import generate
+from engine.data.io import write_table
+from engine.data.simulator import generate
+from engine.decision.decide import score
+from engine.model.registry import load_model
 from training.train import train
 
 

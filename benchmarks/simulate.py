@@ -22,8 +22,8 @@ DEFAULT_SIZES = (100_000, 1_000_000)
 
 def measure(rows: int, seed: int = 0) -> dict[str, float]:
     """Generate `rows` subscribers and write them to Parquet; return timings and this process's peak RSS."""
-    from engine.io import write_table
-    from engine.simulator import generate, summary
+    from engine.data.io import write_table
+    from engine.data.simulator import generate, summary
 
     start = time.perf_counter()
     df = generate(rows, seed=seed)

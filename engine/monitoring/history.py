@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from engine.config import Settings
-from engine.io import staged_outputs
+from engine.data.io import staged_outputs
 
 HISTORY_HTML, HISTORY_CSV = "history.html", "history.csv"
 _STATUS_COLOURS = {"healthy": "#1b7f3b", "drift": "#d98b00", "decay": "#b00020"}

@@ -16,8 +16,8 @@ from typing import Any
 import pandas as pd
 
 from engine.config import Settings
-from engine.drift import DriftResult
 from engine.errors import ModelError
+from engine.monitoring.drift import DriftResult
 
 KIND_TAG = "retain.kind"
 KIND = "drift"
@@ -61,7 +61,7 @@ def start_run(settings: Settings, result: DriftResult) -> str:
     """Create the monitoring run (so its id can go into summary.json) and log tags, params, metrics."""
     from mlflow.entities import Metric, Param, RunTag
 
-    from engine.registry import connect, ensure_experiment
+    from engine.model.registry import connect, ensure_experiment
 
     model = result.context.get("model") or {}
     version = str(model.get("version") or "none")
@@ -91,7 +91,7 @@ def start_run(settings: Settings, result: DriftResult) -> str:
 
 def finish_run(settings: Settings, run_id: str, result: DriftResult, folder: Path) -> None:
     """Attach report.html / report.json / summary.json, close the run, tag the model version."""
-    from engine.registry import connect
+    from engine.model.registry import connect
 
     try:
         client = connect(settings)
@@ -112,7 +112,7 @@ def finish_run(settings: Settings, run_id: str, result: DriftResult, folder: Pat
 def discard_run(settings: Settings, run_id: str) -> None:
     """Delete a run whose check did not complete (e.g. the webhook failed), so history never shows it."""
     try:
-        from engine.registry import connect
+        from engine.model.registry import connect
 
         connect(settings).delete_run(run_id)
     except Exception:  # noqa: BLE001 - best effort: the original error is what the user must see
@@ -125,7 +125,7 @@ HISTORY_COLUMNS = ["checked_at", "model_version", "status", "alerts", "drifted_s
 
 def history(settings: Settings, *, version: str | None = None, limit: int = 1000) -> pd.DataFrame:
     """Past checks (oldest first) from the monitoring experiment, optionally for one model version."""
-    from engine.registry import connect
+    from engine.model.registry import connect
 
     client = connect(settings)
     try:

@@ -1,6 +1,6 @@
 """The condition language shared by rules (`when:`) and offers (`eligibility:`): data, never code.
 
-A condition is a YAML mapping. Each key is an attribute of `engine.attributes.DECISION_ATTRIBUTES` or
+A condition is a YAML mapping. Each key is an attribute of `engine.data.attributes.DECISION_ATTRIBUTES` or
 one of the combinators `all`, `any`, `not`; several keys in one mapping must all hold::
 
     when:
@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from engine.attributes import DECISION_ATTRIBUTES, Attribute
+from engine.data.attributes import DECISION_ATTRIBUTES, Attribute
 
 COMBINATORS = ("all", "any", "not")
 #: Operator keys of an attribute test mapping, with what they mean (used in hints and the JSON Schema).

@@ -15,7 +15,7 @@ Semantics (what a marketer can rely on):
   ends with it: rules after it are not considered, not even as fallbacks. (The winner itself is
   unaffected by `stop`: it is always the first matching rule.)
 * **Channel.** The rule's channel, or for `preferred` the subscriber's `preferred_channel` mapped by
-  `engine.attributes.PREFERRED_TO_CHANNEL` when the offer allows it, else the offer's first channel.
+  `engine.data.attributes.PREFERRED_TO_CHANNEL` when the offer allows it, else the offer's first channel.
   Opt-outs, budgets and contact limits are applied later by the decision engine, not here.
 * **Message.** The rule's template rendered with the subscriber's fields (numbers print whole when
   whole, else with 2 decimals, unless the template gives a format such as `{arpu_m0:.0f}`; true/false
@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from engine.attributes import DECISION_ATTRIBUTES, PREFERRED_TO_CHANNEL
+from engine.data.attributes import DECISION_ATTRIBUTES
 from engine.errors import DataError
 from engine.policy.conditions import Column, Condition, attributes_of, conjuncts, iter_tests, prepare_column
 from engine.policy.conditions import evaluate as evaluate_condition
@@ -53,6 +53,7 @@ from engine.policy.rules_engine import (
     facts_from_columns,
     flag_attributes,
 )
+from engine.vocabulary import PREFERRED_TO_CHANNEL
 
 OUTPUT_COLUMNS = ["offer_id", "channel", "rule_id", "stage", "priority", "matched_rules", "message"]
 _KEY_LIMIT = 2**62

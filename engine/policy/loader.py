@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from engine.attributes import DECISION_ATTRIBUTES
+from engine.data.attributes import DECISION_ATTRIBUTES
 from engine.errors import PolicyError
 from engine.policy.conditions import ALWAYS, Condition, Problems, closest, parse_condition
 from engine.policy.model import (

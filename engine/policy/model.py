@@ -17,8 +17,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
-from engine.attributes import CHANNELS, DECISION_ATTRIBUTES, STAGES
+from engine.data.attributes import DECISION_ATTRIBUTES
 from engine.policy.conditions import ALWAYS, OPERATORS, Condition, attributes_of, conjoin
+from engine.vocabulary import CHANNELS, STAGES
 
 SCHEMA_PATH = Path(__file__).with_name("policy.schema.json")
 PREFERRED = "preferred"

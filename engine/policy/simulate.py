@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from engine.data.io import staged_outputs
 from engine.errors import DataError
-from engine.io import staged_outputs
 from engine.policy.evaluate import PolicyEngine
 
 NONE = "(none)"

@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from engine.attributes import LIFECYCLE_STAGES, REASON_VALUES
-from engine.schema import AGE_GROUPS, CHANNELS, PLANS, PREPAID_PLANS
-from engine.segments import need_group
+from engine.data.schema import AGE_GROUPS, CHANNELS, PLANS, PREPAID_PLANS
+from engine.model.segments import need_group
+from engine.vocabulary import LIFECYCLE_STAGES, REASON_VALUES
 
 REGIONS = ("north", "south", "east", "west", "central")
 

@@ -46,13 +46,13 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from engine.attributes import DECISION_ATTRIBUTES
+from engine.data.attributes import DECISION_ATTRIBUTES
+from engine.data.schema import PREPAID_PLANS
 from engine.errors import PolicyError
+from engine.model.segments import need_group
 from engine.policy.conditions import check_value, closest
 from engine.policy.evaluate import PolicyEngine
 from engine.policy.loader import LineDict, LineList, is_test_file, line_at, pydantic_problems, read_yaml
-from engine.schema import PREPAID_PLANS
-from engine.segments import need_group
 
 DEFAULT_SUBSCRIBER: dict[str, Any] = {
     "subscriber_id": "TEST",

@@ -28,10 +28,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.attributes import DECISION_ATTRIBUTES, REASON_VALUES, RISK_GRADES, VALUE_TIERS
+from engine.data.attributes import DECISION_ATTRIBUTES
+from engine.data.schema import SUBSCRIBER_COLUMNS
 from engine.policy.conditions import Column, Condition, attributes_of, evaluate, iter_tests
 from engine.policy.model import PolicySet, Rule
-from engine.schema import SUBSCRIBER_COLUMNS
+from engine.vocabulary import REASON_VALUES, RISK_GRADES, VALUE_TIERS
 
 MAX_GRID = 1_000_000
 _BOUNDS: dict[str, tuple[float, float]] = {

@@ -1,0 +1,284 @@
+"""`retain policy`: validate, test, explain, simulate and match retention policies.
+
+Thin by design (see engine/cli/main.py): parse options, call one `engine.policy` function, render with rich.
+User mistakes are RetainErrors; this sub-app's group prints them as `error: <message>` and exits 2 (the
+same as the root `retain` group), so it behaves the same mounted or on its own. `validate` and `test`
+print every problem of a broken policy set, one `file:line: ...` per line, before exiting 2.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from engine.cli.common import ErrorGroup, rows_table
+from engine.errors import PolicyError
+
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
+
+
+app = typer.Typer(cls=ErrorGroup, no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
+                  help="Retention policies: validate, test, explain, simulate, match.")
+
+PoliciesOpt = Annotated[Path, typer.Option("--policies", help="Policy folder (all *.yaml except tests/) or one "
+                                                              "policy file.")]
+DateOpt = Annotated[dt.datetime | None, typer.Option("--date", formats=["%Y-%m-%d"],
+                                                     help="Decision date for offer validity (default: today).")]
+InputOpt = Annotated[Path, typer.Option("--input", help="Decisions table (.parquet/.csv) with the policy "
+                                                        "attributes, e.g. decisions.parquet of `retain decide`.")]
+
+
+def _day(date: dt.datetime | None) -> dt.date | None:
+    return date.date() if date else None
+
+
+def _load(policies: Path, *, show_problems: bool = True):
+    from engine.policy import load_policy_set
+
+    try:
+        return load_policy_set(policies)
+    except PolicyError as exc:
+        if show_problems and len(exc.problems) > 1:
+            for problem in exc.problems:
+                err_console.print(problem, highlight=False, soft_wrap=True, markup=False)
+            err_console.print(f"[bold red]error:[/] {len(exc.problems)} problems in policy set '{policies}'",
+                              highlight=False)
+            raise typer.Exit(2) from None
+        raise
+
+
+def _engine(policies: Path, date: dt.datetime | None = None):
+    from engine.policy import PolicyEngine
+
+    return PolicyEngine(_load(policies), decision_date=_day(date))
+
+
+def _read(path: Path):
+    from engine.data.io import read_table
+
+    return read_table(path, what="decisions table")
+
+
+def _rows_table(title: str, rows: list[dict[str, Any]], columns: list[str] | None = None) -> Table:
+    return rows_table(title, rows, columns, cell=_cell)
+
+
+def _cell(v: Any, column: str = "") -> str:
+    if v is None or (isinstance(v, float) and v != v):
+        return ""
+    if isinstance(v, float) and "share" in column:
+        return f"{v:.1%}"
+    if isinstance(v, float):
+        return f"{v:,.2f}"
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"{v:,}"
+    return str(v)
+
+
+# ---------------------------------------------------------------------------------------------
+@app.command()
+def validate(
+    policies: PoliciesOpt = Path("policies"),
+    date: DateOpt = None,
+    strict: Annotated[bool, typer.Option(help="Exit 1 when there are warnings (for CI).")] = False,
+    config: Annotated[Path | None, typer.Option("--config", help="Settings YAML (locates the decision store "
+                                                                 "whose measured uplift flags rules).")] = None,
+    tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", envvar="MLFLOW_TRACKING_URI",
+                                                     help="MLflow store; the decision store sits next to it.")] = None,
+) -> None:
+    """Check a policy set: errors exit 2; warnings name dead, shadowed and overlapping rules, unused offers,
+    uncovered segments, and rules whose measured uplift (from ingested outcomes) is not above zero."""
+    from engine.cli.common import settings_for
+    from engine.feedback.learning import flagged_rules
+    from engine.policy.validate import check_policy_set
+
+    ps = _load(policies)
+    findings = check_policy_set(ps, today=_day(date))
+    for f in findings:
+        console.print(f"[yellow]{f.where}: warning:[/] {f.message}", highlight=False, soft_wrap=True)
+    rule_ids = {r.id for r in ps.rules}
+    measured = [f for f in flagged_rules(settings_for(config, tracking_uri)) if f.rule_id in rule_ids]
+    for f in measured:
+        console.print(f"[yellow]warning:[/] {f.line()}", highlight=False, soft_wrap=True)
+    warnings = len(findings) + len(measured)
+    console.print(f"policy set '{policies}' is valid: {len(ps.rules)} rules, {len(ps.offers)} offers in "
+                  f"{len(ps.files)} file(s); hash {ps.content_hash[:12]}; {warnings} warning(s)",
+                  highlight=False)
+    if strict and warnings:
+        raise typer.Exit(1)
+
+
+@app.command("test")
+def test_cmd(
+    policies: PoliciesOpt = Path("policies"),
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List passing cases too.")] = False,
+) -> None:
+    """Run the YAML test cases next to the policies (tests/*.yaml): pass/fail table, exit 1 on any failure."""
+    from engine.policy import PolicyEngine
+    from engine.policy.testing import load_cases, run_cases
+
+    engine = PolicyEngine(_load(policies))
+    try:
+        cases = load_cases(policies)
+    except PolicyError as exc:
+        if len(exc.problems) > 1:
+            for problem in exc.problems:
+                err_console.print(problem, highlight=False, soft_wrap=True, markup=False)
+            err_console.print(f"[bold red]error:[/] {len(exc.problems)} problems in the test cases", highlight=False)
+            raise typer.Exit(2) from None
+        raise
+    results = run_cases(engine, cases)
+    failed = [r for r in results if not r.passed]
+    shown = results if verbose or len(results) <= 40 else failed
+    table = Table(title=f"Policy tests ({policies})", title_justify="left")
+    for col in ("", "test", "where", "expected", "actual"):
+        table.add_column(col, overflow="fold")
+    for r in shown:
+        mark = "[green]PASS[/]" if r.passed else "[bold red]FAIL[/]"
+        table.add_row(mark, escape(r.name), r.where, escape(r.expected),
+                      escape(r.actual if r.passed else "\n".join(r.failures)))
+    console.print(table)
+    colour = "red" if failed else "green"
+    console.print(f"[{colour}]{len(results) - len(failed)} passed, {len(failed)} failed[/]", highlight=False)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def explain(
+    input: InputOpt,
+    subscriber: Annotated[str, typer.Option("--subscriber", help="subscriber_id to explain.")],
+    policies: PoliciesOpt = Path("policies"),
+    date: DateOpt = None,
+) -> None:
+    """Every rule for one subscriber: matched or not, the first failing condition, and the winner."""
+    from engine.policy.explain import explain as run_explain
+    from engine.policy.explain import find_subscriber
+
+    engine = _engine(policies, date)
+    record = find_subscriber(_read(input), subscriber, source=str(input))
+    ex = run_explain(engine, record, _day(date))
+    d = ex.decision
+    table = Table(title=f"Subscriber {ex.subscriber_id} - policy {ex.policy_hash[:12]}, decision date {ex.decided_on}",
+                  title_justify="left")
+    for col in ("#", "rule", "priority", "stage", "offer", "verdict", "why"):
+        table.add_column(col, overflow="fold")
+    for v in ex.verdicts:
+        style = {"winner": "bold green", "matched (fallback)": "green", "engine disagreement": "bold red"}.get(v.status)
+        verdict = f"[{style}]{v.status}[/]" if style else v.status
+        table.add_row(str(v.position), v.rule_id, str(v.priority), v.stage, v.offer_id, verdict, escape(v.detail))
+    console.print(table)
+    if d.get("rule_id"):
+        console.print(f"winner: rule [bold]{d['rule_id']}[/] -> offer [bold]{d['offer_id']}[/] via {d['channel']}"
+                      f" ({d['stage']}, priority {d['priority']})", highlight=False)
+        console.print(f"message: {d['message']}", highlight=False, markup=False)
+    else:
+        console.print("winner: none - no rule matches this subscriber", highlight=False)
+    rec = ex.recorded
+    if rec.get("policy_hash") and rec["policy_hash"] != ex.policy_hash:
+        console.print(f"[yellow]note:[/] the input was decided with policy {str(rec['policy_hash'])[:12]}, "
+                      f"explained with {ex.policy_hash[:12]}", highlight=False)
+    if "offer_id" in rec and (rec["offer_id"] if rec["offer_id"] == rec["offer_id"] else None) != d.get("offer_id"):
+        console.print(f"[yellow]note:[/] the input table records offer {rec['offer_id']!s} for this subscriber "
+                      f"(later stages such as opt-out, budget or capacity may change the policy's choice)",
+                      highlight=False)
+
+
+@app.command()
+def simulate(
+    input: InputOpt,
+    policies: PoliciesOpt = Path("policies"),
+    against: Annotated[Path | None, typer.Option("--against", help="Baseline policy folder to compare with "
+                                                                   "(e.g. the live set); changes are "
+                                                                   "--policies minus --against.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Folder for simulation.html (charts) and "
+                                                           "simulation.json, written atomically.")] = None,
+    date: DateOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON instead of tables.")] = False,
+) -> None:
+    """Reach, cost and expected saves per rule, offer, channel and segment; with --against, what changes."""
+    from engine.policy.simulate import simulate as run_simulation
+    from engine.policy.simulate import write_report
+
+    engine = _engine(policies, date)
+    baseline = _engine(against, date) if against is not None else None
+    frame = _read(input)
+    sim = run_simulation(engine, frame, against=baseline, on=_day(date))
+    paths = write_report(sim, out) if out is not None else None
+    if as_json:
+        typer.echo(json.dumps(sim.as_dict(), default=str))
+        return
+    t = sim.totals
+    console.print(f"{sim.subscribers:,} subscribers, policy {sim.policy_hash[:12]}: {t['reached']:,} reached, "
+                  f"offer cost {t['cost']:,.2f}, expected saves {t['expected_saves']:,.2f}/month", highlight=False)
+    console.print(_rows_table("Per offer", sim.by_offer.to_dict(orient="records")))
+    console.print(_rows_table("Per rule", sim.by_rule.to_dict(orient="records")))
+    console.print(_rows_table("Per channel", sim.by_channel.to_dict(orient="records")))
+    console.print(_rows_table("Per segment", sim.by_segment.to_dict(orient="records")))
+    if sim.comparison:
+        c = sim.comparison
+        console.print(_rows_table(f"Against {c['against']} ({c['against_hash'][:12]})", [
+            {"": "changed offer", "value": f"{c['changed_offer']:,} ({c['changed_share']:.1%})"},
+            {"": "cost change", "value": f"{c['cost_change']:+,.2f}"},
+            {"": "expected saves change", "value": f"{c['expected_saves_change']:+,.2f}"},
+        ]))
+        if sim.transitions is not None and len(sim.transitions):
+            console.print(_rows_table("Largest offer changes", sim.transitions.head(15).to_dict(orient="records")))
+    if paths:
+        console.print(f"report: {paths['html']} (figures: {paths['json']})", highlight=False)
+
+
+@app.command()
+def match(
+    offer: Annotated[str, typer.Option("--offer", help="Offer id to find the audience of.")],
+    input: InputOpt,
+    policies: PoliciesOpt = Path("policies"),
+    out: Annotated[Path | None, typer.Option("--out", help="Write the audience to this .csv/.parquet file "
+                                                           "(atomically).")] = None,
+    limit: Annotated[int, typer.Option(min=0, help="Rows to show in the terminal.")] = 20,
+    date: DateOpt = None,
+) -> None:
+    """Forward matching: the subscribers an offer suits (a rule giving it matches and the offer is eligible)."""
+    from engine.policy.match import match_offer
+
+    engine = _engine(policies, date)
+    frame = _read(input)
+    audience = match_offer(engine, frame, offer, _day(date))
+    today = int(audience["gets_it_today"].sum())
+    console.print(f"offer '{offer}' suits {len(audience):,} of {len(frame):,} subscribers "
+                  f"({len(audience) / max(len(frame), 1):.1%}); {today:,} get it today", highlight=False)
+    if limit and len(audience):
+        shown = [c for c in ("subscriber_id", "matching_rules", "channel", "current_offer", "churn_probability",
+                             "risk_grade", "value_tier", "reason") if c in audience.columns]
+        console.print(_rows_table(f"Top {min(limit, len(audience))} (all columns in --out)",
+                             audience.head(limit).to_dict(orient="records"), shown))
+    if out is not None:
+        from engine.data.io import write_table
+
+        write_table(audience, out)
+        console.print(f"audience written to {out}", highlight=False)
+
+
+@app.command()
+def schema(
+    out: Annotated[Path | None, typer.Option("--out", help="Write the JSON Schema here instead of printing it.")]
+    = None,
+) -> None:
+    """The JSON Schema of policy files, for editor completion and checks."""
+    from engine.data.io import write_text
+    from engine.policy.model import schema_text
+
+    text = schema_text()
+    if out is None:
+        typer.echo(text, nl=False)
+        return
+    write_text(text, out)
+    console.print(f"wrote {out}", highlight=False)

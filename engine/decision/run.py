@@ -1,0 +1,65 @@
+"""Use cases the CLI (and later the API) call: each loads its inputs, runs the library, publishes outputs.
+
+Why a service layer: `retain decide` on a file and a future real-time lookup share everything but
+I/O. Keeping file handling here keeps `decide.py` pure (frame in, decisions out).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.config import Settings
+from engine.data.io import read_table
+from engine.decision.contact import append_history, read_history
+from engine.decision.decide import ProgressFn, decide_frame
+from engine.decision.publish import log_decision_run, write_decisions
+from engine.model.registry import load_model
+
+
+@dataclass
+class DecisionRunResult:
+    summary: dict[str, Any]
+    files: dict[str, Path]
+    mlflow_run_id: str | None
+
+
+def load_policy_engine(policy_dir: str | Path):
+    """Load, validate and compile a policy set. A set with errors raises and is never used."""
+    from engine.policy import PolicyEngine, load_policy_set
+
+    return PolicyEngine(load_policy_set(policy_dir))
+
+
+def decide_file(input_path: str | Path, out_dir: str | Path, *, settings: Settings, model: str | None = None,
+                policy_dir: str | Path | None = None, log_run: bool = True, contact_history: str | Path | None = None,
+                run_date: dt.date | None = None, learned: Mapping[tuple[str, str], float] | None = None,
+                record: bool = False, progress: ProgressFn | None = None) -> DecisionRunResult:
+    """Decide for every subscriber in a file and publish decisions + work orders into `out_dir`.
+
+    With `contact_history`, the file's contacts feed the contact rules and this run's contacts are
+    appended to it (outcome 'pending') once the outputs are published. With `record`, the run, its
+    decisions and work orders go into the decision store so outcomes can be ingested against them.
+    """
+    policy_engine = load_policy_engine(policy_dir or settings.policy_dir)  # fail fast, before heavy work
+    history = read_history(contact_history)
+    frame = read_table(input_path, what="subscriber table")
+    loaded = load_model(settings, model)
+    decisions = decide_frame(frame, loaded=loaded, policy_engine=policy_engine, settings=settings,
+                             source=str(input_path), history=history, run_date=run_date, learned=learned,
+                             progress=progress)
+    decisions.summary["input"] = str(Path(input_path).resolve())
+    files = write_decisions(decisions, out_dir)
+    if record:
+        from engine.feedback.ingest import record_run
+
+        record_run(settings, decisions.table, decisions.summary, work_orders=decisions.work_orders)
+    if contact_history:
+        offered = decisions.table[decisions.table["status"] == "offer"]
+        contacts = offered[["subscriber_id", "channel", "offer_id"]].assign(contacted_on=decisions.run_date)
+        files["contact_history"] = append_history(contact_history, history, contacts)
+    run_id = log_decision_run(settings, decisions, files) if log_run else None
+    return DecisionRunResult(summary=decisions.summary, files=files, mlflow_run_id=run_id)

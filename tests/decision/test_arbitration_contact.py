@@ -1,0 +1,125 @@
+"""Arbitration never exceeds budget or capacity; contact rules are never violated; control is stable."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from engine.config import Arbitration, Channel, ContactRules, ControlGroup
+from engine.decision.arbitration import CHOSEN, OVER_BUDGET, OVER_CAPACITY, allocate, expected_net_value
+from engine.decision.contact import blocked_reasons, control_mask, read_history
+
+
+def candidates(n: int, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = np.repeat(np.arange(n), 2)
+    return pd.DataFrame({
+        "row": rows,
+        "churn_probability": np.repeat(rng.uniform(0.2, 0.9, n), 2),
+        "reason": np.repeat(rng.choice(["price", "network"], n), 2),
+        "offer_id": np.tile(["discount", "care_call"], n),
+        "channel": np.tile(["sms", "outbound_call"], n),
+        "offer_cost": np.tile([5.0, 2.0], n),
+        "value_kept": np.tile([30.0, 25.0], n),
+        "priority": np.tile([10, 20], n),
+    })
+
+
+CHANNELS = {"sms": Channel(cost=0.05, daily_capacity=None), "outbound_call": Channel(cost=4.0, daily_capacity=50)}
+
+
+@pytest.mark.parametrize("budget", [None, 100.0, 1000.0])
+def test_budget_and_capacity_are_never_exceeded(budget):
+    cands = expected_net_value(candidates(500), Arbitration(), CHANNELS)
+    result = allocate(cands, budget=budget, capacity={k: v.daily_capacity for k, v in CHANNELS.items()})
+    chosen = result[result["arbitration"] == CHOSEN]
+    assert chosen["row"].is_unique, "one offer per subscriber"
+    assert (chosen["channel"] == "outbound_call").sum() <= 50
+    if budget is not None:
+        assert chosen["total_cost"].sum() <= budget + 1e-9
+        assert (result["arbitration"] == OVER_BUDGET).any()
+    assert set(result["row"]) == set(range(500))
+
+
+def test_full_channel_falls_back_to_next_best_offer():
+    generous = Arbitration(acceptance={"care_call": {"default": 0.9}, "discount": {"default": 0.5}})
+    cands = expected_net_value(candidates(200), generous, CHANNELS)
+    assert (cands["net_value"] > 0).all()
+    result = allocate(cands, budget=None, capacity={"outbound_call": 10, "sms": None})
+    chosen = result[result["arbitration"] == CHOSEN]
+    assert (chosen["channel"] == "outbound_call").sum() == 10
+    assert len(chosen) == 200, "subscribers who lose the call slot still get their SMS offer"
+
+
+def test_zero_capacity_blocks_a_channel():
+    cands = expected_net_value(candidates(20), Arbitration(acceptance={"care_call": {"default": 0.9}}), CHANNELS)
+    only_calls = cands[cands["channel"] == "outbound_call"]
+    result = allocate(only_calls, budget=None, capacity={"outbound_call": 0})
+    assert (result["arbitration"] == OVER_CAPACITY).all()
+
+
+def test_acceptance_rates_prefer_specific_over_default():
+    cfg = Arbitration(acceptance_default=0.1, acceptance={"discount": {"price": 0.5, "default": 0.2}})
+    cands = expected_net_value(candidates(50), cfg, CHANNELS)
+    disc = cands[cands["offer_id"] == "discount"]
+    assert set(disc.loc[disc["reason"] == "price", "p_accept"]) == {0.5}
+    assert set(disc.loc[disc["reason"] == "network", "p_accept"]) == {0.2}
+    assert set(cands.loc[cands["offer_id"] == "care_call", "p_accept"]) == {0.1}
+
+
+def test_bad_arbitration_settings_are_refused():
+    with pytest.raises(ValueError):
+        Arbitration(acceptance={"discount": {"price": 1.5}})
+    with pytest.raises(ValueError):
+        Arbitration(budget=-1)
+    with pytest.raises(ValueError):
+        Channel(cost=-1)
+    with pytest.raises(ValueError):
+        Channel(cost=1, daily_capacity=-1)
+
+
+def test_control_group_is_stable_and_sized():
+    ids = pd.Series([f"S{i:07d}" for i in range(20000)])
+    a = control_mask(ids, ControlGroup(share=0.1, salt="x"))
+    b = control_mask(ids.sample(frac=1, random_state=1).sort_index(), ControlGroup(share=0.1, salt="x"))
+    assert (a == b).all()
+    assert 0.09 < a.mean() < 0.11
+    assert (control_mask(ids.head(100), ControlGroup(share=0.1, salt="x")) == a[:100]).all()
+    assert not (a == control_mask(ids, ControlGroup(share=0.1, salt="y"))).all()
+
+
+def test_contact_rules(tmp_path):
+    today = dt.date(2026, 11, 23)
+    hist = pd.DataFrame({
+        "subscriber_id": ["A", "A", "B", "C", "Z"],
+        "contacted_on": ["2026-11-20", "2026-11-10", "2026-11-01", "2026-09-01", "2026-11-22"],
+        "channel": ["sms", "outbound_call", "sms", "sms", "sms"],
+        "offer_id": ["x", "y", "z", "z", "z"],
+        "outcome": ["pending", "no_answer", "declined", "declined", "accepted"],
+    })
+    path = tmp_path / "history.csv"
+    hist.to_csv(path, index=False)
+    history = read_history(path)
+    ids = pd.Series(["A", "B", "C", "D"])
+    why = blocked_reasons(ids, pd.Series([False, False, False, True]), history, today, ContactRules())
+    assert why.iloc[0].startswith("contact limit")
+    assert why.iloc[1].startswith("cool-down")
+    assert why.iloc[2] == "", "a decline 83 days ago is past the 30-day cool-down"
+    assert why.iloc[3] == "opted out"
+
+
+def test_bad_contact_history_is_one_clear_error(tmp_path):
+    from engine.errors import DataError
+
+    path = tmp_path / "h.csv"
+    pd.DataFrame({"subscriber_id": ["A"], "contacted_on": ["yesterday"], "channel": ["sms"], "offer_id": ["x"],
+                  "outcome": ["pending"]}).to_csv(path, index=False)
+    with pytest.raises(DataError, match="contacted_on"):
+        read_history(path)
+    pd.DataFrame({"subscriber_id": ["A"]}).to_csv(path, index=False)
+    with pytest.raises(DataError, match="missing column"):
+        read_history(path)
+    assert len(read_history(tmp_path / "none.csv")) == 0
