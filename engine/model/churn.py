@@ -19,6 +19,7 @@ from catboost import CatBoostClassifier, Pool
 
 from engine.model.features import FeaturePipeline
 from engine.model.reasons import reasons_from_shap
+from engine.model.value_tiers import ValueSegmenter
 
 CATBOOST_ARTIFACT = "catboost"
 SPEC_ARTIFACT = "spec"
@@ -105,6 +106,31 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
         shap = self.shap_values(feats, approximate=approximate)
         out = reasons_from_shap(shap, list(feats.columns), self.spec.get("reasons", {}))
         out.index = df.index
+        return out
+
+    @property
+    def derived_columns(self) -> list[str]:
+        """Derived signals (e.g. data_change) the pipeline computes from raw columns."""
+        assert self.pipeline is not None
+        return list(self.pipeline.derived_)
+
+    @property
+    def reason_labels(self) -> dict[str, str]:
+        """Reason family -> words for work orders, as frozen into the model at training."""
+        return dict(self.spec.get("reason_labels") or {})
+
+    def score(self, df: pd.DataFrame) -> pd.DataFrame:
+        """Everything the model knows about raw rows except reasons, in one pass (same index as `df`).
+
+        Columns: the derived signals, `churn_probability`, and `value_tier` (the RFM clusters fitted with
+        the model; None when the model has no value segmenter). Reasons are a separate call (`explain`)
+        because attributions are the slow part and only the rows whose decision can depend on them need them.
+        """
+        feats = self.features(df)
+        out = pd.DataFrame({col: feats[col].to_numpy() for col in self.derived_columns}, index=df.index)
+        out[PROBABILITY] = self.predict_proba(df, features=feats)
+        segmenter = self.spec.get("value_segmenter")
+        out["value_tier"] = ValueSegmenter.from_dict(segmenter).transform(df) if segmenter else None
         return out
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
