@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import string
 from collections.abc import Iterable
 from pathlib import Path
@@ -90,29 +91,114 @@ def _construct_sequence(loader: _LineLoader, node: yaml.SequenceNode) -> LineLis
     return out
 
 
+def _construct_timestamp(loader: _LineLoader, node: yaml.ScalarNode) -> Any:
+    """A date-looking scalar that is not a real date (2027-13-15, 2027-02-30) stays text.
+
+    PyYAML raises a bare ValueError for those, outside its marked errors; kept as text, the field's own
+    validation reports it on one line with the file, line, rule and field.
+    """
+    try:
+        return yaml.SafeLoader.construct_yaml_timestamp(loader, node)
+    except ValueError:
+        return loader.construct_scalar(node)
+
+
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
+_LineLoader.add_constructor("tag:yaml.org,2002:timestamp", _construct_timestamp)
+
+#: Bounds checked before a policy file is parsed, so a hostile or broken file fails fast with one line.
+#: Real policy files are a few kB, nest a handful of levels and use few anchors.
+MAX_FILE_BYTES = 1_000_000
+MAX_DEPTH = 50
+MAX_ALIASES = 100
+MAX_NODES = 200_000
+
+#: PyYAML's problems, in words a marketer can act on.
+_YAML_HINTS: tuple[tuple[str, str], ...] = (
+    ("expected <block end>", "this line is indented differently from the lines around it; align it with the "
+                             "other keys of the same block (use spaces, two per level)"),
+    ("mapping values are not allowed", "a ':' appears where a value was expected; put text that contains "
+                                       "': ' in quotes, or check the indentation of the line"),
+    ("could not find expected ':'", "a key is missing its ':' (write `key: value`), or a quoted text runs on"),
+    ("cannot start any token", "the line starts with a character YAML does not allow there; a tab? indent "
+                               "with spaces, and quote text that starts with @ or `"),
+    ("found unexpected end of stream", "a quote or bracket opened here is never closed"),
+    ("expected ',' or ']'", "a list in [brackets] is not closed, or an item is missing a comma"),
+    ("expected ',' or '}'", "a mapping in {braces} is not closed, or an entry is missing a comma"),
+    ("found undefined alias", "a *name refers to an anchor &name that is not defined above it"),
+    ("expected a comment or a line break", "there is text after a closing quote or bracket on this line"),
+    ("did not find expected key", "this line is not indented like the other keys of its block, or a list "
+                                  "item is missing its '- '"),
+    ("did not find expected '-'", "the items of this list do not all start with '- ' at the same indentation"),
+)
+
+
+def _yaml_words(problem: str) -> str:
+    for needle, words in _YAML_HINTS:
+        if needle in problem:
+            return words
+    return "check indentation (spaces, not tabs), colons after keys, and that quotes and brackets are closed"
+
+
+def _check_shape(text: str, display: str) -> str | None:
+    """Depth, aliases and node count from the event stream (iterative: no recursion on deep input)."""
+    depth = aliases = nodes = 0
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    line = event.start_mark.line + 1
+                    return (f"{display}:{line}: nested more than {MAX_DEPTH} levels deep (hint: a policy needs a "
+                            f"few levels; check for a runaway indentation or generated file)")
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+            elif isinstance(event, yaml.AliasEvent):
+                aliases += 1
+                if aliases > MAX_ALIASES:
+                    line = event.start_mark.line + 1
+                    return (f"{display}:{line}: more than {MAX_ALIASES} aliases (*name) (hint: write conditions out "
+                            f"instead of repeating anchors)")
+            if isinstance(event, yaml.NodeEvent):
+                nodes += 1
+                if nodes > MAX_NODES:
+                    return f"{display}: more than {MAX_NODES:,} YAML values (hint: split the policy set into files)"
+    except yaml.YAMLError:
+        return None  # the parser proper reports syntax errors with their line and column
+    return None
 
 
 def read_yaml(path: Path, display: str) -> tuple[Any, list[str]]:
     """Parse one YAML file keeping line numbers. Returns (data, problems)."""
     try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            return None, [f"{display}: file is {size / 1e6:.1f} MB, more than the {MAX_FILE_BYTES / 1e6:.0f} MB a "
+                          f"policy file may have (hint: a policy file holds offers and rules, not data)"]
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        return None, [f"{display}: cannot be read ({exc})"]
+    except UnicodeDecodeError:
+        return None, [f"{display}: is not UTF-8 text (hint: save it as UTF-8)"]
+    except OSError as exc:
+        return None, [f"{display}: cannot be read ({exc.strerror or exc})"]
+    shape = _check_shape(text, display)
+    if shape:
+        return None, [shape]
     loader = _LineLoader(text)
     try:
         data = loader.get_single_data()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
-        what = exc.problem or "syntax error"
-        if exc.context:
-            started = f" started at line {exc.context_mark.line + 1}" if exc.context_mark else ""
-            what += f" ({exc.context}{started})"
-        return None, [f"{display}:{line}: malformed YAML: {what} (hint: check indentation, colons and quotes)"]
+        column = f", column {mark.column + 1}" if mark else ""
+        started = (f" (the block started at line {exc.context_mark.line + 1})"
+                   if exc.context and exc.context_mark and exc.context_mark.line + 1 != line else "")
+        words = _yaml_words(f"{exc.problem or ''} {exc.context or ''}")
+        return None, [f"{display}:{line}: malformed YAML at line {line}{column}{started}: {words}"]
     except yaml.YAMLError as exc:
-        return None, [f"{display}: malformed YAML: {exc}"]
+        return None, [f"{display}: malformed YAML: {str(exc).splitlines()[0]}"]
+    except RecursionError:
+        return None, [f"{display}: nested too deeply to read (hint: a policy needs a few levels)"]
     finally:
         loader.dispose()
     problems = [f"{display}:{line}: duplicate key '{key}' (hint: a key may appear once per mapping; "
@@ -215,6 +301,15 @@ def template_fields(template: str) -> list[tuple[str, str]]:
     return fields
 
 
+#: Widths and precisions in a message's format specs are bounded: `{x:>999999999}` would build a
+#: gigabyte string per subscriber.
+MAX_FORMAT_WIDTH = 100
+
+
+def _too_wide(spec: str) -> bool:
+    return any(int(n) > MAX_FORMAT_WIDTH for n in re.findall(r"\d+", spec))
+
+
 def check_template(template: str) -> list[str]:
     try:
         fields = template_fields(template)
@@ -227,6 +322,10 @@ def check_template(template: str) -> list[str]:
             maybe = f"did you mean '{{{near[0]}}}'? " if near else ""
             problems.append(f"message uses unknown field '{{{name}}}' (hint: {maybe}templates may use subscriber "
                             f"fields and engine outputs, e.g. {{tenure_months}}, {{value_tier}})")
+            continue
+        if spec and _too_wide(spec):
+            problems.append(f"message field '{{{name}:{spec}}}': width or precision above {MAX_FORMAT_WIDTH} "
+                            f"(hint: a message is a sentence; e.g. {{{name}:.0f}})")
             continue
         if spec:
             attr = DECISION_ATTRIBUTES.get(name)
@@ -266,6 +365,7 @@ class _Collected:
         self.offers: dict[str, tuple[OfferSpec, Offer]] = {}
         self.rules: list[tuple[tuple[int, int, int], RuleSpec, Rule, Any, str]] = []
         self.rule_sources: dict[str, str] = {}
+        self.broken_offers: set[str] = set()  # ids of offers reported already: no follow-on errors for them
 
 
 def load_policy_set(path: str | Path) -> PolicySet:
@@ -391,6 +491,8 @@ def _load_offer(raw: Any, display: str, line: int, col: _Collected) -> None:
         return
     spec, eligibility = _spec_and_condition(raw, OfferSpec, "eligibility", display, context, line, col)
     if spec is None:
+        if isinstance(raw.get("id"), str):
+            col.broken_offers.add(raw["id"])
         return
     where = f"{display}:{line}"
     if spec.id in col.offers:
@@ -430,7 +532,9 @@ def _check_rule_refs(rule: Rule, raw: Any, display: str, col: _Collected) -> Non
     then = raw.get("then") if isinstance(raw, dict) else None
     offer_line = line_at(raw, ("then", "offer"), 1)
     offer = col.offers.get(rule.action.offer)
-    if offer is None:
+    if offer is None and rule.action.offer in col.broken_offers:
+        pass  # the offer's own problem is reported where it is defined
+    elif offer is None:
         known = sorted(col.offers)
         near = closest(rule.action.offer, known, n=1)
         maybe = f"did you mean '{near[0]}'? " if near else ""
