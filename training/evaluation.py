@@ -17,25 +17,19 @@ import pandas as pd  # noqa: E402
 from sklearn.calibration import calibration_curve  # noqa: E402
 from sklearn.metrics import (  # noqa: E402
     average_precision_score,
-    brier_score_loss,
     confusion_matrix,
-    log_loss,
     precision_recall_curve,
-    roc_auc_score,
     roc_curve,
 )
 
+from engine.model.metrics import (  # noqa: E402
+    clip_probabilities,
+    expected_calibration_error,
+    probability_metrics,
+    roc_auc,
+)
 
-def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
-    """Mean |observed rate - predicted probability| over equal-width bins, weighted by bin size."""
-    edges = np.linspace(0, 1, bins + 1)
-    idx = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
-    err = 0.0
-    for b in range(bins):
-        mask = idx == b
-        if mask.any():
-            err += mask.mean() * abs(y[mask].mean() - p[mask].mean())
-    return float(err)
+__all__ = ["expected_calibration_error", "figures", "holdout_metrics", "shap_summary", "top_decile"]
 
 
 def top_decile(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
@@ -48,16 +42,14 @@ def top_decile(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
 
 
 def holdout_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
+    """ROC/PR AUC, log loss, Brier, ECE (`engine.model.metrics`, as monitoring measures them), top-decile
+    lift and capture, and the confusion matrix at `threshold`."""
     y = np.asarray(y, dtype=int)
-    p = np.clip(np.asarray(p, dtype=float), 1e-7, 1 - 1e-7)
+    p = clip_probabilities(p)
     lift, capture = top_decile(y, p)
     tn, fp, fn, tp = confusion_matrix(y, (p >= threshold).astype(int), labels=[0, 1]).ravel()
     return {
-        "roc_auc": float(roc_auc_score(y, p)),
-        "pr_auc": float(average_precision_score(y, p)),
-        "log_loss": float(log_loss(y, p, labels=[0, 1])),
-        "brier": float(brier_score_loss(y, p)),
-        "ece": expected_calibration_error(y, p),
+        **probability_metrics(y, p),
         "top_decile_lift": lift,
         "top_decile_capture": capture,
         "accuracy": float((tp + tn) / len(y)),
@@ -72,7 +64,7 @@ def figures(y: np.ndarray, p: np.ndarray, importance: pd.Series) -> dict[str, pl
 
     fig, ax = plt.subplots(figsize=(5, 5))
     fpr, tpr, _ = roc_curve(y, p)
-    ax.plot(fpr, tpr, label=f"AUC {roc_auc_score(y, p):.3f}")
+    ax.plot(fpr, tpr, label=f"AUC {roc_auc(y, p):.3f}")
     ax.plot([0, 1], [0, 1], "--", color="grey")
     ax.set(xlabel="False positive rate", ylabel="True positive rate", title="ROC (hold-out)")
     ax.legend(loc="lower right")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -45,6 +46,19 @@ def read_table(path: str | Path, *, what: str = "input table") -> pd.DataFrame:
     if len(df) == 0:
         raise DataError(f"{what} '{p}' has no rows")
     return df
+
+
+def sqlite_path(url: str | None) -> Path | None:
+    """The database file of a `sqlite:///path` URL (MLflow, Optuna or SQLAlchemy, any driver), else None.
+
+    None for other databases, servers (http://...), in-memory SQLite and anything that is not a URL.
+    Relative paths stay relative (to the working directory), as SQLAlchemy and MLflow read them.
+    """
+    match = re.match(r"sqlite(\+\w+)?:///", url or "")
+    if match is None:
+        return None
+    path = url[match.end():].split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
 
 
 def _tmp_sibling(path: Path) -> Path:

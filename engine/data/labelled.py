@@ -15,12 +15,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from engine.data.flags import parse_flags
 from engine.data.io import read_table
 from engine.data.schema import ID, SUBSCRIBER_COLUMNS, TARGET, DatasetConfig
 from engine.errors import DataError
 
-POSITIVE_WORDS = {"1", "yes", "y", "true", "t", "churn", "churned"}
-NEGATIVE_WORDS = {"0", "no", "n", "false", "f", "stay", "stayed"}
+#: Words a churn target may use besides the shared yes/no words (`engine.vocabulary`).
+TARGET_TRUE_WORDS = ("churn", "churned")
+TARGET_FALSE_WORDS = ("stay", "stayed")
 BUILTIN_DATASETS = ("telco",)
 
 
@@ -46,7 +48,10 @@ class TrainingTable:
 
 
 def binary_target(values: pd.Series, *, source: str, name: str, positive: object = None) -> pd.Series:
-    """Map yes/no, true/false, 1/0 (or an explicit positive label) to 1/0, refusing anything else."""
+    """Map yes/no, true/false, 1/0, churn/stay (`engine.data.flags`) or an explicit positive label to 1/0.
+
+    Anything else is refused, naming the column and an example value.
+    """
     if values.isna().any():
         raise DataError(f"{source}: target column '{name}' has {int(values.isna().sum())} empty value(s)")
     levels = values.astype(str).str.strip().str.lower().str.replace(r"\.0$", "", regex=True).unique()
@@ -56,12 +61,10 @@ def binary_target(values: pd.Series, *, source: str, name: str, positive: object
     if positive is not None:
         out = (values.astype(str).str.strip().str.lower() == str(positive).strip().lower()).astype(int)
     else:
-        words = values.astype(str).str.strip().str.lower().str.replace(r"\.0$", "", regex=True)
-        unknown = set(levels) - POSITIVE_WORDS - NEGATIVE_WORDS
-        if unknown:
-            raise DataError(f"{source}: target column '{name}' has values {sorted(unknown)} that are not yes/no, "
-                            "true/false or 1/0", hint="set positive_label in a dataset config")
-        out = words.isin(POSITIVE_WORDS).astype(int)
+        flags = parse_flags(values, name, source, extra_true=TARGET_TRUE_WORDS, extra_false=TARGET_FALSE_WORDS)
+        if flags.isna().any():
+            raise DataError(f"{source}: target column '{name}' has {int(flags.isna().sum())} empty value(s)")
+        out = flags.astype(int)
     if out.nunique() < 2:
         raise DataError(f"{source}: target column '{name}' is constant ({int(out.iloc[0])} for every row)",
                         hint="a churn model needs both churners and non-churners")

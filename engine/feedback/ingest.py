@@ -11,7 +11,7 @@ carries:
 
 | column | required | values |
 |---|---|---|
-| contacted | yes | yes/no (also true/false, 1/0, y/n); empty = not known yet |
+| contacted | yes | yes/no (also true/false, 1/0, y/n, t/f; `engine.data.flags`); empty = not known yet |
 | accepted | yes | yes/no; yes needs contacted = yes |
 | churned_30d | yes | yes/no: left within 30 days of the decision |
 | churned_60d, churned_90d | no | yes/no; once churned, stays churned |
@@ -37,6 +37,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from engine.config import Settings
+from engine.data.flags import parse_flags
 from engine.data.io import read_table
 from engine.errors import DataError
 from engine.feedback.store import (
@@ -53,8 +54,6 @@ from engine.feedback.store import work_orders as orders_table
 
 REQUIRED_OUTCOME_COLUMNS = ("contacted", "accepted", "churned_30d")
 OPTIONAL_OUTCOME_COLUMNS = ("churned_60d", "churned_90d", "revenue_after")
-TRUE_WORDS = frozenset({"yes", "y", "true", "t", "1", "1.0"})
-FALSE_WORDS = frozenset({"no", "n", "false", "f", "0", "0.0"})
 DECISION_COLUMNS = [c.key for c in decisions_table.c]
 ORDER_COLUMNS = [c.key for c in orders_table.c]
 
@@ -176,28 +175,6 @@ def _read_summary(folder: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # outcome files
 # ---------------------------------------------------------------------------------------------
-def _flag(series: pd.Series, column: str, source: str) -> pd.Series:
-    """yes/no (true/false, 1/0, y/n) -> nullable boolean; anything else is a one-line DataError."""
-    s = series
-    if pd.api.types.is_bool_dtype(s.dtype):
-        return s.astype("boolean")
-    if pd.api.types.is_numeric_dtype(s.dtype):
-        bad = s.notna() & ~s.isin([0, 1])
-        if bad.any():
-            _bad(source, column, s, bad, "is not yes/no (1/0)")
-        return s.map({1: True, 0: False}).astype("boolean")
-    text = s.astype("string").str.strip().str.lower()
-    empty = text.isna() | (text == "") | (text == "nan") | (text == "<na>")
-    true, false = text.isin(TRUE_WORDS), text.isin(FALSE_WORDS)
-    bad = ~(empty | true | false)
-    if bad.any():
-        _bad(source, column, s, bad, "is not yes/no")
-    out = pd.Series(pd.NA, index=s.index, dtype="boolean")
-    out[true.fillna(False).to_numpy()] = True
-    out[false.fillna(False).to_numpy()] = False
-    return out
-
-
 def _bad(source: str, column: str, values: pd.Series, mask: pd.Series, problem: str) -> None:
     rows = np.flatnonzero(mask.to_numpy(dtype=bool))
     first = int(rows[0])
@@ -246,7 +223,7 @@ def read_outcomes(path: str | Path) -> pd.DataFrame:
         raise DataError(f"{source}: row {first + 2}: no order_id and no subscriber_id + decision_run "
                         f"({int(keyless.sum()):,} rows)", hint="every outcome must name the decision it answers")
     for col in OUTCOME_FLAGS:
-        out[col] = _flag(raw[col], col, source) if col in raw.columns else pd.Series(pd.NA, index=raw.index,
+        out[col] = parse_flags(raw[col], col, source) if col in raw.columns else pd.Series(pd.NA, index=raw.index,
                                                                                        dtype="boolean")
     if "revenue_after" in raw.columns:
         rev = pd.to_numeric(raw["revenue_after"], errors="coerce")

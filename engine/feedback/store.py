@@ -56,6 +56,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from engine.data.io import sqlite_path
 from engine.errors import RetainError
 
 STORE_URL_ENV = "RETAIN_STORE_URL"
@@ -201,18 +202,10 @@ def store_url(settings: Any = None, url: str | None = None) -> str:
     configured = getattr(settings, "store_url", None) if settings is not None else None
     if configured:
         return str(configured)
-    tracking = getattr(settings, "tracking_uri", "") or ""
-    if tracking.startswith("sqlite:///"):
-        mlruns = Path(tracking.removeprefix("sqlite:///")).parent
-        return f"sqlite:///{mlruns.parent / DEFAULT_STORE_FILE}"
+    tracking_db = sqlite_path(getattr(settings, "tracking_uri", None))
+    if tracking_db is not None:
+        return f"sqlite:///{tracking_db.parent.parent / DEFAULT_STORE_FILE}"
     return f"sqlite:///{DEFAULT_STORE_FILE}"
-
-
-def _sqlite_path(url: str) -> Path | None:
-    u = sa.engine.make_url(url)
-    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
-        return None
-    return Path(u.database)
 
 
 _ENGINES: dict[str, Engine] = {}
@@ -418,7 +411,7 @@ def open_store(settings: Any = None, *, url: str | None = None, create: bool = T
     so read-only callers (`retain policy validate`) leave no empty database behind.
     """
     resolved = store_url(settings, url)
-    path = _sqlite_path(resolved)
+    path = sqlite_path(resolved)
     if path is not None:
         if not path.exists() and not create:
             return None

@@ -5,7 +5,9 @@ its order is what makes "no partial report" true:
 
 1. read the current table (and `--reference FILE`, or the reference sample logged with the model);
 2. load the model (alias, version, URI; or `none` for a pure data-drift check);
-3. check both tables can be compared *before* scoring, so a missing column is named, not a CatBoost trace;
+3. validate both tables *before* scoring: against the subscriber schema, exactly as `retain decide` does, when
+   the model's inputs are the built-in schema (the current table, and the reference when it is a file);
+   then check both can be compared, so a missing column is named, not a CatBoost trace;
 4. sample big tables (seeded) and score only the sample (`churn_probability` from the model);
 5. run the check (`engine.monitoring.drift.run_drift_check`);
 6. stage report.html / report.json / summary.json, create the MLflow monitoring run and attach them,
@@ -25,6 +27,7 @@ from pandas.api import types as ptypes
 
 from engine.config import Settings
 from engine.data.io import read_table, staged_outputs
+from engine.data.schema import DatasetConfig, validate_subscribers
 from engine.errors import ConfigError
 from engine.monitoring.drift import (
     PREDICTION,
@@ -78,8 +81,6 @@ def infer_roles(reference: pd.DataFrame) -> tuple[list[str], list[str]]:
     Why: `--model none` must still work on the built-in data before any model is registered, and on a
     foreign table; identifiers (all-distinct text) and outcome/prediction columns are left out.
     """
-    from engine.data.schema import DatasetConfig
-
     builtin = DatasetConfig.builtin()
     if all(c in reference.columns for c in builtin.features):
         return list(builtin.numeric), list(builtin.categorical)
@@ -95,6 +96,22 @@ def infer_roles(reference: pd.DataFrame) -> tuple[list[str], list[str]]:
         elif series.nunique(dropna=True) < max(2, len(series)):  # all-distinct text is an identifier
             categorical.append(col)
     return numeric, categorical
+
+
+def is_builtin_schema(numeric: list[str], categorical: list[str]) -> bool:
+    """True when the inputs are the built-in subscriber schema's features (a model trained on that schema)."""
+    return set(numeric) | set(categorical) == set(DatasetConfig.builtin().features)
+
+
+def validate_builtin(df: pd.DataFrame, *, source: str, target: str = TARGET) -> pd.DataFrame:
+    """The subscriber-schema validation `retain decide` applies (same one-line errors), outcomes left as they are.
+
+    Why the outcome column is set aside: a labelled month may say yes/no where the schema declares 0/1, and
+    the check reads outcomes with the shared yes/no parser (`engine.data.flags`).
+    """
+    outcomes = df[target] if target in df.columns else None
+    valid = validate_subscribers(df.drop(columns=[target]) if outcomes is not None else df, source=source)
+    return valid if outcomes is None else valid.assign(**{target: outcomes.to_numpy()})
 
 
 def run_drift_files(settings: Settings, *, current: str | Path, out: str | Path, reference: str | Path | None = None,
@@ -136,6 +153,10 @@ def run_drift_files(settings: Settings, *, current: str | Path, out: str | Path,
     else:
         numeric, categorical = infer_roles(ref_df)
         target = TARGET
+    if is_builtin_schema(numeric, categorical):
+        cur_df = validate_builtin(cur_df, source=str(current), target=target)
+        if reference is not None:
+            ref_df = validate_builtin(ref_df, source=str(reference), target=target)
     check_tables(ref_df, cur_df, numeric=numeric, categorical=categorical)
 
     # Sample before scoring: a 1 M-row month is scored only for the rows the check will use.

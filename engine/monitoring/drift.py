@@ -42,7 +42,9 @@ import pandas as pd
 from pandas.api import types as ptypes
 
 from engine.config import Drift, RiskGrades
+from engine.data.flags import parse_flags
 from engine.errors import DataError
+from engine.model.metrics import auc_standard_error, calibration_table, clip_probabilities, probability_metrics
 
 Status = Literal["healthy", "drift", "decay"]
 SUMMARY_SCHEMA = "retain.drift.summary/1"
@@ -256,21 +258,12 @@ def check_tables(reference: pd.DataFrame, current: pd.DataFrame, *, numeric: lis
 
 
 def binary_outcomes(series: pd.Series, column: str, side: str) -> pd.Series:
-    """Outcomes as 1.0 / 0.0 / NaN (not yet known). Accepts 0/1, booleans and yes/no/true/false words."""
-    if ptypes.is_bool_dtype(series):
-        return series.astype(float)
-    if ptypes.is_numeric_dtype(series):
-        values = pd.to_numeric(series, errors="coerce").astype(float)
-    else:
-        words = series.astype("string").str.strip().str.lower()
-        mapping = {"1": 1.0, "yes": 1.0, "true": 1.0, "y": 1.0, "0": 0.0, "no": 0.0, "false": 0.0, "n": 0.0}
-        values = words.map(mapping).astype(float)
-        values[words.isna()] = np.nan
-    bad = (values.notna() & ~values.isin([0.0, 1.0])) | (values.isna() & series.notna())
-    if bad.any():
-        examples = ", ".join(repr(v) for v in series[bad].astype(str).unique()[:3])
-        raise DataError(f"the {side} table's outcome column '{column}' must hold 0/1 (or yes/no), found {examples}")
-    return values
+    """Outcomes as 1.0 / 0.0 / NaN (not yet known), parsed by `engine.data.flags.parse_flags`.
+
+    Rows are not numbered in errors: the tables here may be samples of the file.
+    """
+    flags = parse_flags(series, column, f"the {side} table's outcomes", row_numbers=False)
+    return flags.astype("Float64").astype(float)
 
 
 def sample_rows(df: pd.DataFrame, max_rows: int, seed: int) -> tuple[pd.DataFrame, Sampling]:
@@ -283,44 +276,22 @@ def sample_rows(df: pd.DataFrame, max_rows: int, seed: int) -> tuple[pd.DataFram
 # ---------------------------------------------------------------------------------------------
 # Quality metrics (sklearn): the same numbers on both sides, including calibration
 # ---------------------------------------------------------------------------------------------
-def calibration_table(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
-    """Observed churn rate vs mean predicted probability per equal-width probability bin."""
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
-    rows = []
-    for b in range(bins):
-        mask = which == b
-        if mask.any():
-            rows.append({"bin": f"{edges[b]:.1f}-{edges[b + 1]:.1f}", "rows": int(mask.sum()),
-                         "predicted": float(p[mask].mean()), "observed": float(y[mask].mean())})
-    return rows
-
-
-def auc_standard_error(auc: float, n_pos: int, n_neg: int) -> float:
-    """Hanley & McNeil (1982) standard error of a ROC AUC: how far a sample's AUC moves by chance."""
-    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
-    var = (auc * (1 - auc) + (n_pos - 1) * (q1 - auc * auc) + (n_neg - 1) * (q2 - auc * auc)) / max(n_pos * n_neg, 1)
-    return float(np.sqrt(max(var, 0.0)))
-
-
 def quality_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, Any] | None:
-    """ROC AUC, PR AUC, log loss, Brier, expected calibration error and the calibration table.
+    """ROC AUC (with its standard error), PR AUC, log loss, Brier, ECE and the calibration table.
 
-    None when only one class is present: ranking quality is undefined then.
+    The same computation as the training hold-out's (`engine.model.metrics`). None when only one class is
+    present: ranking quality is undefined then.
     """
-    from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
-
+    y = np.asarray(y, dtype=int)
     if len(y) == 0 or len(np.unique(y)) < 2:
         return None
-    p = np.clip(p.astype(float), 1e-6, 1 - 1e-6)
-    table = calibration_table(y, p)
-    ece = sum(row["rows"] * abs(row["observed"] - row["predicted"]) for row in table) / len(y)
-    auc = float(roc_auc_score(y, p))
+    p = clip_probabilities(p)
+    scores = probability_metrics(y, p)
+    n_pos = int(y.sum())
     return {"rows": int(len(y)), "churn_rate": float(y.mean()), "mean_probability": float(p.mean()),
-            "roc_auc": auc, "roc_auc_se": auc_standard_error(auc, int(y.sum()), int(len(y) - y.sum())),
-            "pr_auc": float(average_precision_score(y, p)),
-            "log_loss": float(log_loss(y, p, labels=[0, 1])), "brier": float(brier_score_loss(y, p)),
-            "ece": float(ece), "calibration": table}
+            "roc_auc": scores["roc_auc"], "roc_auc_se": auc_standard_error(scores["roc_auc"], n_pos, len(y) - n_pos),
+            "pr_auc": scores["pr_auc"], "log_loss": scores["log_loss"], "brier": scores["brier"],
+            "ece": scores["ece"], "calibration": calibration_table(y, p)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -596,10 +567,3 @@ def write_report(result: DriftResult, folder: str | Path) -> dict[str, Path]:
     result.snapshot.save_json(str(paths["json"]))
     paths["summary"].write_text(json.dumps(result.summary(), indent=2) + "\n", encoding="utf-8")
     return paths
-
-
-def run_drift_files(*args: Any, **kwargs: Any):
-    """File / registry / MLflow / webhook orchestration: see `engine.monitoring.check.run_drift_files`."""
-    from engine.monitoring.check import run_drift_files as run
-
-    return run(*args, **kwargs)
