@@ -32,10 +32,11 @@ import engine
 from engine.config import Settings
 from engine.data.labelled import TrainingTable, load_training_table
 from engine.errors import DataError, ModelError
-from engine.model.churn import PROBABILITY, ChurnModel
+from engine.model.churn import PREDICT_PARAMS, PROBABILITY, ChurnModel
 from engine.model.features import FeaturePipeline
 from engine.model.registry import REFERENCE_ARTIFACT, TRAINING_EXPERIMENT, connect, ensure_experiment
 from engine.model.value_tiers import RFM_INPUTS, ValueSegmenter
+from training import packaging
 from training.evaluation import expected_calibration_error, figures, holdout_metrics, shap_summary
 from training.tuning import CVResult, TuningSpec, catboost, cross_validate, run_study, study_name_for
 
@@ -270,34 +271,35 @@ def _default_study_storage(settings: Settings) -> str:
 
 def _log_model(mlflow, client, settings: Settings, model: ChurnModel, raw_train: pd.DataFrame,
                reference: pd.DataFrame, register: bool, tags: dict[str, str]) -> str | None:
-    """Log the pyfunc with signature and input example, the drift reference, and register a version."""
+    """Log the pyfunc with its own code, pinned requirements, signature and input example; register it.
+
+    The python model logged is an empty instance of the hashed copy of the portable package
+    (`training.packaging`): its fitted state travels as artefacts (CatBoost file, spec.json) and is
+    restored in `load_context`, and its code travels as `code_paths`, so the artefact loads where
+    `engine` is not installed and champion and challenger never share cached code.
+    """
     from mlflow.models import infer_signature
 
     example = raw_train[model.input_columns].head(5).reset_index(drop=True)
     with warnings.catch_warnings():  # MLflow's "integer columns cannot hold missing values" hint: ours never do
         warnings.simplefilter("ignore", UserWarning)
-        signature = infer_signature(example, model.predict(None, example))
+        signature = infer_signature(example, model.predict(None, example), params=dict(PREDICT_PARAMS))
     with tempfile.TemporaryDirectory() as tmp:
         artifacts = model.save_artifacts(Path(tmp) / "parts")
         ref_path = Path(tmp) / Path(REFERENCE_ARTIFACT).name
         reference.to_parquet(ref_path, index=False)
         mlflow.log_artifact(str(ref_path), artifact_path=str(Path(REFERENCE_ARTIFACT).parent))
+        code_dir, code = packaging.stage(Path(tmp) / "code")
         with contextlib.redirect_stderr(io.StringIO()):  # MLflow prints registration chatter to stderr
             info = mlflow.pyfunc.log_model(
-                name="model", python_model=ChurnModel(), artifacts=artifacts, signature=signature,
+                name="model", python_model=code.ChurnModel(), artifacts=artifacts, signature=signature,
                 input_example=example, registered_model_name=settings.model_name if register else None,
-                pip_requirements=_requirements())
+                code_paths=[str(code_dir)], pip_requirements=packaging.requirements())
     if info.signature is None:
         raise ModelError("the logged model has no signature; refusing to register it")
+    mlflow.set_tag("retain.model_code", code.__name__)
     version = str(info.registered_model_version) if register and info.registered_model_version else None
     if version:
-        for key, value in tags.items():
+        for key, value in {**tags, "model_code": code.__name__}.items():
             client.set_model_version_tag(settings.model_name, version, key, value)
     return version
-
-
-def _requirements() -> list[str]:
-    from importlib.metadata import version
-
-    names = ["mlflow", "catboost", "pandas", "numpy", "scikit-learn", "pyarrow", "pydantic", "pyyaml"]
-    return [f"{n}=={version(n)}" for n in names]

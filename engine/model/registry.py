@@ -13,6 +13,7 @@ import re
 import urllib.error
 import urllib.request
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from engine.config import Settings
-from engine.errors import ModelError
+from engine.errors import DataError, ModelError
 
 REFERENCE_ARTIFACT = "reference/reference.parquet"
 TRAINING_EXPERIMENT = "churn-training"
@@ -104,15 +105,44 @@ def _resolve_version(client, settings: Settings, uri: str):  # -> ModelVersion |
         raise ModelError(f"model '{name}' has no version {number}", hint="see `retain models list`") from None
 
 
+#: What a loaded python model must offer to be used as a retain churn model (checked by duck typing).
+CHURN_MODEL_API = ("features", "predict_proba", "score", "explain", "input_columns", "derived_columns",
+                   "reason_labels", "pipeline", "spec")
+
+
+def is_churn_model(obj: Any) -> bool:
+    """True for a retain churn model, whichever copy of the portable code its class comes from.
+
+    Not `isinstance(obj, ChurnModel)`: a registered model unpickles as an instance of its own hashed
+    module (`retain_churn_<hash>.model.ChurnModel`, see `training.packaging`), never of `engine`'s.
+    """
+    return getattr(type(obj), "retain_model", None) == "churn" and all(hasattr(obj, a) for a in CHURN_MODEL_API)
+
+
+@contextmanager
+def _as_data_error():
+    """The model's own InputError (it cannot import `engine`) becomes the engine's DataError."""
+    try:
+        yield
+    except ValueError as exc:
+        if type(exc).__name__ != "InputError":
+            raise
+        raise DataError(str(exc), hint=getattr(exc, "hint", None)) from None
+
+
 @dataclass
 class LoadedModel:
-    """A churn model version ready to score raw subscriber rows."""
+    """A churn model version ready to score raw subscriber rows.
+
+    `model` is the python model itself (the portable `ChurnModel`, from the version's own code); the
+    methods here delegate to it and report rows it cannot score as a DataError.
+    """
 
     uri: str
     name: str
     version: str | None
     run_id: str | None
-    model: Any  # engine.model.churn.ChurnModel
+    model: Any  # a ChurnModel from engine.model.portable, or its hashed copy logged with the version
 
     @property
     def input_columns(self) -> list[str]:
@@ -126,15 +156,39 @@ class LoadedModel:
     def numeric(self) -> list[str]:
         return list(self.model.pipeline.numeric)
 
+    @property
+    def reason_labels(self) -> dict[str, str]:
+        """Reason family -> words, as frozen into this model version at training."""
+        return self.model.reason_labels
+
+    @property
+    def module(self) -> str:
+        """The module the model's code runs from, e.g. 'retain_churn_1a2b3c4d5e.model'."""
+        return type(self.model).__module__
+
     def predict_proba(self, df: pd.DataFrame) -> np.ndarray:
-        return self.model.predict_proba(df)
+        with _as_data_error():
+            return self.model.predict_proba(df)
+
+    def score(self, df: pd.DataFrame) -> pd.DataFrame:
+        """Derived signals, churn_probability and value_tier per raw row (see ChurnModel.score)."""
+        with _as_data_error():
+            return self.model.score(df)
+
+    def explain(self, df: pd.DataFrame, features: pd.DataFrame | None = None,
+                approximate: bool = False) -> pd.DataFrame:
+        """reason, reason_share, reason_signal per raw row (see ChurnModel.explain)."""
+        with _as_data_error():
+            return self.model.explain(df, features=features, approximate=approximate)
 
 
 def load_model(settings: Settings, ref: str | None = None) -> LoadedModel:
-    """Load a churn model by alias, version number or URI, with a how-to-fix error when absent."""
-    import mlflow.pyfunc
+    """Load a churn model by alias, version number or URI, with a how-to-fix error when absent.
 
-    from engine.model.churn import ChurnModel
+    The model runs its own code (logged with it), so champion and challenger loaded here side by side
+    each score with the code they were trained with.
+    """
+    import mlflow.pyfunc
 
     client = connect(settings)
     uri = model_uri(settings, ref)
@@ -143,9 +197,14 @@ def load_model(settings: Settings, ref: str | None = None) -> LoadedModel:
         pyfunc = mlflow.pyfunc.load_model(uri)
     except Exception as exc:  # MLflow raises several types for missing or broken artefacts
         raise ModelError(f"cannot load model '{uri}': {str(exc).splitlines()[0]}") from None
-    inner = pyfunc.unwrap_python_model()
-    if not isinstance(inner, ChurnModel):
-        raise ModelError(f"model '{uri}' is not a retain churn model")
+    try:
+        inner = pyfunc.unwrap_python_model()
+    except Exception:  # not a python-function model with a python_model (e.g. a plain sklearn flavour)
+        inner = None
+    if not is_churn_model(inner):
+        kind = type(inner).__module__ + "." + type(inner).__qualname__ if inner is not None else "a non-python model"
+        raise ModelError(f"model '{uri}' is not a retain churn model (it is {kind})",
+                         hint="pass a version trained with `retain train`; see `retain models list`")
     return LoadedModel(uri=uri, name=mv.name if mv else settings.model_name,
                        version=str(mv.version) if mv else None,
                        run_id=mv.run_id if mv else pyfunc.metadata.run_id, model=inner)

@@ -1,0 +1,148 @@
+"""The feature pipeline: one object, fitted at training time, packaged with the model, reused to decide.
+
+Why a fitted object and not a function: the columns a model was trained on, their types, and which
+derived signals were available are facts learned from the training table. Storing them (as plain
+JSON inside the MLflow model) means scoring cannot silently disagree with training, whatever table
+the scorer is handed. It follows scikit-learn's contract: parameters in `__init__`, learned state with
+a trailing underscore, `fit` / `transform`; `to_dict` / `from_dict` write and restore that learned
+state as it is (no refitting on load, so a loaded pipeline is the fitted one, not a reconstruction).
+
+This module is part of the portable model code (see `__init__`): numpy and pandas only, no `engine`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+MISSING_CATEGORY = "__missing__"
+
+#: Learned attributes, in the order `to_dict` writes them.
+LEARNED = ("input_columns_", "derived_", "categorical_features_", "numeric_features_", "feature_names_")
+
+
+class InputError(ValueError):
+    """Rows handed to the model lack a column it needs. `columns` names them.
+
+    A ValueError of the model's own, because this code runs where `engine` (and its DataError) is not
+    installed; the engine's registry turns it into a DataError for its users.
+    """
+
+    def __init__(self, message: str, columns: list[str], hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message, self.columns, self.hint = message, list(columns), hint
+
+
+def _change(now: pd.Series, before: pd.Series) -> pd.Series:
+    """Relative change now vs before; 0 when both are 0, +1 (capped) when starting from 0."""
+    now_f = now.astype(float).to_numpy()
+    before_f = before.astype(float).to_numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(before_f > 0, now_f / np.where(before_f > 0, before_f, 1.0) - 1.0,
+                       np.where(now_f > 0, 1.0, 0.0))
+    return pd.Series(np.clip(out, -1.0, 10.0), index=now.index)
+
+
+@dataclass(frozen=True)
+class DerivedFeature:
+    """A signal computed from raw columns, e.g. 'data usage down 45% month on month'."""
+
+    name: str
+    inputs: tuple[str, ...]
+
+    def compute(self, df: pd.DataFrame) -> pd.Series:
+        a = self.inputs
+        if self.name == "arpu_mean_3m":
+            return df[list(a)].astype(float).mean(axis=1)
+        return _change(df[a[0]], df[a[1]])
+
+
+#: Early-warning signals of DOMAIN.md that need more than one raw column.
+DERIVED: tuple[DerivedFeature, ...] = (
+    DerivedFeature("arpu_mean_3m", ("arpu_m0", "arpu_m1", "arpu_m2")),
+    DerivedFeature("arpu_change", ("arpu_m0", "arpu_m2")),
+    DerivedFeature("data_change", ("data_gb_m0", "data_gb_m1")),
+    DerivedFeature("voice_change", ("voice_min_m0", "voice_min_m1")),
+)
+
+
+def add_derived(df: pd.DataFrame, names: list[str] | None = None) -> pd.DataFrame:
+    """Return a copy of `df` with the derived signals whose inputs are present (or the named ones)."""
+    out = df.copy()
+    for feat in DERIVED:
+        if (names is None and all(c in df.columns for c in feat.inputs)) or (names and feat.name in names):
+            out[feat.name] = feat.compute(df)
+    return out
+
+
+def _missing(df: pd.DataFrame, columns: list[str]) -> list[str]:
+    return [c for c in columns if c not in df.columns]
+
+
+class FeaturePipeline:
+    """Raw subscriber rows -> the model's feature frame.
+
+    Parameters: the raw categorical and numeric columns to use, and whether to derive signals.
+    Learned: `input_columns_` (raw columns a scorer must supply), `derived_` (derived signals used),
+    `categorical_features_` (for CatBoost's native handling), `numeric_features_`, and
+    `feature_names_` (model column order).
+    """
+
+    def __init__(self, categorical: list[str], numeric: list[str], derive: bool = True) -> None:
+        self.categorical = list(categorical)
+        self.numeric = list(numeric)
+        self.derive = derive
+
+    def fit(self, df: pd.DataFrame) -> FeaturePipeline:
+        missing = _missing(df, [*self.categorical, *self.numeric])
+        if missing:
+            raise InputError(f"training table is missing feature column(s) {missing}", missing)
+        self.derived_ = [f.name for f in DERIVED if self.derive and all(c in self.numeric for c in f.inputs)]
+        self.input_columns_ = [*self.categorical, *self.numeric]
+        self.categorical_features_ = list(self.categorical)
+        self.numeric_features_ = [*self.numeric, *self.derived_]
+        self.feature_names_ = [*self.categorical_features_, *self.numeric_features_]
+        return self
+
+    def transform(self, df: pd.DataFrame) -> pd.DataFrame:
+        """Select, type and derive. Raises InputError naming any raw column the model needs but lacks."""
+        missing = _missing(df, self.input_columns_)
+        if missing:
+            raise InputError(f"input is missing column(s) the model needs: {missing}", missing)
+        out = pd.DataFrame(index=df.index)
+        for col in self.categorical_features_:
+            out[col] = df[col].astype("string").fillna(MISSING_CATEGORY).astype(str)
+        numeric = df[self.numeric].apply(pd.to_numeric, errors="coerce").astype(float)
+        for col in self.numeric:
+            out[col] = numeric[col]
+        for feat in DERIVED:
+            if feat.name in self.derived_:
+                out[feat.name] = feat.compute(numeric)
+        return out[self.feature_names_]
+
+    def fit_transform(self, df: pd.DataFrame) -> pd.DataFrame:
+        return self.fit(df).transform(df)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Parameters and learned state as plain JSON-able lists."""
+        return {"categorical": list(self.categorical), "numeric": list(self.numeric), "derive": self.derive,
+                **{name: list(getattr(self, name)) for name in LEARNED}}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FeaturePipeline:
+        """The fitted pipeline `to_dict` wrote, its learned state restored as stored (nothing refitted).
+
+        Models logged before the full state was stored carry only `derived_`; the rest of their state
+        follows from the parameters exactly as `fit` computed it.
+        """
+        pipe = cls(data["categorical"], data["numeric"], data["derive"])
+        pipe.derived_ = list(data["derived_"])
+        pipe.input_columns_ = list(data.get("input_columns_", [*pipe.categorical, *pipe.numeric]))
+        pipe.categorical_features_ = list(data.get("categorical_features_", pipe.categorical))
+        pipe.numeric_features_ = list(data.get("numeric_features_", [*pipe.numeric, *pipe.derived_]))
+        pipe.feature_names_ = list(data.get("feature_names_",
+                                            [*pipe.categorical_features_, *pipe.numeric_features_]))
+        return pipe
