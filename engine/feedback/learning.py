@@ -16,9 +16,9 @@ of `engine.config.Arbitration.prior_acceptance`: (offer_id, reason), with reason
 arbitration sees), pooled over segments and runs. Acceptance is measured per *contacted* subscriber: a
 channel's reach is not part of it.
 
-**Rules.** `flagged_rules` measures every rule's uplift against its control subscribers (all stored
-runs pooled, as `engine.feedback.report` does for one run) and returns those that are not shown to work, for
-`retain policy validate` to print next to the policy problems.
+**Rules.** `flagged_rules` measures every rule's uplift against its control subscribers with the report's
+own computation (`engine.feedback.report.rule_uplift`, all stored runs pooled) and returns the rows the
+report flags, for `retain policy validate` to print next to the policy problems.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ import sqlalchemy as sa
 
 from engine.config import Settings
 from engine.errors import DataError
-from engine.feedback.report import VERDICT_NO_DATA, RuleFlag, newcombe, verdict
+from engine.feedback.report import RuleFlag, check_window, flags_from
+from engine.feedback.report import rule_uplift as report_rule_uplift
 from engine.feedback.store import decisions as decisions_table
 from engine.feedback.store import open_store
 from engine.feedback.store import outcomes as outcomes_table
@@ -96,50 +97,23 @@ def learned_acceptance(settings: Settings, *, min_n: int = MIN_CONTACTS, k: floa
 
 def rule_uplift(settings: Settings, *, window: int = 90, url: str | None = None,
                 runs: list[str] | None = None) -> pd.DataFrame:
-    """Per rule, all stored runs pooled: treated/control counts, churn, uplift, Newcombe 95% CI, verdict."""
-    cols = ["rule_id", "n_treated", "n_control", "churn_treated", "churn_control", "uplift", "ci_low", "ci_high",
-            "verdict"]
-    if window not in (30, 60, 90):
-        raise DataError(f"window must be 30, 60 or 90 days, got {window}")
+    """Per rule, the stored runs (all, or `runs`) pooled: `engine.feedback.report.rule_uplift`, the report's table.
+
+    Empty (with the report's columns) when there is no store or no run yet.
+    """
+    check_window(window)
     store = open_store(settings, url=url, create=False)
-    if store is None:
-        return pd.DataFrame(columns=cols)
-    d, o = decisions_table, outcomes_table
-    churn = o.c[f"churned_{window}d"]
-    q = (sa.select(d.c.rule_id, d.c.status, sa.func.count().label("n"), _true(churn).label("churned"))
-         .select_from(d.join(o, sa.and_(o.c.decision_run == d.c.decision_run,
-                                        o.c.subscriber_id == d.c.subscriber_id)))
-         .where(d.c.status.in_(["offer", "control"]), d.c.rule_id.is_not(None), churn.is_not(None))
-         .group_by(d.c.rule_id, d.c.status))
-    if runs:
-        q = q.where(d.c.decision_run.in_(runs))
-    t = store.read(q)
-    if len(t) == 0:
-        return pd.DataFrame(columns=cols)
-    wide = t.pivot_table(index="rule_id", columns="status", values=["n", "churned"], aggfunc="sum", fill_value=0)
-
-    def get(measure: str, status: str) -> np.ndarray:
-        key = (measure, status)
-        return wide[key].to_numpy(dtype=float) if key in wide.columns else np.zeros(len(wide))
-
-    nt, ct, nc, cc = get("n", "offer"), get("churned", "offer"), get("n", "control"), get("churned", "control")
-    uplift, low, high = newcombe(cc, nc, ct, nt)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = pd.DataFrame({"rule_id": wide.index.astype(str), "n_treated": nt.astype(int), "n_control": nc.astype(int),
-                            "churn_treated": ct / nt, "churn_control": cc / nc, "uplift": uplift, "ci_low": low,
-                            "ci_high": high})
-    out["verdict"] = [verdict(u, lo, hi, a, b) for u, lo, hi, a, b in
-                      zip(uplift, low, high, out["n_treated"], out["n_control"], strict=True)]
-    return out[cols].reset_index(drop=True)
+    chosen = [] if store is None else list(runs or store.runs()["decision_run"])
+    if not chosen:
+        return pd.DataFrame(columns=["rule_id", "n_treated", "n_control", "churn_treated", "churn_control", "uplift",
+                                     "ci_low", "ci_high", "verdict", "flagged"])
+    return report_rule_uplift(store, chosen, window)
 
 
 def flagged_rules(settings: Settings, *, window: int = 90, url: str | None = None) -> list[RuleFlag]:
-    """Rules with outcomes whose uplift is not shown to be above zero, worst first (empty without a store).
+    """Rules not shown to work (`engine.feedback.report.FLAGGED_VERDICTS`), all stored runs pooled, worst first.
 
-    For `retain policy validate`: print `flag.line()` for each, as warnings (they do not make a policy invalid).
+    The same rows the report flags (empty without a store or outcomes). For `retain policy validate`: print
+    `flag.line()` for each, as warnings (they do not make a policy invalid).
     """
-    t = rule_uplift(settings, window=window, url=url)
-    t = t[(t["verdict"] != "works") & (t["verdict"] != VERDICT_NO_DATA)].sort_values(["uplift", "rule_id"],
-                                                                                      na_position="first")
-    return [RuleFlag(r.rule_id, r.verdict, float(r.uplift), float(r.ci_low), float(r.ci_high), int(r.n_treated),
-                     int(r.n_control)) for r in t.itertuples()]
+    return flags_from(rule_uplift(settings, window=window, url=url))

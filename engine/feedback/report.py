@@ -64,6 +64,10 @@ VERDICT_THIN = "too few control subscribers to tell"
 #: Below this many control subscribers with an outcome a rule's verdict is "too few to tell", whatever its interval.
 MIN_CONTROL = 20
 VERDICT_NO_DATA = "no outcomes yet"
+#: The one filter for "this rule is not shown to work" (report rows in red, `Report.flagged`, and the warnings
+#: `retain policy validate` prints): every verdict but "works" and "no outcomes yet". A rule whose
+#: subscribers have no outcome for the window is pending, not failing: there is nothing to say about it yet.
+FLAGGED_VERDICTS = frozenset({VERDICT_UNCLEAR, VERDICT_NEGATIVE, VERDICT_HARMFUL, VERDICT_NO_CONTROL, VERDICT_THIN})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,13 +253,30 @@ def measure(cell_table: pd.DataFrame, by: str | None) -> pd.DataFrame:
         out["net_revenue_kept"] = out["revenue_kept"] - out["cost"]
     cols = [out[c] for c in ("uplift", "ci_low", "ci_high", "n_treated", "n_control")]
     out["verdict"] = [verdict(*values) for values in zip(*cols, strict=True)]
-    out["flagged"] = out["verdict"] != VERDICT_WORKS
+    out["flagged"] = out["verdict"].isin(FLAGGED_VERDICTS)
     return out.reset_index()
 
 
+def check_window(window: int) -> None:
+    if window not in WINDOWS:
+        raise DataError(f"--window must be one of {', '.join(map(str, WINDOWS))} days, got {window}")
+
+
+def rule_uplift(store: Any, runs: list[str], window: int = 90, *,
+                cell_table: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per rule, `runs` pooled: the `measure` table by rule_id. The one per-rule uplift computation.
+
+    Both the report (one run or all) and `engine.feedback.learning.flagged_rules` (all runs) read it, so a
+    rule has the same uplift, interval, verdict and flag wherever it is shown. `cell_table`: the runs'
+    `_cells_sql`, when the caller already has it.
+    """
+    check_window(window)
+    return measure(_cells_sql(store, runs, window) if cell_table is None else cell_table, "rule_id")
+
+
 def flags_from(table: pd.DataFrame) -> list[RuleFlag]:
-    """RuleFlags for the flagged rows of a per-rule `measure` table, worst first."""
-    rows = table[table["flagged"]].sort_values(["uplift", "rule_id"], na_position="first")
+    """RuleFlags for the flagged rows (`FLAGGED_VERDICTS`) of a per-rule `measure` table, worst first."""
+    rows = table[table["flagged"].astype(bool)].sort_values(["uplift", "rule_id"], na_position="first")
     return [RuleFlag(str(r["rule_id"]), r["verdict"], float(r["uplift"]), float(r["ci_low"]), float(r["ci_high"]),
                      int(r["n_treated"]), int(r["n_control"])) for _, r in rows.iterrows()]
 
@@ -362,8 +383,7 @@ def build_report(settings: Settings, run: str | None = None, *, window: int = 90
     The database aggregates decisions x outcomes into cells (one GROUP BY), so a 1 M-subscriber run is
     measured without loading its rows.
     """
-    if window not in WINDOWS:
-        raise DataError(f"--window must be one of {', '.join(map(str, WINDOWS))} days, got {window}")
+    check_window(window)
     store = open_store(settings, url=url)
     assert store is not None
     all_runs = store.runs()
@@ -371,7 +391,8 @@ def build_report(settings: Settings, run: str | None = None, *, window: int = 90
     cell_table = _cells_sql(store, runs, window)
     tables = {"overall": measure(cell_table, None)}
     for by in GROUPINGS:
-        tables[by] = measure(cell_table, by)
+        tables[by] = (rule_uplift(store, runs, window, cell_table=cell_table) if by == "rule_id"
+                      else measure(cell_table, by))
     chosen = all_runs[all_runs["decision_run"].isin(runs)]
     treated = int(cell_table.loc[cell_table["status"] == "offer", "n"].sum())
     counts = {"decisions": int(chosen["subscribers"].sum()), "outcomes": int(chosen["outcomes"].sum()),
