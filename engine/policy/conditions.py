@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -184,11 +184,12 @@ def closest(word: str, choices: list[str] | tuple[str, ...], n: int = 3) -> list
     return difflib.get_close_matches(str(word), list(choices), n=n, cutoff=0.6)
 
 
-def _unknown_attribute(name: Any) -> str:
-    near = closest(str(name), list(DECISION_ATTRIBUTES), n=1)
+def _unknown_attribute(name: Any, attributes: Mapping[str, Attribute]) -> str:
+    near = closest(str(name), list(attributes), n=1)
     hint = f"did you mean '{near[0]}'?" if near else \
         "conditions may name any attribute of `retain data schema` or an engine output " \
-        "(churn_probability, risk_grade, reason, reason_share, value_tier, lifecycle_stage, need_group, is_prepaid)"
+        "(churn_probability, risk_grade, reason, reason_share, value_tier, lifecycle_stage, need_group, is_prepaid), " \
+        "or an attribute declared in attributes.yaml"
     return f"unknown attribute '{name}' (hint: {hint})"
 
 
@@ -238,8 +239,12 @@ def _typed(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"
 
 
-def parse_condition(raw: Any, problems: Problems, *, line: int, what: str = "condition") -> Condition:
-    """Parse a condition mapping (None or {} means 'always'). Problems are recorded, not raised."""
+def parse_condition(raw: Any, problems: Problems, *, line: int, what: str = "condition",
+                    attributes: Mapping[str, Attribute] = DECISION_ATTRIBUTES) -> Condition:
+    """Parse a condition mapping (None or {} means 'always'). Problems are recorded, not raised.
+
+    `attributes` is what a condition may name: the built-ins plus the policy set's declared attributes.
+    """
     if raw is None:
         return ALWAYS
     if not isinstance(raw, dict):
@@ -252,18 +257,20 @@ def parse_condition(raw: Any, problems: Problems, *, line: int, what: str = "con
             if not isinstance(value, list) or not value:
                 problems.add(kline, f"'{key}' needs a non-empty list of conditions, got {_typed(value)}")
                 continue
-            subs = tuple(parse_condition(v, problems, line=_line_of(value, i, kline), what=f"'{key}' item")
+            subs = tuple(parse_condition(v, problems, line=_line_of(value, i, kline), what=f"'{key}' item",
+                                         attributes=attributes)
                          for i, v in enumerate(value))
             items.append(All(subs, kline) if key == "all" else AnyOf(subs, kline))
         elif key == "not":
             if not isinstance(value, dict) or not value:
                 problems.add(kline, f"'not' needs a condition mapping, got {_typed(value)}")
                 continue
-            items.append(Not(parse_condition(value, problems, line=kline, what="'not'"), kline))
-        elif isinstance(key, str) and key in DECISION_ATTRIBUTES:
-            items.extend(_parse_tests(DECISION_ATTRIBUTES[key], value, problems, kline))
+            items.append(Not(parse_condition(value, problems, line=kline, what="'not'", attributes=attributes),
+                             kline))
+        elif isinstance(key, str) and key in attributes:
+            items.extend(_parse_tests(attributes[key], value, problems, kline))
         else:
-            problems.add(kline, _unknown_attribute(key))
+            problems.add(kline, _unknown_attribute(key, attributes))
     if len(items) == 1:
         return items[0]
     return All(tuple(items), line)
@@ -362,9 +369,12 @@ class Column:
     missing: np.ndarray
 
 
-def prepare_column(name: str, series: pd.Series | np.ndarray) -> Column:
-    """Normalise a column: numeric -> float64 (NaN missing); boolean -> bool; categorical -> str objects."""
-    attr = DECISION_ATTRIBUTES.get(name)
+def prepare_column(name: str, series: pd.Series | np.ndarray, attr: Attribute | None = None) -> Column:
+    """Normalise a column: numeric -> float64 (NaN missing); boolean -> bool; categorical -> str objects.
+
+    `attr` describes a declared (custom) attribute; built-ins are looked up by name.
+    """
+    attr = attr or DECISION_ATTRIBUTES.get(name)
     s = pd.Series(series) if not isinstance(series, pd.Series) else series
     if attr is None or attr.kind == "numeric":
         vals = pd.to_numeric(s, errors="coerce").to_numpy(dtype=float, na_value=np.nan)

@@ -15,7 +15,7 @@ import hashlib
 import json
 import re
 import string
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +26,11 @@ from engine.data.attributes import DECISION_ATTRIBUTES
 from engine.errors import PolicyError
 from engine.policy.conditions import ALWAYS, Condition, Problems, closest, parse_condition
 from engine.policy.model import (
+    ARBITRATION_MODES,
     PREFERRED,
     Action,
+    AttributeSpec,
+    DeclaredAttribute,
     Offer,
     OfferSpec,
     PolicyFile,
@@ -310,15 +313,15 @@ def _too_wide(spec: str) -> bool:
     return any(int(n) > MAX_FORMAT_WIDTH for n in re.findall(r"\d+", spec))
 
 
-def check_template(template: str) -> list[str]:
+def check_template(template: str, vocabulary: Mapping[str, Any] = DECISION_ATTRIBUTES) -> list[str]:
     try:
         fields = template_fields(template)
     except ValueError as exc:
         return [f"malformed message template: {exc} (hint: write {{{{ and }}}} for literal braces)"]
     problems = []
     for name, spec in fields:
-        if name not in TEMPLATE_FIELDS:
-            near = closest(name, sorted(TEMPLATE_FIELDS), n=1)
+        if name not in TEMPLATE_FIELDS and name not in vocabulary:
+            near = closest(name, sorted({*TEMPLATE_FIELDS, *vocabulary}), n=1)
             maybe = f"did you mean '{{{near[0]}}}'? " if near else ""
             problems.append(f"message uses unknown field '{{{name}}}' (hint: {maybe}templates may use subscriber "
                             f"fields and engine outputs, e.g. {{tenure_months}}, {{value_tier}})")
@@ -328,7 +331,7 @@ def check_template(template: str) -> list[str]:
                             f"(hint: a message is a sentence; e.g. {{{name}:.0f}})")
             continue
         if spec:
-            attr = DECISION_ATTRIBUTES.get(name)
+            attr = vocabulary.get(name)
             sample: Any = 1.5 if attr is not None and attr.kind == "numeric" else "x"
             try:
                 format(sample, spec)
@@ -366,6 +369,13 @@ class _Collected:
         self.rules: list[tuple[tuple[int, int, int], RuleSpec, Rule, Any, str]] = []
         self.rule_sources: dict[str, str] = {}
         self.broken_offers: set[str] = set()  # ids of offers reported already: no follow-on errors for them
+        self.declared: dict[str, DeclaredAttribute] = {}
+        self.declared_specs: list[AttributeSpec] = []
+        self.arbitration: tuple[str, str] | None = None  # (mode, where)
+
+    @property
+    def vocabulary(self) -> dict[str, Any]:
+        return {**DECISION_ATTRIBUTES, **self.declared}
 
 
 def load_policy_set(path: str | Path) -> PolicySet:
@@ -385,13 +395,17 @@ def load_policy_set(path: str | Path) -> PolicySet:
                           hint="add offers and rules, see policies/ of the project for an example")
     col = _Collected()
     displays = []
-    for file_index, file in enumerate(files):
+    parsed = []
+    for file in files:
         display = _display(file, root, root_arg)
         displays.append(display)
         data, problems = read_yaml(file, display)
         col.problems.extend(problems)
-        if data is None:
-            continue
+        if data is not None:
+            parsed.append((data, display))
+    for data, display in parsed:  # declared attributes first: any rule in any file may use them
+        _load_declarations(data, display, col)
+    for file_index, (data, display) in enumerate(parsed):
         _load_file(data, display, file_index, col)
     for _key, _spec, rule, raw, display in col.rules:
         _check_rule_refs(rule, raw, display, col)
@@ -403,11 +417,17 @@ def load_policy_set(path: str | Path) -> PolicySet:
     ordered = sorted(col.rules, key=lambda r: r[0])
     rules = [_with_position(r[2], i) for i, r in enumerate(ordered)]
     offers = {k: v[1] for k, v in sorted(col.offers.items())}
+    arbitration = col.arbitration[0] if col.arbitration else "first"
     canonical = {
         "format": FORMAT_VERSION,
-        "offers": [col.offers[k][0].model_dump(mode="json") for k in sorted(col.offers)],
-        "rules": [r[1].model_dump(mode="json") for r in ordered],
+        "offers": [col.offers[k][0].model_dump(mode="json", exclude_defaults=True) for k in sorted(col.offers)],
+        "rules": [r[1].model_dump(mode="json", exclude_defaults=True) for r in ordered],
     }
+    if col.declared_specs:
+        canonical["attributes"] = [a.model_dump(mode="json", exclude_defaults=True)
+                                   for a in sorted(col.declared_specs, key=lambda a: a.name)]
+    if arbitration != "first":
+        canonical["arbitration"] = arbitration
     digest = hashlib.sha256(json.dumps(canonical, sort_keys=True, separators=(",", ":"),
                                        ensure_ascii=False, default=str).encode()).hexdigest()
     fields = set()
@@ -415,7 +435,8 @@ def load_policy_set(path: str | Path) -> PolicySet:
         if r.action.message:
             fields |= {name for name, _ in template_fields(r.action.message)}
     return PolicySet(offers=offers, rules=rules, files=displays, root=root_arg, content_hash=digest,
-                     attributes=referenced_attributes(rules, offers), template_fields=fields)
+                     attributes=referenced_attributes(rules, offers), template_fields=fields,
+                     declared=dict(col.declared), arbitration=arbitration)
 
 
 def _policy_error(problems: list[str], root: str) -> PolicyError:
@@ -445,6 +466,8 @@ def _load_file(data: Any, display: str, file_index: int, col: _Collected) -> Non
             maybe = f"did you mean '{near[0]}'? " if near else ""
             col.problems.append(f"{display}:{data.key_lines.get(key, 1)}: unknown field '{key}' "
                                 f"(hint: {maybe}allowed top-level fields: {', '.join(allowed)})")
+    if "arbitration" in data:
+        _load_arbitration(data, display, col)
     for section in ("offers", "rules"):
         items = data.get(section)
         if items is None:
@@ -459,6 +482,58 @@ def _load_file(data: Any, display: str, file_index: int, col: _Collected) -> Non
                 _load_offer(raw, display, line, col)
             else:
                 _load_rule(raw, display, line, (file_index, i), col)
+
+
+def _load_arbitration(data: Any, display: str, col: _Collected) -> None:
+    line = data.key_lines.get("arbitration", 1)
+    mode = data["arbitration"]
+    if mode not in ARBITRATION_MODES:
+        near = closest(str(mode), list(ARBITRATION_MODES), n=1)
+        maybe = f"did you mean '{near[0]}'? " if near else ""
+        col.problems.append(f"{display}:{line}: arbitration: unknown mode '{mode}' (hint: {maybe}modes: "
+                            + "; ".join(f"{k} = {v}" for k, v in ARBITRATION_MODES.items()) + ")")
+        return
+    where = f"{display}:{line}"
+    if col.arbitration and col.arbitration[0] != mode:
+        col.problems.append(f"{where}: arbitration: '{mode}' contradicts '{col.arbitration[0]}' set at "
+                            f"{col.arbitration[1]} (hint: state the arbitration mode once, in policy.yaml)")
+        return
+    col.arbitration = (mode, where)
+
+
+def _load_declarations(data: Any, display: str, col: _Collected) -> None:
+    """Custom attributes: checked against the built-ins and each other before any rule is read."""
+    items = data.get("attributes") if isinstance(data, dict) else None
+    if items is None:
+        return
+    if not isinstance(items, list):
+        col.problems.append(f"{display}:{data.key_lines.get('attributes', 1)}: `attributes` must be a list "
+                            f"(hint: start each entry with '- name: ...')")
+        return
+    for i, raw in enumerate(items):
+        line = items.item_lines[i] if isinstance(items, LineList) else 1
+        name = raw.get("name") if isinstance(raw, dict) else None
+        context = f"attribute '{name}': " if isinstance(name, str) else f"attribute at line {line}: "
+        if not isinstance(raw, dict):
+            col.problems.append(f"{display}:{line}: {context}an attribute must be a mapping (name, type, description)")
+            continue
+        try:
+            spec = AttributeSpec.model_validate(raw)
+        except ValidationError as exc:
+            col.problems.extend(pydantic_problems(exc, AttributeSpec, raw, display, context, line))
+            continue
+        where = f"{display}:{line}"
+        if spec.name in DECISION_ATTRIBUTES or spec.name == "subscriber_id":
+            col.problems.append(f"{where}: {context}'{spec.name}' is already an attribute of the engine "
+                                f"(hint: use it directly, or give your column another name)")
+            continue
+        if spec.name in col.declared:
+            col.problems.append(f"{where}: {context}declared twice (first at {col.declared[spec.name].source})")
+            continue
+        col.declared_specs.append(spec)
+        col.declared[spec.name] = DeclaredAttribute(
+            spec.name, spec.type, spec.description, tuple(spec.values) if spec.values else None,
+            minimum=spec.min, maximum=spec.max, source=where)
 
 
 def _ident(raw: Any, what: str, line: int) -> str:
@@ -479,7 +554,7 @@ def _spec_and_condition(raw: dict, model: type[BaseModel], key: str, display: st
         spec = None
     problems = Problems()
     key_line = raw.key_lines.get(key, line) if isinstance(raw, LineDict) else line
-    condition = parse_condition(raw.get(key), problems, line=key_line, what=key)
+    condition = parse_condition(raw.get(key), problems, line=key_line, what=key, attributes=col.vocabulary)
     col.problems.extend(f"{display}:{ln}: {context}{key}: {msg}" for ln, msg in problems.items)
     return spec, condition
 
@@ -499,10 +574,12 @@ def _load_offer(raw: Any, display: str, line: int, col: _Collected) -> None:
         col.problems.append(f"{where}: {context}duplicate offer id (first defined at {col.offers[spec.id][1].source}) "
                             f"(hint: offer ids must be unique across all policy files)")
         return
+    rates = spec.acceptance if isinstance(spec.acceptance, dict) else (
+        {} if spec.acceptance is None else {"default": spec.acceptance})
     col.offers[spec.id] = (spec, Offer(id=spec.id, description=spec.description, cost=float(spec.cost),
                                        value_kept=float(spec.value_kept), channels=list(spec.channels),
                                        eligibility=eligibility, valid_from=spec.valid_from,
-                                       valid_to=spec.valid_to, source=where))
+                                       valid_to=spec.valid_to, source=where, acceptance=dict(rates)))
 
 
 def _load_rule(raw: Any, display: str, line: int, order: tuple[int, int], col: _Collected) -> None:
@@ -520,10 +597,12 @@ def _load_rule(raw: Any, display: str, line: int, order: tuple[int, int], col: _
                             f"(hint: rule ids must be unique across all policy files)")
         return
     col.rule_sources[spec.id] = where
-    action = Action(offer=spec.then.offer, channel=spec.then.channel, message=spec.then.message)
+    t = spec.then
+    action = Action(offer=t.offer, channel=t.channel, message=t.message, exclude_channels=tuple(t.exclude_channels),
+                    no_offer=t.no_offer, note=t.note)
     rule = Rule(id=spec.id, description=spec.description, priority=spec.priority, stage=spec.stage,
                 conditions=conditions if conditions is not None else ALWAYS, action=action, stop=spec.stop,
-                source=where)
+                source=where, valid_from=spec.valid_from, valid_to=spec.valid_to)
     col.rules.append(((-spec.priority, order[0], order[1]), spec, rule, raw, display))
 
 
@@ -531,6 +610,8 @@ def _check_rule_refs(rule: Rule, raw: Any, display: str, col: _Collected) -> Non
     context = f"rule '{rule.id}': "
     then = raw.get("then") if isinstance(raw, dict) else None
     offer_line = line_at(raw, ("then", "offer"), 1)
+    if rule.suppresses:
+        return
     offer = col.offers.get(rule.action.offer)
     if offer is None and rule.action.offer in col.broken_offers:
         pass  # the offer's own problem is reported where it is defined
@@ -546,6 +627,11 @@ def _check_rule_refs(rule: Rule, raw: Any, display: str, col: _Collected) -> Non
         col.problems.append(f"{display}:{ch_line}: {context}channel '{rule.action.channel}' is not allowed for "
                             f"offer '{rule.action.offer}' (hint: the offer allows {', '.join(offer[1].channels)}; "
                             f"or write 'preferred')")
+    elif offer is not None and not set(offer[1].channels) - set(rule.action.exclude_channels):
+        ex_line = line_at(raw, ("then", "exclude_channels"), offer_line)
+        col.problems.append(f"{display}:{ex_line}: {context}exclude_channels removes every channel offer "
+                            f"'{rule.action.offer}' allows ({', '.join(offer[1].channels)})")
     if rule.action.message is not None and isinstance(then, dict):
         msg_line = line_at(raw, ("then", "message"), offer_line)
-        col.problems.extend(f"{display}:{msg_line}: {context}{p}" for p in check_template(rule.action.message))
+        col.problems.extend(f"{display}:{msg_line}: {context}{p}"
+                            for p in check_template(rule.action.message, col.vocabulary))

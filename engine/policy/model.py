@@ -17,9 +17,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
-from engine.data.attributes import DECISION_ATTRIBUTES
+from engine.data.attributes import DECISION_ATTRIBUTES, Attribute
 from engine.policy.conditions import ALWAYS, OPERATORS, Condition, attributes_of, conjoin
-from engine.vocabulary import CHANNELS, STAGES
+from engine.vocabulary import CHANNELS, REASON_VALUES, STAGES
 
 SCHEMA_PATH = Path(__file__).with_name("policy.schema.json")
 PREFERRED = "preferred"
@@ -52,9 +52,19 @@ class OfferSpec(_Strict):
                                                                "language as a rule's `when`)")
     valid_from: dt.date | None = Field(None, description="First day the offer may be made (inclusive)")
     valid_to: dt.date | None = Field(None, description="Last day the offer may be made (inclusive)")
+    acceptance: float | dict[str, float] | None = Field(
+        None, description="Prior P(accept): one rate, or per churn reason with 'default' for the rest, e.g. "
+                          "{price: 0.3, default: 0.1}; measured rates replace it as outcomes come in")
 
     @model_validator(mode="after")
     def _dates(self) -> OfferSpec:
+        rates = self.acceptance if isinstance(self.acceptance, dict) else {"default": self.acceptance}
+        for reason, rate in rates.items():
+            if rate is not None and not 0 < rate <= 1:
+                raise ValueError(f"acceptance {reason} = {rate} must be above 0 and at most 1")
+            if reason not in (*REASON_VALUES, "default"):
+                raise ValueError(f"acceptance: unknown reason '{reason}' (reasons: {', '.join(REASON_VALUES)}, "
+                                 f"or 'default')")
         if self.valid_from and self.valid_to and self.valid_from > self.valid_to:
             raise ValueError(f"valid_from {self.valid_from} is after valid_to {self.valid_to}")
         if len(set(self.channels)) != len(self.channels):
@@ -63,14 +73,34 @@ class OfferSpec(_Strict):
 
 
 class ActionSpec(_Strict):
-    """What a rule does when it wins: the offer, the channel and the message."""
+    """What a rule does when it wins: the offer, the channel and the message; or a suppression."""
 
-    offer: Identifier = Field(description="Offer id from the catalogue")
+    offer: Identifier | None = Field(None, description="Offer id from the catalogue")
     channel: ChannelOrPreferred = Field(
         PREFERRED, description="A channel the offer allows, or 'preferred': the subscriber's preferred channel "
-                               "when the offer allows it, else the offer's first channel")
+                               "when the offer allows it, else the offer's first allowed channel")
+    exclude_channels: list[ChannelName] = Field(
+        default_factory=list, description="Channels this rule never uses, e.g. [sms]; with 'preferred' the next "
+                                          "channel the offer allows is taken")
     message: str | None = Field(None, description="Message template; {field} inserts a subscriber field, "
                                                   "e.g. {tenure_months} or {arpu_m0:.0f}")
+    no_offer: bool = Field(False, description="A suppression: subscribers this rule matches get nothing from it "
+                                              "or from any rule after it (status 'suppressed')")
+    note: str | None = Field(None, description="Why, in words; recorded with a suppression")
+
+    @model_validator(mode="after")
+    def _offer_or_suppression(self) -> ActionSpec:
+        if self.no_offer:
+            extra = [f for f in ("offer", "message") if getattr(self, f) is not None]
+            extra += ["exclude_channels"] if self.exclude_channels else []
+            extra += ["channel"] if self.channel != PREFERRED else []
+            if extra:
+                raise ValueError(f"a suppression (no_offer: true) sends nothing, so it takes no {', '.join(extra)}")
+        elif self.offer is None:
+            raise ValueError("give an offer (offer: <id>), or write no_offer: true for a suppression")
+        elif self.channel != PREFERRED and self.channel in self.exclude_channels:
+            raise ValueError(f"channel '{self.channel}' is also in exclude_channels")
+        return self
 
 
 class RuleSpec(_Strict):
@@ -84,12 +114,53 @@ class RuleSpec(_Strict):
     then: ActionSpec
     stop: bool = Field(False, description="When this rule matches, rules after it are not considered "
                                           "(not even as fallbacks)")
+    valid_from: dt.date | None = Field(None, description="First day the rule applies (inclusive)")
+    valid_to: dt.date | None = Field(None, description="Last day the rule applies (inclusive)")
+
+    @model_validator(mode="after")
+    def _dates(self) -> RuleSpec:
+        if self.valid_from and self.valid_to and self.valid_from > self.valid_to:
+            raise ValueError(f"valid_from {self.valid_from} is after valid_to {self.valid_to}")
+        return self
+
+
+class AttributeSpec(_Strict):
+    """A column of the operator's own that rules and messages may use (declared in attributes.yaml)."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=60,
+                      description="Column name in the input table: lower case letters, digits and '_'")
+    type: Literal["boolean", "numeric", "categorical"] = Field(description="boolean, numeric or categorical")
+    description: str = Field(min_length=1, description="What the column means, in words")
+    values: list[str] | None = Field(None, min_length=1, description="categorical: the allowed values")
+    min: float | None = Field(None, description="numeric: smallest allowed value")
+    max: float | None = Field(None, description="numeric: largest allowed value")
+
+    @model_validator(mode="after")
+    def _fits_type(self) -> AttributeSpec:
+        if self.values is not None and self.type != "categorical":
+            raise ValueError("values only apply to a categorical attribute")
+        if (self.min is not None or self.max is not None) and self.type != "numeric":
+            raise ValueError("min / max only apply to a numeric attribute")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}")
+        return self
+
+
+ArbitrationMode = Literal["first", "best_value"]
+ARBITRATION_MODES: dict[str, str] = {
+    "first": "the highest-priority matching rule wins (DMN's priority hit policy); lower ones are fallbacks",
+    "best_value": "the candidate with the highest expected net value wins; ties go to the higher priority",
+}
 
 
 class PolicyFile(_Strict):
-    """A policy file: offers, rules, or both. Several files compose one policy set."""
+    """A policy file: offers, rules, declared attributes, the arbitration mode. Several files compose one set."""
 
     description: str | None = Field(None, description="What this file holds")
+    arbitration: ArbitrationMode | None = Field(
+        None, description="How the winner is chosen among a subscriber's candidates: " + "; ".join(
+            f"'{k}': {v}" for k, v in ARBITRATION_MODES.items()) + " (default: first)")
+    attributes: list[AttributeSpec] = Field(default_factory=list)
     offers: list[OfferSpec] = Field(default_factory=list)
     rules: list[RuleSpec] = Field(default_factory=list)
 
@@ -108,21 +179,33 @@ class Offer:
     valid_from: dt.date | None = None
     valid_to: dt.date | None = None
     source: str = ""  # "file:line"
+    acceptance: dict[str, float] = field(default_factory=dict)  # reason or 'default' -> prior P(accept)
 
     def valid_on(self, day: dt.date) -> bool:
-        return (self.valid_from is None or day >= self.valid_from) and (self.valid_to is None or day <= self.valid_to)
+        return _valid_on(self, day)
 
     def validity(self) -> str:
-        if self.valid_from is None and self.valid_to is None:
-            return "always"
-        return f"{self.valid_from or '...'} to {self.valid_to or '...'}"
+        return _validity(self)
+
+
+def _valid_on(item: Offer | Rule, day: dt.date) -> bool:
+    return (item.valid_from is None or day >= item.valid_from) and (item.valid_to is None or day <= item.valid_to)
+
+
+def _validity(item: Offer | Rule) -> str:
+    if item.valid_from is None and item.valid_to is None:
+        return "always"
+    return f"{item.valid_from or '...'} to {item.valid_to or '...'}"
 
 
 @dataclass(frozen=True)
 class Action:
-    offer: str
+    offer: str | None  # None for a suppression
     channel: str = PREFERRED
     message: str | None = None
+    exclude_channels: tuple[str, ...] = ()
+    no_offer: bool = False
+    note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -136,10 +219,31 @@ class Rule:
     stop: bool = False
     source: str = ""  # "file:line"
     position: int = 0  # index in evaluation order
+    valid_from: dt.date | None = None
+    valid_to: dt.date | None = None
 
     @property
-    def offer(self) -> str:
+    def offer(self) -> str | None:
         return self.action.offer
+
+    @property
+    def suppresses(self) -> bool:
+        return self.action.no_offer
+
+    def valid_on(self, day: dt.date) -> bool:
+        return _valid_on(self, day)
+
+    def validity(self) -> str:
+        return _validity(self)
+
+
+@dataclass(frozen=True)
+class DeclaredAttribute(Attribute):
+    """An operator's own column, declared in the policy set, with its allowed range."""
+
+    minimum: float | None = None
+    maximum: float | None = None
+    source: str = ""  # "file:line"
 
 
 @dataclass
@@ -153,6 +257,13 @@ class PolicySet:
     content_hash: str
     attributes: set[str] = field(default_factory=set)
     template_fields: set[str] = field(default_factory=set)
+    declared: dict[str, DeclaredAttribute] = field(default_factory=dict)
+    arbitration: str = "first"
+
+    @property
+    def vocabulary(self) -> dict[str, Attribute]:
+        """Every attribute rules and messages may use: the built-ins and the declared ones."""
+        return {**DECISION_ATTRIBUTES, **self.declared}
 
     def rule(self, rule_id: str) -> Rule:
         for r in self.rules:
@@ -161,13 +272,15 @@ class PolicySet:
         raise KeyError(rule_id)
 
     def matching_condition(self, rule: Rule) -> Condition:
-        """What must hold for `rule` to match: its conditions and its offer's eligibility."""
+        """What must hold for `rule` to match: its conditions and its offer's eligibility (none for a suppression)."""
+        if rule.offer is None:
+            return rule.conditions
         return conjoin(rule.conditions, self.offers[rule.offer].eligibility)
 
     @property
     def required_columns(self) -> set[str]:
         """Columns a frame needs for decide(): rule inputs, template fields, preferred_channel if used."""
-        cols = set(self.attributes) | set(self.template_fields)
+        cols = set(self.attributes) | set(self.template_fields) | set(self.declared)
         if any(r.action.channel == PREFERRED for r in self.rules):
             cols.add("preferred_channel")
         return cols
