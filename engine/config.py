@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from engine.data.io import read_yaml_mapping
-from engine.errors import ConfigError
+from engine.errors import ConfigError, mask_secrets
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 
@@ -179,6 +179,13 @@ class Settings(_Strict):
     reason_labels: dict[str, str] = Field(default_factory=dict, description="Reason family -> words")
 
     @model_validator(mode="after")
+    def _usable_stores(self) -> Settings:
+        check_store_uri(self.tracking_uri, "tracking URI", TRACKING_SCHEMES)
+        if self.store_url:
+            check_store_uri(self.store_url, "decision store URL", STORE_SCHEMES)
+        return self
+
+    @model_validator(mode="after")
     def _known_channels(self) -> Settings:
         from engine.vocabulary import CHANNELS
 
@@ -186,6 +193,31 @@ class Settings(_Strict):
         if unknown:
             raise ValueError(f"unknown channel(s) {unknown}; channels are {', '.join(CHANNELS)}")
         return self
+
+
+TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "file", "databricks")
+STORE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_store_uri(uri: str, what: str, schemes: tuple[str, ...]) -> None:
+    """A URI whose scheme MLflow or SQLAlchemy knows; an existing SQLite file must be an SQLite database.
+
+    Checked when settings are read, so a typo or a garbage file is one line before any work starts.
+    """
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
+    if scheme not in schemes:
+        raise ValueError(f"{what} '{mask_secrets(uri)}' has an unknown scheme '{scheme or uri}' "
+                         f"(use one of {', '.join(s + '://' for s in schemes)})")
+    if scheme == "sqlite":
+        path = Path(uri.split("://", 1)[1].removeprefix("/")) if uri.startswith("sqlite:///") else None
+        if path is not None and path.is_dir():
+            raise ValueError(f"{what} '{uri}' names a folder, not a database file")
+        if path is not None and path.is_file() and path.stat().st_size:
+            with path.open("rb") as fh:
+                if fh.read(16) != SQLITE_HEADER:
+                    raise ValueError(f"{what} '{uri}': '{path}' is not an SQLite database (hint: point at another "
+                                     f"file, or move this one away to start a new store)")
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -214,13 +246,19 @@ def load_settings(path: str | Path | None = None, *, tracking_uri: str | None = 
     if path or os.environ.get("RETAIN_CONFIG") or candidate.exists():
         data = _deep_merge(data, read_yaml_mapping(candidate, what="config file"))
         source = str(candidate)
+    uri_source = source
     if os.environ.get("MLFLOW_TRACKING_URI"):
         data["tracking_uri"] = os.environ["MLFLOW_TRACKING_URI"]
+        uri_source = "MLFLOW_TRACKING_URI"
     if tracking_uri:
         data["tracking_uri"] = tracking_uri
+        uri_source = "--tracking-uri"
     try:
         return Settings(**data)
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(x) for x in err["loc"])
-        raise ConfigError(f"{source}: setting '{field}': {err['msg']}") from None
+        msg = err["msg"].removeprefix("Value error, ")
+        if msg.startswith("tracking URI"):
+            source = uri_source
+        raise ConfigError(f"{source}: setting '{field}': {msg}" if field else f"{source}: {msg}") from None

@@ -6,6 +6,8 @@ each needs the same behaviour as the root, from one definition.
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,20 +19,50 @@ from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
-from engine.errors import RetainError
+from engine.errors import RetainError, mask_secrets
 
 err_console = Console(stderr=True, soft_wrap=True)
 
 
 class ErrorGroup(TyperGroup):
-    """Turns a RetainError anywhere below this group into `error: <message>` on stderr and its exit code."""
+    """Turns a RetainError anywhere below this group into `error: <message>` on stderr and its exit code.
+
+    Anything else is a bug in retain, but a scheduler still deserves one line and exit code 2 rather than a
+    traceback: the line names the exception, and RETAIN_DEBUG=1 shows the traceback for a bug report.
+    A full disk and an interrupted run are said in words.
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except RetainError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(exc.exit_code) from None
+            _fail(str(exc), exc.exit_code)
+        except (typer.Exit, typer.Abort, click.exceptions.ClickException, click.exceptions.Exit):
+            raise
+        except KeyboardInterrupt:
+            _fail("interrupted; nothing was published", 130)
+        except OSError as exc:
+            if os.environ.get("RETAIN_DEBUG"):
+                raise
+            if exc.errno == errno.ENOSPC:
+                _fail(f"no space left on the device{_where(exc)}; nothing was published (hint: free disk space "
+                      f"and run the command again)", 2)
+            _fail(f"{exc.strerror or exc}{_where(exc)}", 2)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence, see docstring
+            if os.environ.get("RETAIN_DEBUG"):
+                raise
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            _fail(f"unexpected {type(exc).__name__}: {first} (hint: this is a bug in retain; RETAIN_DEBUG=1 "
+                  f"shows the traceback)", 2)
+
+
+def _where(exc: OSError) -> str:
+    return f" ('{exc.filename}')" if getattr(exc, "filename", None) else ""
+
+
+def _fail(message: str, code: int) -> None:
+    err_console.print(f"[bold red]error:[/] {escape(mask_secrets(message))}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code) from None
 
 
 def settings_for(config: Path | None, tracking_uri: str | None):
