@@ -1,0 +1,104 @@
+"""The fitted state the model stores (feature pipeline, value tiers) restores exactly, without refitting."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from engine.data.schema import DatasetConfig
+from engine.data.simulator import generate
+from engine.model.features import LEARNED, FeaturePipeline, InputError
+from engine.model.portable.value_tiers import ValueTiers
+from engine.model.value_tiers import ValueSegmenter
+
+PORTABLE = Path(__file__).resolve().parents[2] / "engine" / "model" / "portable"
+
+
+@pytest.fixture(scope="module")
+def month() -> pd.DataFrame:
+    return generate(3000, seed=11)
+
+
+def _json_round_trip(data: dict) -> dict:
+    return json.loads(json.dumps(data))  # what spec.json does to it
+
+
+@pytest.mark.parametrize("derive", [True, False])
+def test_feature_pipeline_round_trip_gives_identical_features(month, derive):
+    cfg = DatasetConfig.builtin()
+    pipe = FeaturePipeline(cfg.categorical, cfg.numeric, derive=derive).fit(month)
+    restored = FeaturePipeline.from_dict(_json_round_trip(pipe.to_dict()))
+    for name in LEARNED:
+        assert getattr(restored, name) == getattr(pipe, name), name
+    assert bool(restored.derived_) is derive
+    # other rows than the ones it was fitted on, with a missing category and a non-numeric number
+    other = generate(500, seed=12)
+    other.loc[3, "plan"] = None
+    other["tenure_months"] = other["tenure_months"].astype(object)
+    other.loc[4, "tenure_months"] = "ten"
+    pd.testing.assert_frame_equal(restored.transform(other), pipe.transform(other))
+    assert restored.transform(other).loc[3, "plan"] == "__missing__"
+    assert np.isnan(restored.transform(other).loc[4, "tenure_months"])
+
+
+def test_feature_pipeline_restores_learned_state_as_stored_not_by_refitting(month):
+    """from_dict must take the stored state: a pipeline fitted on fewer columns stays that pipeline."""
+    pipe = FeaturePipeline(["plan"], ["arpu_m0", "arpu_m2", "days_inactive"]).fit(month)
+    data = _json_round_trip(pipe.to_dict())
+    assert data["derived_"] == ["arpu_change"]
+    data["feature_names_"] = list(reversed(data["feature_names_"]))  # stored state wins over what fit would compute
+    restored = FeaturePipeline.from_dict(data)
+    assert list(restored.transform(month).columns) == data["feature_names_"]
+    with pytest.raises(InputError) as err:
+        restored.transform(month.drop(columns=["arpu_m2"]))
+    assert err.value.columns == ["arpu_m2"] and "arpu_m2" in str(err.value)
+
+
+def test_feature_pipeline_reads_the_state_older_models_stored(month):
+    """Versions logged before the full state was stored carry parameters and derived_ only."""
+    cfg = DatasetConfig.builtin()
+    pipe = FeaturePipeline(cfg.categorical, cfg.numeric).fit(month)
+    old = {"categorical": pipe.categorical, "numeric": pipe.numeric, "derive": True, "derived_": pipe.derived_}
+    pd.testing.assert_frame_equal(FeaturePipeline.from_dict(old).transform(month), pipe.transform(month))
+
+
+def test_value_segmenter_round_trip_gives_identical_tiers(month):
+    seg = ValueSegmenter(seed=3).fit(month)
+    data = _json_round_trip(seg.to_dict())
+    other = generate(1000, seed=13)
+    expected = seg.transform(other)
+    assert set(expected) == {"low", "medium", "high"}
+    # the model's own transform (no scikit-learn) and the engine's segmenter read the same dict
+    for restored in (ValueTiers.from_dict(data), ValueSegmenter.from_dict(data)):
+        assert (restored.transform(other) == expected).all()
+        assert restored.to_dict() == data
+
+
+def test_portable_code_imports_nothing_but_the_model_requirements():
+    """The model's code must import where only its requirements are installed: no engine, no sklearn."""
+    allowed = {"__future__", "json", "pathlib", "typing", "dataclasses", "collections", "mlflow", "numpy",
+               "pandas", "catboost"}
+    for path in sorted(PORTABLE.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                roots = {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                roots = set() if node.level else {(node.module or "").split(".")[0]}
+            else:
+                continue
+            assert roots <= allowed, f"{path.name} imports {roots - allowed}"
+
+
+def test_the_model_speaks_the_engine_vocabulary():
+    from engine import vocabulary
+    from engine.model.portable import NO_REASON
+
+    assert NO_REASON == vocabulary.NO_REASON
+    tiers = ValueTiers.from_dict({"n_clusters": 4, "seed": 0, "mean_": [0, 0, 0], "scale_": [1, 1, 1],
+                                  "centers_": np.eye(4, 3).tolist()}).tier_of_cluster()
+    assert set(tiers) <= set(vocabulary.VALUE_TIERS)
