@@ -1,0 +1,339 @@
+"""The HTTP service: FastAPI routes over the decider, with auth, size limits, metrics and health probes.
+
+Routes: ``POST /v1/decisions`` (bearer token when ``RETAIN_API_TOKEN`` is set), ``GET /healthz``
+(the process is alive), ``GET /readyz`` (model and policies loaded: model version, policy hash, last
+reload error; 503 until loaded), ``GET /metrics`` (Prometheus text), ``/docs`` (OpenAPI, with examples).
+
+Errors never carry a traceback or a server path: 401 for a missing or wrong token (compared with
+`hmac.compare_digest`), 413 above the body limit, 422 naming the field and the problem, 500 with a
+generic message (the details go to the log), 503 while the model is not loaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from engine.config import Settings
+from engine.errors import DataError
+from engine.serve.schema import EXAMPLE_RESPONSE, DecisionRequest, DecisionResponse
+
+log = logging.getLogger("retain.serve")
+TOKEN_ENV = "RETAIN_API_TOKEN"
+CONFIG_ENV = "RETAIN_SERVE_CONFIG"
+DEFAULT_MAX_BODY = 2 * 1024 * 1024  # 1,000 subscribers of the schema are ~0.6 MB of JSON
+LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+@dataclass
+class ServeConfig:
+    """Everything a worker process needs to build the app (passed to workers as JSON in the environment)."""
+
+    config: str | None = None
+    tracking_uri: str | None = None
+    store: str | None = None
+    model: str = "champion"
+    policies: str | None = None
+    learned: bool = True
+    poll_seconds: float = 5.0
+    flush_seconds: float = 0.5
+    max_body_bytes: int = DEFAULT_MAX_BODY
+    max_batch_rows: int = 256
+
+    def to_env(self) -> str:
+        return json.dumps(self.__dict__)
+
+    @classmethod
+    def from_env(cls) -> ServeConfig:
+        raw = os.environ.get(CONFIG_ENV)
+        return cls(**json.loads(raw)) if raw else cls()
+
+    def settings(self) -> Settings:
+        from engine.config import load_settings
+
+        return load_settings(Path(self.config) if self.config else None, tracking_uri=self.tracking_uri)
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics
+# ---------------------------------------------------------------------------------------------
+class Metrics:
+    def __init__(self) -> None:
+        multiproc = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        self.registry = CollectorRegistry()
+        if multiproc:  # several workers: each writes its own files, /metrics sums them
+            from prometheus_client import multiprocess
+
+            multiprocess.MultiProcessCollector(self.registry)
+            reg = None
+        else:
+            reg = self.registry
+        self.requests = Counter("retain_http_requests_total", "HTTP requests by route, method and status code",
+                                ["route", "method", "code"], registry=reg)
+        self.latency = Histogram("retain_http_request_duration_seconds", "HTTP request latency by route",
+                                 ["route"], buckets=LATENCY_BUCKETS, registry=reg)
+        self.decisions = Counter("retain_decisions_total", "Decisions made, by status", ["status"], registry=reg)
+        self.batch_requests = Histogram("retain_decide_batch_requests", "Requests decided per decide call",
+                                        buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=reg)
+        self.recorded = Counter("retain_recorded_runs_total", "Decision runs written to the decision store",
+                                registry=reg)
+        self.reloads = Gauge("retain_reloads", "Model or policy reloads since start", registry=reg,
+                             **({"multiprocess_mode": "max"} if multiproc else {}))
+        self.reload_failing = Gauge("retain_reload_failing", "1 while the last reload attempt failed",
+                                    registry=reg, **({"multiprocess_mode": "max"} if multiproc else {}))
+
+
+# ---------------------------------------------------------------------------------------------
+# auth, size limit and metrics, as one plain ASGI middleware (cheaper than BaseHTTPMiddleware)
+# ---------------------------------------------------------------------------------------------
+ROUTES = ("/v1/decisions", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json")
+
+
+async def _send_json(send: Any, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] = ()) -> None:
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+                            *headers]})
+    await send({"type": "http.response.body", "body": data})
+
+
+class Guard:
+    def __init__(self, app: Any, *, metrics: Metrics, max_body_bytes: int, token: str | None) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body = max_body_bytes
+        self.token = f"Bearer {token}".encode() if token else None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start = time.perf_counter()
+        path = scope.get("path", "")
+        route = path if path in ROUTES else "other"
+        status = {"code": 500}
+
+        async def send_wrapper(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            if path.startswith("/v1"):
+                if self.token is not None:
+                    given = dict(scope["headers"]).get(b"authorization", b"")
+                    if not hmac.compare_digest(given, self.token):
+                        return await _send_json(send_wrapper, 401, {"error": "missing or wrong bearer token"},
+                                                [(b"www-authenticate", b"Bearer")])
+                headers = dict(scope["headers"])
+                length = headers.get(b"content-length")
+                if length is not None and (not length.isdigit() or int(length) > self.max_body):
+                    return await _send_json(send_wrapper, 413, {
+                        "error": f"request body larger than {self.max_body:,} bytes"})
+                receive = await self._limited(receive, send_wrapper)
+                if receive is None:
+                    return
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            self.metrics.requests.labels(route, scope.get("method", ""), str(status["code"])).inc()
+            self.metrics.latency.labels(route).observe(time.perf_counter() - start)
+
+    async def _limited(self, receive: Any, send: Any) -> Any:
+        """Read the body up to the limit (also when chunked, without a Content-Length), then replay it."""
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            body = message.get("body", b"")
+            size += len(body)
+            if size > self.max_body:
+                await _send_json(send, 413, {"error": f"request body larger than {self.max_body:,} bytes"})
+                return None
+            chunks.append(body)
+            more = message.get("more_body", False)
+        replay = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        sent = False
+
+        async def replayed() -> dict[str, Any]:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return replay
+            return await receive()
+
+        return replayed
+
+
+# ---------------------------------------------------------------------------------------------
+# validation errors: field and problem, nothing else
+# ---------------------------------------------------------------------------------------------
+def _field_name(loc: tuple[Any, ...]) -> str:
+    parts = [p for p in loc if p != "body"]
+    out = ""
+    for p in parts:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        elif p in ("function-after", "literal_error") or str(p).startswith(("function-", "literal[")):
+            continue
+        else:
+            out += ("." if out else "") + str(p)
+    return out or "body"
+
+
+def validation_problems(exc: RequestValidationError) -> list[dict[str, str]]:
+    out = []
+    for err in exc.errors()[:20]:
+        problem = str(err.get("msg", "invalid"))
+        if err.get("type") == "json_invalid":
+            out.append({"field": "body", "problem": "body is not valid JSON"})
+            continue
+        elif err.get("type") == "missing" and tuple(err.get("loc", ())) == ("body",):
+            problem = "body is missing: send {\"subscribers\": [...]}"
+        out.append({"field": _field_name(tuple(err.get("loc", ()))), "problem": problem})
+    return out
+
+
+def data_error_body(exc: DataError) -> dict[str, Any]:
+    """A DataError from the schema validation ('request: column 'x': problem; ...') as fields and problems."""
+    text = str(exc).split("\n")[0].removeprefix("request: ")
+    problems = []
+    for part in text.split("; "):
+        field = part.split("'")[1] if part.startswith(("column '", "missing column '")) else "subscribers"
+        problems.append({"field": field, "problem": part})
+    return {"error": "invalid subscribers", "detail": problems}
+
+
+# ---------------------------------------------------------------------------------------------
+# the app
+# ---------------------------------------------------------------------------------------------
+def create_app(cfg: ServeConfig | None = None, *, token: str | None = None) -> FastAPI:
+    """Build the app; the model and policies load in its lifespan (once per worker process)."""
+    from engine.feedback.store import open_store
+    from engine.serve.decider import Decider, Recorder
+    from engine.serve.ledger import Ledger
+    from engine.serve.state import ServingState
+
+    cfg = cfg or ServeConfig.from_env()
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+    token = token if token is not None else (os.environ.get(TOKEN_ENV) or None)
+    metrics = Metrics()
+    parts: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        settings = cfg.settings()
+        state = ServingState(settings, model=cfg.model, policy_dir=cfg.policies or settings.policy_dir,
+                             learned=cfg.learned, poll_seconds=cfg.poll_seconds)
+        await asyncio.to_thread(state.load)
+        store = open_store(settings, url=cfg.store)
+        assert store is not None
+        ledger = Ledger(store, settings.arbitration.budget,
+                        {ch: c.daily_capacity for ch, c in settings.channels.items()})
+        recorder = Recorder(settings, ledger, flush_seconds=cfg.flush_seconds, store_url=cfg.store,
+                            on_written=lambda n: metrics.recorded.inc(n))
+
+        def on_batch(n_requests: int, statuses: dict[str, int]) -> None:
+            metrics.batch_requests.observe(n_requests)
+            for s, n in statuses.items():
+                metrics.decisions.labels(str(s)).inc(n)
+
+        decider = Decider(state, ledger, recorder, max_batch_rows=cfg.max_batch_rows, on_batch=on_batch)
+        parts.update(state=state, decider=decider, recorder=recorder, store=store.display_url)
+        state.start()
+        log.info("ready: decision store %s, token %s", store.display_url, "required" if token else "not set")
+        try:
+            yield
+        finally:  # SIGTERM / Ctrl-C: uvicorn stops accepting, finishes requests, then this drains
+            state.stop()
+            decider.close()
+            recorder.close()
+            log.info("stopped: %d decision run(s), %d decisions recorded", recorder.written_runs,
+                     recorder.written_decisions)
+
+    app = FastAPI(title="retain decisions", version="1", lifespan=lifespan,
+                  description="Real-time churn-retention decisions: the same decide function as `retain decide`, "
+                              "one subscriber or up to 1,000 per call. With RETAIN_API_TOKEN set, `/v1` calls "
+                              "need `Authorization: Bearer <token>`.")
+
+    app.add_middleware(Guard, metrics=metrics, max_body_bytes=cfg.max_body_bytes, token=token)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": "invalid request", "detail": validation_problems(exc)}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s", request.url.path)
+        return JSONResponse({"error": "internal error; see the service log"}, status_code=500)
+
+    @app.post("/v1/decisions", response_model=DecisionResponse, tags=["decisions"],
+              responses={200: {"content": {"application/json": {"example": EXAMPLE_RESPONSE}}},
+                         401: {"description": "missing or wrong bearer token"},
+                         413: {"description": "request body too large"},
+                         422: {"description": "invalid payload: each problem names the field"},
+                         503: {"description": "model or policies not loaded yet"}})
+    async def decisions(body: DecisionRequest) -> Response:
+        """Decide for 1 to 1,000 subscribers: score, explain, segment, policies, contact rules, arbitration
+        within today's remaining budget and channel capacity. Every decision is recorded in the decision store."""
+        decider = parts.get("decider")
+        if decider is None:
+            return JSONResponse({"error": "not ready"}, status_code=503)
+        frame = pd.DataFrame([r.model_dump() for r in body.subscribers])
+        try:
+            rows = await asyncio.wrap_future(decider.submit(frame))
+        except DataError as exc:
+            return JSONResponse(data_error_body(exc), status_code=422)
+        return Response(json.dumps({"decisions": rows}), media_type="application/json")
+
+    @app.get("/healthz", tags=["probes"])
+    async def healthz() -> dict[str, str]:
+        """The process is alive (it may still be loading the model)."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["probes"])
+    async def readyz() -> JSONResponse:
+        """Ready to decide: model version, policy hash, last reload error (503 until loaded)."""
+        state = parts.get("state")
+        if state is None or state.bundle is None:
+            return JSONResponse({"ready": False}, status_code=503)
+        body = state.status()
+        recorder = parts["recorder"]
+        body["recorder"] = {"backlog": recorder.backlog, "written_runs": recorder.written_runs,
+                            "written_decisions": recorder.written_decisions, "last_error": recorder.last_error}
+        metrics.reloads.set(state.reloads)
+        metrics.reload_failing.set(1 if state.last_reload_error else 0)
+        return JSONResponse(body)
+
+    @app.get("/metrics", tags=["probes"])
+    async def prometheus() -> Response:
+        """Prometheus text format: requests, latency histogram, decisions by status, recorded runs."""
+        state = parts.get("state")
+        if state is not None:
+            metrics.reloads.set(state.reloads)
+            metrics.reload_failing.set(1 if state.last_reload_error else 0)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn factory for worker processes (`retain serve --workers N`)."""
+    return create_app()

@@ -1,0 +1,338 @@
+"""Deciding for HTTP requests: one thread calls the batch's decide function, a second records the results.
+
+Why one deciding thread: deciding is CPU-bound Python (the GIL lets one thread run at a time anyway),
+and one thread makes the day's allowance and contact history exact within a process: each decision sees
+every earlier one. Requests that arrive while a decision is running are decided together in the next
+call (micro-batching): `decide_frame` has a fixed cost per call (validation, feature frame, policy
+evaluation) far above its cost per row, so under load this is what keeps throughput up. Threshold risk
+grading is per row, so a subscriber's grade does not depend on who shares the call; the budget and
+channel capacity left today are shared, as they are between any two decisions of the day.
+
+Why record off the request path: a write to the store (SQLite fsync, a PostgreSQL round trip) would
+otherwise sit inside every response. Decided runs are queued to a writer thread that stores them in
+batches every `flush_seconds` with `engine.feedback.ingest.record_run`, then the allowance and contacts.
+`close()` drains both queues: every decision answered is recorded before the process exits.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from engine.config import Settings
+from engine.data.schema import ID
+from engine.decision.decide import Decisions, decide_frame
+from engine.errors import DataError
+from engine.model.churn import PROBABILITY
+from engine.serve.ledger import Ledger, contacts_of, spend_of
+from engine.serve.state import ServingState
+from engine.vocabulary import OUTBOUND_CHANNELS
+
+log = logging.getLogger("retain.serve")
+_STOP = object()
+SAME_DAY_REASON = "already contacted today"
+
+
+def new_serve_run_id(now: dt.datetime | None = None) -> str:
+    """Run ids unique across workers and busy seconds: 48 random bits (batch ids carry 24)."""
+    now = now or dt.datetime.now(dt.UTC)
+    return f"{now:%Y%m%dT%H%M%S}-srv-{uuid.uuid4().hex[:12]}"
+
+
+@dataclass
+class Job:
+    frame: pd.DataFrame
+    future: Future = field(default_factory=Future)
+    enqueued: float = field(default_factory=time.perf_counter)
+
+    @property
+    def ids(self) -> set[str]:
+        return set(self.frame[ID].astype(str))
+
+
+# ---------------------------------------------------------------------------------------------
+# contact rules over the store's history
+# ---------------------------------------------------------------------------------------------
+def same_day_history(history: pd.DataFrame, today: dt.date, max_contacts_30d: int) -> tuple[pd.DataFrame, set[str]]:
+    """Make a subscriber contacted today (on any channel) reach the contact limit, so decide blocks
+    outbound contact for the rest of the day; returns the padded history and those subscribers.
+
+    A shim until the contact rules have a per-day limit of their own (see README_SECTION.md): the
+    padding rows are passed to the decide function only, never stored.
+    """
+    if len(history) == 0 or max_contacts_30d <= 0:
+        return history, set()
+    today_rows = history[[d == today for d in history["contacted_on"]]]
+    if len(today_rows) == 0:
+        return history, set()
+    age = np.array([(today - d).days for d in history["contacted_on"]])
+    outbound = history[(age >= 0) & (age < 30) & history["channel"].isin(list(OUTBOUND_CHANNELS)).to_numpy()]
+    counts = outbound.groupby(ID).size()
+    ids = sorted(set(today_rows[ID]))
+    pad = []
+    for s in ids:
+        missing = max_contacts_30d - int(counts.get(s, 0))
+        pad += [{ID: s, "contacted_on": today, "channel": "sms", "offer_id": None, "outcome": "pending"}] * missing
+    if pad:
+        history = pd.concat([history, pd.DataFrame(pad)[list(history.columns)]], ignore_index=True)
+    return history, set(ids)
+
+
+def response_rows(table: pd.DataFrame, orders: dict[str, pd.DataFrame], run_id: str) -> list[dict[str, Any]]:
+    """The public fields of each decision, in table order."""
+    order_of: dict[str, str] = {}
+    for o in orders.values():
+        order_of.update(zip(o[ID].astype(str), o["order_id"].astype(str), strict=True))
+    ids = table[ID].astype(str).tolist()
+
+    def col(name: str) -> list[Any]:
+        return [None if v is None or (isinstance(v, float) and v != v) else v
+                for v in table[name].to_numpy(dtype=object).tolist()]
+
+    prob = np.round(table[PROBABILITY].to_numpy(dtype=float), 4).tolist()
+    matched = [m.split(",") if m else [] for m in col("matched_rules")]
+    version, policy_hash = col("model_version"), col("policy_hash")
+    fields = {c: col(c) for c in ("risk_grade", "reason", "value_tier", "offer_id", "channel", "message", "status",
+                                  "blocked_reason", "rule_id")}
+    out = []
+    for i, s in enumerate(ids):
+        row = {"subscriber_id": s, "churn_probability": prob[i]}
+        row.update({c: v[i] for c, v in fields.items()})
+        row["blocked_reason"] = row["blocked_reason"] or ""
+        row.update({"matched_rules": matched[i], "model_version": None if version[i] is None else str(version[i]),
+                    "policy_hash": policy_hash[i], "decision_id": f"{run_id}/{s}", "decision_run": run_id,
+                    "order_id": order_of.get(s)})
+        out.append(row)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the writer
+# ---------------------------------------------------------------------------------------------
+class Recorder:
+    """Background writer: decided runs -> decision store, in batches, drained on close."""
+
+    def __init__(self, settings: Settings, ledger: Ledger, *, flush_seconds: float = 0.5,
+                 store_url: str | None = None, on_written: Any = None) -> None:
+        self.settings = settings
+        self.ledger = ledger
+        self.flush_seconds = flush_seconds
+        self.store_url = store_url
+        self.on_written = on_written
+        self._queue: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="retain-recorder", daemon=True)
+        self.written_runs = 0
+        self.written_decisions = 0
+        self.failures = 0
+        self.last_error: str | None = None
+        self._thread.start()
+
+    @property
+    def backlog(self) -> int:
+        return self._queue.qsize()
+
+    def submit(self, decisions: Decisions, items: dict[str, float], contacts: pd.DataFrame) -> None:
+        self._queue.put((decisions, items, contacts))
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            batch = []
+            try:
+                first = self._queue.get(timeout=self.flush_seconds)
+            except queue.Empty:
+                self._refresh()
+                continue
+            deadline = time.monotonic() + self.flush_seconds
+            item = first
+            while True:
+                if item is _STOP:
+                    stopping = True
+                    break
+                batch.append(item)
+                try:  # gather what arrives within one flush interval: one write for many requests
+                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+            if stopping:  # drain whatever is still queued behind the stop marker
+                while True:
+                    try:
+                        extra = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if extra is not _STOP:
+                        batch.append(extra)
+            if batch:
+                self._write(batch, retries=5 if stopping else 3)
+
+    def _refresh(self) -> None:
+        try:
+            self.ledger.refresh(dt.date.today())
+        except Exception as exc:  # noqa: BLE001 - a store hiccup must not kill the writer
+            self.last_error = str(exc).splitlines()[0]
+
+    def _write(self, batch: list[tuple[Decisions, dict[str, float], pd.DataFrame]], retries: int) -> None:
+        from engine.feedback.ingest import record_run
+
+        pending = list(batch)
+        for attempt in range(retries + 1):
+            try:
+                while pending:
+                    d, _items, _c = pending[0]
+                    record_run(self.settings, d.table, d.summary, work_orders=d.work_orders, url=self.store_url)
+                    self.written_decisions += len(d.table)
+                    self.written_runs += 1
+                    self.ledger.write([(d.run_date, d.run_id, pending[0][1], pending[0][2])])
+                    pending.pop(0)
+                self.last_error = None
+                break
+            except Exception as exc:  # noqa: BLE001 - keep the runs and retry; never lose them silently
+                self.failures += 1
+                self.last_error = str(exc).splitlines()[0]
+                log.error("recording %d decision run(s) failed (attempt %d): %s", len(pending), attempt + 1,
+                          self.last_error)
+                time.sleep(min(2.0, 0.1 * 2 ** attempt))
+        if pending:
+            for d, items, c in pending:  # retry later with the next batch
+                self._queue.put((d, items, c))
+        if self.on_written:
+            self.on_written(len(batch) - len(pending))
+
+    def close(self, timeout: float = 60.0) -> None:
+        self._queue.put(_STOP)
+        self._thread.join(timeout=timeout)
+        if self._queue.qsize():
+            log.error("%d decision run(s) could not be recorded before shutdown: %s", self._queue.qsize(),
+                      self.last_error)
+
+
+# ---------------------------------------------------------------------------------------------
+# the decider
+# ---------------------------------------------------------------------------------------------
+class Decider:
+    """One thread deciding queued requests, micro-batched, through `decide_frame`."""
+
+    def __init__(self, state: ServingState, ledger: Ledger, recorder: Recorder, *,
+                 max_batch_rows: int = 256, on_batch: Any = None) -> None:
+        self.state = state
+        self.ledger = ledger
+        self.recorder = recorder
+        self.max_batch_rows = max_batch_rows
+        self.on_batch = on_batch
+        self._queue: queue.Queue = queue.Queue()
+        self._carry: deque[Job] = deque()
+        self._thread = threading.Thread(target=self._run, name="retain-decider", daemon=True)
+        self._thread.start()
+
+    def submit(self, frame: pd.DataFrame) -> Future:
+        job = Job(frame)
+        self._queue.put(job)
+        return job.future
+
+    def _next_batch(self) -> list[Job] | None:
+        first = self._carry.popleft() if self._carry else self._queue.get()
+        if first is _STOP:
+            return None
+        batch, rows, ids = [first], len(first.frame), first.ids
+        carried: list[Job] = []
+        while rows < self.max_batch_rows:
+            if self._carry:
+                job = self._carry.popleft()
+            else:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if job is _STOP:
+                carried.append(job)
+                break
+            j_ids = job.ids
+            if rows + len(job.frame) > self.max_batch_rows or ids & j_ids:  # one subscriber once per call
+                carried.append(job)
+                if rows + len(job.frame) > self.max_batch_rows:
+                    break
+                continue
+            batch.append(job)
+            rows += len(job.frame)
+            ids |= j_ids
+        self._carry.extendleft(reversed(carried))
+        return batch
+
+    def _run(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            self._decide(batch)
+
+    def _decide(self, batch: list[Job]) -> None:
+        try:
+            self._decide_together(batch)
+        except DataError as exc:
+            if len(batch) == 1:
+                batch[0].future.set_exception(exc)
+                return
+            for job in batch:  # find whose rows were bad: decide each request alone
+                self._decide(batch=[job])
+        except Exception as exc:  # noqa: BLE001 - answer 500, keep serving
+            log.exception("decision failed")
+            for job in batch:
+                if not job.future.done():
+                    job.future.set_exception(exc)
+
+    def _decide_together(self, batch: list[Job]) -> None:
+        bundle = self.state.bundle
+        assert bundle is not None
+        settings = self.state.settings
+        today = dt.date.today()
+        frame = batch[0].frame if len(batch) == 1 else pd.concat([j.frame for j in batch], ignore_index=True)
+        ids = frame[ID].astype(str)
+        lookback = max(30, settings.contact.cooldown_days_after_decline)
+        history = self.ledger.history(ids, today, lookback)
+        history, contacted_today = same_day_history(history, today, settings.contact.max_contacts_30d)
+        budget, capacity = self.ledger.left(today)
+        run_settings = settings_with_allowance(settings, budget, capacity)
+        run_id = new_serve_run_id()
+        decisions = decide_frame(frame, loaded=bundle.loaded, policy_engine=bundle.policy_engine,
+                                 settings=run_settings, run_id=run_id, run_date=today, source="request",
+                                 history=history, learned=bundle.learned)
+        table = decisions.table
+        if contacted_today:
+            limit = table["blocked_reason"].astype(str).str.startswith("contact limit")
+            table.loc[limit & table[ID].astype(str).isin(contacted_today), "blocked_reason"] = SAME_DAY_REASON
+        decisions.summary["input"] = "retain serve"
+        items = spend_of(table)
+        contacts = contacts_of(run_id, today, decisions.work_orders)
+        self.ledger.spend(today, items, run_id, contacts)
+        self.recorder.submit(decisions, items, contacts)
+        rows = response_rows(table, decisions.work_orders, run_id)
+        start = 0
+        for job in batch:
+            n = len(job.frame)
+            job.future.set_result(rows[start:start + n])
+            start += n
+        if self.on_batch:
+            self.on_batch(len(batch), table["status"].value_counts().to_dict())
+
+    def close(self, timeout: float = 30.0) -> None:
+        self._queue.put(_STOP)
+        self._thread.join(timeout=timeout)
+
+
+def settings_with_allowance(settings: Settings, budget: float | None, capacity: dict[str, int | None]) -> Settings:
+    """The settings with today's allowance left as the run's budget and channel capacities."""
+    arbitration = settings.arbitration.model_copy(update={"budget": budget})
+    channels = {ch: c.model_copy(update={"daily_capacity": capacity.get(ch, c.daily_capacity)})
+                for ch, c in settings.channels.items()}
+    return settings.model_copy(update={"arbitration": arbitration, "channels": channels})

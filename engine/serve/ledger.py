@@ -1,0 +1,211 @@
+"""What the service keeps in the decision store besides the runs: its daily allowance and its contact log.
+
+Why tables of its own: the batch decides a whole population at once, so its budget and channel capacity
+are per run. The service decides one subscriber at a time all day long, so "what is left today" must
+survive restarts and be shared by every worker process: it lives in the decision store, next to the runs.
+
+Two tables, created by this module (``CREATE TABLE IF NOT EXISTS``; they are not part of the store's
+numbered migrations, which belong to `engine.feedback.store`; nothing else reads or writes them):
+
+- ``serve_allowance`` (day, item, used): what the service spent per day. ``item`` is ``budget`` (offer +
+  channel cost of the offers made) or ``channel:<name>`` (contacts ordered on that channel). The limits
+  are the configuration's ``arbitration.budget`` and ``channels.<name>.daily_capacity``, read as per day.
+- ``serve_contacts`` (order_id, decision_run, subscriber_id, contacted_on, channel, offer_id): one row per
+  work order the service published, indexed by subscriber. It is what the contact rules read, joined
+  with ``outcomes`` (by decision_run + subscriber_id, the store's key) for declined offers. The store's
+  ``work_orders`` table has no index on subscriber_id, so reading it per request would scan it.
+
+Both are written by the service's background writer after `engine.feedback.ingest.record_run` has stored
+the run, so the store always holds the decisions the allowance counts (a crash between the two
+transactions can under-count at most the runs of one flush).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+
+from engine.data.schema import ID
+from engine.decision.contact import HISTORY_COLUMNS
+from engine.feedback.store import Store, now_iso
+from engine.feedback.store import outcomes as outcomes_table
+
+BUDGET = "budget"
+CHANNEL_PREFIX = "channel:"
+
+metadata = sa.MetaData()
+allowance_table = sa.Table(
+    "serve_allowance", metadata,
+    sa.Column("day", sa.String(10), primary_key=True),
+    sa.Column("item", sa.String(64), primary_key=True),
+    sa.Column("used", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.String(32), nullable=False),
+)
+contacts_table = sa.Table(
+    "serve_contacts", metadata,
+    sa.Column("order_id", sa.String(96), primary_key=True),
+    sa.Column("decision_run", sa.String(64), nullable=False),
+    sa.Column("subscriber_id", sa.String(64), nullable=False),
+    sa.Column("contacted_on", sa.String(10), nullable=False),
+    sa.Column("channel", sa.String(32), nullable=False),
+    sa.Column("offer_id", sa.String(64)),
+    sa.Index("ix_serve_contacts_subscriber", "subscriber_id", "contacted_on"),
+)
+
+
+def create_tables(store: Store) -> None:
+    metadata.create_all(store.engine, checkfirst=True)
+
+
+def spend_of(table: pd.DataFrame) -> dict[str, float]:
+    """Allowance items a decision table uses: cost of its offers, and one contact per offer and channel."""
+    offered = table[table["status"] == "offer"]
+    out: dict[str, float] = {}
+    if len(offered):
+        out[BUDGET] = float((offered["offer_cost"] + offered["channel_cost"]).sum())
+        for ch, n in offered["channel"].value_counts().items():
+            out[CHANNEL_PREFIX + str(ch)] = float(n)
+    return out
+
+
+def contacts_of(run_id: str, run_date: dt.date, work_orders: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """One row per published work order, in `serve_contacts`' columns."""
+    parts = [pd.DataFrame({"order_id": o["order_id"].astype(str).to_numpy(), "decision_run": run_id,
+                           ID: o[ID].astype(str).to_numpy(), "contacted_on": run_date.isoformat(),
+                           "channel": ch, "offer_id": o["offer_id"].astype(object).to_numpy()})
+             for ch, o in work_orders.items() if len(o)]
+    if not parts:
+        return pd.DataFrame(columns=[c.key for c in contacts_table.c])
+    return pd.concat(parts, ignore_index=True)
+
+
+class Ledger:
+    """The allowance left today and the contact history, as seen by one worker process.
+
+    Within a process every decision goes through one thread, so what this process spends is exact:
+    spent = what the store held at the last refresh + what this process decided since and has not written
+    yet. Other worker processes' spending becomes visible at the next refresh (after every write, and
+    every flush interval): with N workers the daily limits can be overshot by what the other workers
+    decide within one flush interval. One worker is exact.
+    """
+
+    def __init__(self, store: Store, budget: float | None, capacity: Mapping[str, int | None]) -> None:
+        self.store = store
+        self.budget = budget
+        self.capacity = dict(capacity)
+        self._lock = threading.Lock()
+        self._stored: dict[str, dict[str, float]] = {}  # day -> item -> used, as read from the store
+        self._unwritten: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+        self._unwritten_contacts: dict[str, pd.DataFrame] = {}  # decision_run -> contacts not yet written
+        create_tables(store)
+
+    # -- allowance ---------------------------------------------------------------------------------
+    def refresh(self, day: dt.date) -> None:
+        key = day.isoformat()
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(sa.select(allowance_table.c.item, allowance_table.c.used)
+                                .where(allowance_table.c.day == key)).all()
+        with self._lock:
+            self._stored = {key: {str(i): float(u) for i, u in rows}}
+
+    def used(self, day: dt.date) -> dict[str, float]:
+        key = day.isoformat()
+        if key not in self._stored:
+            self.refresh(day)
+        with self._lock:
+            out = defaultdict(float, self._stored.get(key, {}))
+            for item, v in self._unwritten.get(key, {}).items():
+                out[item] += v
+        return dict(out)
+
+    def left(self, day: dt.date) -> tuple[float | None, dict[str, int | None]]:
+        """(budget left, capacity left per channel) today; None means no limit."""
+        used = self.used(day)
+        budget = None if self.budget is None else max(0.0, self.budget - used.get(BUDGET, 0.0))
+        capacity = {ch: None if cap is None else max(0, int(cap - used.get(CHANNEL_PREFIX + ch, 0.0)))
+                    for ch, cap in self.capacity.items()}
+        return budget, capacity
+
+    def spend(self, day: dt.date, items: Mapping[str, float], run_id: str, contacts: pd.DataFrame) -> None:
+        """A decision made (not yet written): count it now so the next decision sees it."""
+        with self._lock:
+            for item, v in items.items():
+                self._unwritten[day.isoformat()][item] += v
+            if len(contacts):
+                self._unwritten_contacts[run_id] = contacts
+
+    def write(self, runs: Iterable[tuple[dt.date, str, Mapping[str, float], pd.DataFrame]]) -> None:
+        """Store the allowance used and the contacts of runs already recorded (one transaction)."""
+        runs = list(runs)
+        totals: dict[tuple[str, str], float] = defaultdict(float)
+        contacts = []
+        for day, _run, items, c in runs:
+            for item, v in items.items():
+                totals[(day.isoformat(), item)] += v
+            if len(c):
+                contacts.append(c)
+        stamp = now_iso()
+        with self.store.transaction() as conn:
+            for (day, item), v in totals.items():
+                updated = conn.execute(allowance_table.update()
+                                       .where(allowance_table.c.day == day, allowance_table.c.item == item)
+                                       .values(used=allowance_table.c.used + v, updated_at=stamp))
+                if updated.rowcount == 0:
+                    conn.execute(allowance_table.insert().values(day=day, item=item, used=v, updated_at=stamp))
+            if contacts:
+                self.store.insert_frame(conn, contacts_table, pd.concat(contacts, ignore_index=True))
+        with self._lock:
+            for (day, item), v in totals.items():
+                self._unwritten[day][item] -= v
+                self._stored.setdefault(day, {})
+                self._stored[day][item] = self._stored[day].get(item, 0.0) + v
+            for _day, run, _items, _c in runs:
+                self._unwritten_contacts.pop(run, None)
+
+    # -- contact history ---------------------------------------------------------------------------
+    def history(self, subscriber_ids: Iterable[str], today: dt.date, days: int) -> pd.DataFrame:
+        """Contact history (engine.decision.contact.HISTORY_COLUMNS) of these subscribers over `days` days.
+
+        Outcome per contact from the store's `outcomes`: accepted, declined (contacted, not accepted),
+        no_answer (not contacted), else pending. Contacts decided but not yet written are included.
+        """
+        ids = sorted({str(s) for s in subscriber_ids})
+        since = (today - dt.timedelta(days=days)).isoformat()
+        c, o = contacts_table, outcomes_table
+        q = (sa.select(c.c.subscriber_id, c.c.contacted_on, c.c.channel, c.c.offer_id, c.c.order_id,
+                       o.c.contacted, o.c.accepted)
+             .outerjoin(o, (o.c.decision_run == c.c.decision_run) & (o.c.subscriber_id == c.c.subscriber_id))
+             .where(c.c.subscriber_id.in_(ids), c.c.contacted_on >= since))
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(q).all()
+        stored = pd.DataFrame(rows, columns=[ID, "contacted_on", "channel", "offer_id", "order_id",
+                                             "contacted", "accepted"])
+        with self._lock:
+            pending = [p for p in self._unwritten_contacts.values()]
+        parts = [stored]
+        wanted = set(ids)
+        for p in pending:
+            p = p[p[ID].isin(wanted)]
+            if len(p):
+                parts.append(p.assign(contacted=None, accepted=None)[stored.columns])
+        frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else stored
+        frame = frame.drop_duplicates("order_id")
+        contacted = frame["contacted"].to_numpy(dtype=object)
+        accepted = frame["accepted"].to_numpy(dtype=object)
+        outcome = np.full(len(frame), "pending", dtype=object)
+        outcome[[a is not None and bool(a) for a in accepted]] = "accepted"
+        outcome[[c is not None and bool(c) and a is not None and not bool(a)
+                 for c, a in zip(contacted, accepted, strict=True)]] = "declined"
+        outcome[[c is not None and not bool(c) for c in contacted]] = "no_answer"
+        out = pd.DataFrame({ID: frame[ID].astype(str).to_numpy(),
+                            "contacted_on": [dt.date.fromisoformat(str(d)[:10]) for d in frame["contacted_on"]],
+                            "channel": frame["channel"].astype(str).to_numpy(),
+                            "offer_id": frame["offer_id"].to_numpy(dtype=object),
+                            "outcome": outcome})
+        return out[list(HISTORY_COLUMNS)]
