@@ -89,23 +89,33 @@ def validate(
     policies: PoliciesOpt = Path("policies"),
     date: DateOpt = None,
     strict: Annotated[bool, typer.Option(help="Exit 1 when there are warnings (for CI).")] = False,
+    input: Annotated[Path | None, typer.Option("--input", help="Decisions table (.parquet/.csv) to count coverage "
+                                                               "on (default: a synthetic population).")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="Settings YAML (locates the decision store "
                                                                  "whose measured uplift flags rules).")] = None,
     tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", envvar="MLFLOW_TRACKING_URI",
                                                      help="MLflow store; the decision store sits next to it.")] = None,
 ) -> None:
-    """Check a policy set: errors exit 2; warnings name dead, shadowed and overlapping rules, unused offers,
-    uncovered segments, and rules whose measured uplift (from ingested outcomes) is not above zero."""
+    """Check a policy set: errors exit 2; warnings name dead, shadowed and overlapping rules, suppressions that
+    silence every later rule, conditions that contradict the engine's grading, unused offers, uncovered
+    segments, subscribers no rule reaches (counted on --input, else on a synthetic population), and rules
+    whose measured uplift (from ingested outcomes) is not above zero."""
     from engine.cli.common import settings_for
     from engine.feedback.learning import flagged_rules
-    from engine.policy.validate import check_policy_set
+    from engine.policy import validate as checks
 
     ps = _load(policies)
-    findings = check_policy_set(ps, today=_day(date))
+    settings = settings_for(config, tracking_uri)
+    population = (checks.from_table(ps, _read(input), str(input)) if input is not None
+                  else checks.synthetic(ps, settings))
+    result = checks.validate_policy_set(ps, today=_day(date), population=population, settings=settings)
+    findings = result.findings
     for f in findings:
         console.print(f"[yellow]{f.where}: warning:[/] {f.message}", highlight=False, soft_wrap=True)
+    if result.coverage is not None:
+        console.print(result.coverage.line(), highlight=False, soft_wrap=True)
     rule_ids = {r.id for r in ps.rules}
-    measured = [f for f in flagged_rules(settings_for(config, tracking_uri)) if f.rule_id in rule_ids]
+    measured = [f for f in flagged_rules(settings) if f.rule_id in rule_ids]
     for f in measured:
         console.print(f"[yellow]warning:[/] {f.line()}", highlight=False, soft_wrap=True)
     warnings = len(findings) + len(measured)

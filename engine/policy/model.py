@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -276,6 +277,26 @@ class PolicySet:
         if rule.offer is None:
             return rule.conditions
         return conjoin(rule.conditions, self.offers[rule.offer].eligibility)
+
+    def missing_declared(self, columns: Iterable[str]) -> str | None:
+        """The one-line error for an input that lacks a declared attribute, or None when it has them all.
+
+        `retain decide` (and simulate, validate --input) refuse such an input with exactly this message.
+        """
+        have = set(columns)
+        for name, attr in sorted(self.declared.items()):
+            if name not in have:
+                return f"input lacks declared attribute '{name}' (declared at {attr.source})"
+        return None
+
+    def require_declared(self, columns: Iterable[str]) -> None:
+        """Raise DataError (one line) when the input lacks a declared attribute."""
+        problem = self.missing_declared(columns)
+        if problem:
+            from engine.errors import DataError
+
+            raise DataError(problem, hint="add the column to the input, or remove the declaration from the "
+                                          "policy set's attributes.yaml")
 
     @property
     def required_columns(self) -> set[str]:

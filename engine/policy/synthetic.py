@@ -7,6 +7,8 @@ mostly low risk, a third of the rest with a price or network reason, ~5% lapsed.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
@@ -88,4 +90,45 @@ def synthetic_frame(n: int, seed: int = 0) -> pd.DataFrame:
         "need_group": need_group(pd.Series(plan), pd.Series(age)),
         "is_prepaid": prepaid,
     })
+    return frame
+
+
+#: Size and seed of the synthetic population `retain policy validate` computes coverage on when no
+#: decisions table is given.
+POPULATION_SIZE = 20_000
+POPULATION_SEED = 0
+
+
+def synthetic_population(policy_set: Any = None, n: int = POPULATION_SIZE, seed: int = POPULATION_SEED,
+                         settings: Any = None) -> pd.DataFrame:
+    """`synthetic_frame` plus a column for every attribute the policy set declares, graded by `settings`.
+
+    Declared columns are drawn at random, independent of everything else: booleans true for 10%,
+    categoricals uniform over their `values` (a few made-up levels when none are listed), numerics
+    uniform between `min` and `max` (0..100 where a bound is not given). With `settings`, risk grades and
+    lifecycle stages follow its thresholds (risk_grades.high/medium unless graded by capacity;
+    lifecycle), like the engine's own.
+    """
+    frame = synthetic_frame(n, seed)
+    if settings is not None:
+        from engine.model.segments import lifecycle_stage, risk_grade, value_tier
+
+        frame["risk_grade"] = risk_grade(frame["churn_probability"], settings.risk_grades)
+        frame["lifecycle_stage"] = lifecycle_stage(frame["tenure_months"], frame["data_change"],
+                                                   frame["voice_change"], settings.lifecycle)
+        if settings.value_tiers.method == "thresholds":
+            frame["value_tier"] = value_tier(frame["arpu_mean_3m"], settings.value_tiers)
+    declared = getattr(policy_set, "declared", None) or {}
+    rng = np.random.default_rng(seed + 1)
+    for name, attr in sorted(declared.items()):
+        if attr.kind == "boolean":
+            frame[name] = rng.random(n) < 0.1
+        elif attr.kind == "categorical":
+            levels = list(attr.values) if attr.values else [f"{name}_{i}" for i in range(1, 4)]
+            frame[name] = rng.choice(np.array(levels, dtype=object), n)
+        else:
+            lo = attr.minimum if attr.minimum is not None else (0.0 if attr.maximum is None or attr.maximum > 0
+                                                                  else attr.maximum - 100.0)
+            hi = attr.maximum if attr.maximum is not None else lo + 100.0
+            frame[name] = np.round(rng.uniform(lo, hi, n), 2)
     return frame
