@@ -135,9 +135,10 @@ def test_cmd(
     from engine.policy import PolicyEngine
     from engine.policy.testing import load_cases, run_cases
 
-    engine = PolicyEngine(_load(policies))
+    ps = _load(policies)
+    engine = PolicyEngine(ps)
     try:
-        cases = load_cases(policies)
+        cases = load_cases(policies, ps)
     except PolicyError as exc:
         if len(exc.problems) > 1:
             for problem in exc.problems:

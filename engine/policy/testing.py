@@ -21,15 +21,24 @@ Test cases live next to the policies, in `tests/*.yaml` (or files named `test_*.
         subscriber: {...}
         expect: {no_offer: true}       # or `offer: null`
 
-`expect` may check: offer (null = no offer), no_offer, channel, rule, stage, matched (the exact
-list of matched rules), message_contains.
+`expect` may check: offer (null = no offer), no_offer, suppressed (true: a suppression rule ended the
+candidates; false: it did not), note_contains (the suppression's note), channel, rule, stage, matched
+(the exact list of matched rules), message_contains. A case may set attributes the policy set declares
+(attributes.yaml) like any built-in.
 
 Defaults: a test names only the attributes that matter; every other attribute takes the value of
-`DEFAULT_SUBSCRIBER`, a mid-value postpaid subscriber at low risk with no churn reason. Values
-follow from what the test gives, unless it gives them too:
-- `risk_grade` sets `churn_probability` (high 0.7, medium 0.35, low 0.1); `churn_probability`
-  sets `risk_grade` by the default cut-offs (0.5, 0.25);
-- `value_tier` sets `arpu_mean_3m` and the three monthly ARPUs (high 120, medium 60, low 25);
+`DEFAULT_SUBSCRIBER`, a mid-value postpaid subscriber at low risk with no churn reason (the table in
+policies/README.md lists every value). Declared attributes a case does not name: false (boolean), the
+first listed value or empty (categorical), 0 moved into min..max (numeric). Values follow from what the
+test gives, unless it gives them too - the same derivations as the engine's (engine.model.features,
+engine.model.segments) with the configured thresholds (engine.config.load_settings):
+- `risk_grade` sets `churn_probability` (high 0.7, medium 0.35, low 0.1, moved into the grade's band
+  when the settings cut elsewhere); `churn_probability` sets `risk_grade` by risk_grades.high/medium;
+- `value_tier` sets `arpu_mean_3m` and the three monthly ARPUs (high 120, medium 60, low 25); with
+  value_tiers.method thresholds, ARPUs a case gives set `value_tier`;
+- the raw monthly fields set the derived signals: arpu_m0..m2 -> `arpu_mean_3m`, `arpu_change`;
+  data_gb_m0/m1 -> `data_change`; voice_min_m0/m1 -> `voice_change`;
+- `tenure_months` and the usage changes set `lifecycle_stage` (settings lifecycle);
 - `plan` sets `is_prepaid`, and a prepaid plan has no contract (`contract_months_left` empty);
 - `plan` and `age_group` set `need_group` (business, family, elderly 65+, young 18-24, general);
 - a `reason` other than none sets `reason_share` to 0.6.
@@ -46,13 +55,15 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from engine.data.attributes import DECISION_ATTRIBUTES
+from engine.data.attributes import DECISION_ATTRIBUTES, Attribute
 from engine.data.schema import PREPAID_PLANS
 from engine.errors import PolicyError
-from engine.model.segments import need_group
+from engine.model.features import DERIVED
+from engine.model.segments import lifecycle_stage, need_group, value_tier
 from engine.policy.conditions import check_value, closest
 from engine.policy.evaluate import PolicyEngine
 from engine.policy.loader import LineDict, LineList, is_test_file, line_at, pydantic_problems, read_yaml
+from engine.policy.model import DeclaredAttribute, PolicySet
 
 DEFAULT_SUBSCRIBER: dict[str, Any] = {
     "subscriber_id": "TEST",
@@ -76,6 +87,8 @@ class Expect(BaseModel):
 
     offer: str | None = Field(None, description="Expected offer id; null means no offer")
     no_offer: bool = Field(False, description="true: the subscriber gets no offer")
+    suppressed: bool | None = Field(None, description="true: a suppression rule (no_offer) ended the candidates")
+    note_contains: str | None = Field(None, description="Text the suppression's note contains")
     channel: str | None = None
     rule: str | None = None
     stage: str | None = None
@@ -128,15 +141,54 @@ def case_files(policies: str | Path) -> list[Path]:
     return sorted(files, key=lambda p: p.relative_to(base).as_posix())
 
 
-def subscriber_record(given: dict[str, Any]) -> dict[str, Any]:
+def _settings(settings: Any) -> Any:
+    if settings is not None:
+        return settings
+    from engine.config import Settings
+
+    return Settings()
+
+
+def grade_probability(grade: str, settings: Any = None) -> float:
+    """A churn probability the engine grades `grade`: GRADE_PROBABILITY, moved into the grade's band."""
+    rg = _settings(settings).risk_grades
+    p = GRADE_PROBABILITY[grade]
+    if grade == "high":
+        return p if p >= rg.high else round((rg.high + 1.0) / 2, 4)
+    if grade == "medium":
+        return p if rg.medium <= p < rg.high else round((rg.medium + rg.high) / 2, 4)
+    return p if p < rg.medium else round(rg.medium / 2, 4)
+
+
+def declared_default(attr: DeclaredAttribute | Attribute) -> Any:
+    """What a case gets for a declared attribute it does not name."""
+    if attr.kind == "boolean":
+        return False
+    if attr.kind == "categorical":
+        return attr.values[0] if attr.values else None
+    lo, hi = getattr(attr, "minimum", None), getattr(attr, "maximum", None)
+    value = 0.0
+    if lo is not None:
+        value = max(value, lo)
+    if hi is not None:
+        value = min(value, hi)
+    return value
+
+
+def subscriber_record(given: dict[str, Any], *, declared: dict[str, DeclaredAttribute] | None = None,
+                      settings: Any = None) -> dict[str, Any]:
     """The full record of a test subscriber: defaults, then derived values, then what was given."""
+    cfg = _settings(settings)
     rec = dict(DEFAULT_SUBSCRIBER)
+    for name, attr in (declared or {}).items():
+        rec[name] = declared_default(attr)
     g = given
     if "risk_grade" in g and "churn_probability" not in g:
-        rec["churn_probability"] = GRADE_PROBABILITY[g["risk_grade"]]
+        rec["churn_probability"] = grade_probability(g["risk_grade"], cfg)
     if "churn_probability" in g and "risk_grade" not in g and g["churn_probability"] is not None:
         p = float(g["churn_probability"])
-        rec["risk_grade"] = "high" if p >= 0.5 else "medium" if p >= 0.25 else "low"
+        rg = cfg.risk_grades
+        rec["risk_grade"] = "high" if p >= rg.high else "medium" if p >= rg.medium else "low"
     if "value_tier" in g and not {"arpu_mean_3m", "arpu_m0", "arpu_m1", "arpu_m2"} & set(g):
         for k in ("arpu_mean_3m", "arpu_m0", "arpu_m1", "arpu_m2"):
             rec[k] = TIER_ARPU[g["value_tier"]]
@@ -152,11 +204,48 @@ def subscriber_record(given: dict[str, Any]) -> dict[str, Any]:
     if g.get("reason") not in (None, "none") and "reason_share" not in g:
         rec["reason_share"] = 0.6
     rec.update(g)
+    _derive(rec, set(g), cfg)
     return rec
 
 
-def load_cases(policies: str | Path) -> list[LoadedCase]:
-    """Every test case next to the policies; raises PolicyError listing every problem with file:line."""
+def _derive(rec: dict[str, Any], given: set[str], cfg: Any) -> None:
+    """Recompute the derived signals and segments from the raw fields a case gives (never over a given value)."""
+    changed: set[str] = set()
+    for feat in DERIVED:
+        if feat.name in given or not set(feat.inputs) & given:
+            continue
+        values = [rec.get(c) for c in feat.inputs]
+        if any(v is None for v in values):
+            continue
+        row = pd.DataFrame([dict(zip(feat.inputs, (float(v) for v in values), strict=True))])
+        rec[feat.name] = round(float(feat.compute(row).iloc[0]), 6)
+        changed.add(feat.name)
+    touched = given | changed
+    if "lifecycle_stage" not in given and {"tenure_months", "data_change", "voice_change"} & touched:
+        parts = [rec.get(c) for c in ("tenure_months", "data_change", "voice_change")]
+        if all(v is not None for v in parts):
+            rec["lifecycle_stage"] = str(lifecycle_stage(*(pd.Series([float(v)]) for v in parts), cfg.lifecycle)[0])
+    if ("value_tier" not in given and cfg.value_tiers.method == "thresholds" and "arpu_mean_3m" in touched
+            and rec.get("arpu_mean_3m") is not None):
+        rec["value_tier"] = str(value_tier([float(rec["arpu_mean_3m"])], cfg.value_tiers)[0])
+
+
+def load_cases(policies: str | Path, policy_set: PolicySet | None = None, *,
+               settings: Any = None) -> list[LoadedCase]:
+    """Every test case next to the policies; raises PolicyError listing every problem with file:line.
+
+    `policy_set` (loaded from `policies` when not given) says which attributes are declared; `settings`
+    (default: load_settings()) gives the thresholds of the derived values.
+    """
+    if policy_set is None:
+        from engine.policy.loader import load_policy_set
+
+        policy_set = load_policy_set(policies)
+    if settings is None:
+        from engine.config import load_settings
+
+        settings = load_settings()
+    vocabulary = policy_set.vocabulary
     root = Path(policies)
     base = root.parent if root.is_file() else root
     problems: list[str] = []
@@ -191,7 +280,7 @@ def load_cases(policies: str | Path) -> list[LoadedCase]:
             except ValidationError as exc:
                 problems.extend(pydantic_problems(exc, Case, raw, display, context, line))
                 continue
-            bad = _check_subscriber(raw.get("subscriber"), display, context, line)
+            bad = _check_subscriber(raw.get("subscriber"), display, context, line, vocabulary)
             problems.extend(bad)
             if bad:
                 continue
@@ -200,11 +289,16 @@ def load_cases(policies: str | Path) -> list[LoadedCase]:
                 problems.append(f"{display}:{line}: {context}expect has both no_offer: true and offer "
                                 f"'{case.expect.offer}'")
                 continue
+            if case.expect.suppressed and expects_offer and case.expect.offer is not None:
+                problems.append(f"{display}:{line}: {context}expect has both suppressed: true and offer "
+                                f"'{case.expect.offer}'")
+                continue
             if not (expects_offer or case.expect.model_fields_set - {"offer"}):
                 problems.append(f"{display}:{line}: {context}expect checks nothing (hint: give offer, no_offer, "
-                                f"channel, rule, stage, matched or message_contains)")
+                                f"suppressed, note_contains, channel, rule, stage, matched or message_contains)")
                 continue
-            cases.append(LoadedCase(case, f"{display}:{line}", subscriber_record(case.subscriber), expects_offer))
+            record = subscriber_record(case.subscriber, declared=policy_set.declared, settings=settings)
+            cases.append(LoadedCase(case, f"{display}:{line}", record, expects_offer))
     if problems:
         more = f" (+{len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
         raise PolicyError(problems[0] + more, problems=problems)
@@ -214,7 +308,8 @@ def load_cases(policies: str | Path) -> list[LoadedCase]:
     return cases
 
 
-def _check_subscriber(raw: Any, display: str, context: str, line: int) -> list[str]:
+def _check_subscriber(raw: Any, display: str, context: str, line: int,
+                      vocabulary: dict[str, Attribute] = DECISION_ATTRIBUTES) -> list[str]:
     if raw is None:
         return []
     out = []
@@ -222,12 +317,12 @@ def _check_subscriber(raw: Any, display: str, context: str, line: int) -> list[s
         kline = raw.key_lines.get(key, line) if isinstance(raw, LineDict) else line
         if key == "subscriber_id":
             continue
-        attr = DECISION_ATTRIBUTES.get(key)
+        attr = vocabulary.get(key)
         if attr is None:
-            near = closest(str(key), list(DECISION_ATTRIBUTES), n=1)
+            near = closest(str(key), list(vocabulary), n=1)
             maybe = f"did you mean '{near[0]}'? " if near else ""
             out.append(f"{display}:{kline}: {context}unknown attribute '{key}' (hint: {maybe}see "
-                       f"`retain data schema` and the engine outputs)")
+                       f"`retain data schema`, the engine outputs and the policy set's attributes.yaml)")
             continue
         if value is None:
             if attr.kind == "boolean":
@@ -242,17 +337,18 @@ def _check_subscriber(raw: Any, display: str, context: str, line: int) -> list[s
 def run_cases(engine: PolicyEngine, cases: list[LoadedCase]) -> list[CaseResult]:
     """Decide for every case (batched per decision date) and compare with what it expects."""
     results: list[CaseResult | None] = [None] * len(cases)
+    vocabulary = engine.policy_set.vocabulary
     by_date: dict[dt.date | None, list[int]] = {}
     for i, lc in enumerate(cases):
         by_date.setdefault(lc.case.date, []).append(i)
     for day, idx in by_date.items():
         frame = pd.DataFrame([cases[i].record for i in idx])
         for col in frame.columns:
-            if DECISION_ATTRIBUTES.get(col) is not None and DECISION_ATTRIBUTES[col].kind == "numeric":
+            if vocabulary.get(col) is not None and vocabulary[col].kind == "numeric":
                 frame[col] = pd.to_numeric(frame[col], errors="coerce").astype(float)
         out = engine.decide(frame, day)
         for k, i in enumerate(idx):
-            results[i] = _compare(cases[i], {c: _plain(out[c].iloc[k]) for c in out.columns})
+            results[i] = _compare(cases[i], {c: _plain(out[c].iloc[k]) for c in out.columns}, engine.policy_set)
     return [r for r in results if r is not None]
 
 
@@ -262,28 +358,57 @@ def _plain(v: Any) -> Any:
     return v.item() if isinstance(v, np.generic) else v
 
 
-def _compare(lc: LoadedCase, got: dict[str, Any]) -> CaseResult:
+def suppression_of(got: dict[str, Any], policy_set: PolicySet | None) -> tuple[bool, str | None]:
+    """Whether a decision row says the subscriber was suppressed, and the note.
+
+    Read from a `status` of 'suppressed' or a true `suppressed` column when the engine gives them, else from
+    the winning rule being a suppression rule of the policy set.
+    """
+    rule = None
+    if policy_set is not None and got.get("rule_id"):
+        rule = next((r for r in policy_set.rules if r.id == got["rule_id"]), None)
+    flagged = got.get("status") == "suppressed" or bool(got.get("suppressed"))
+    by_rule = rule is not None and rule.suppresses and not got.get("offer_id")
+    note = got.get("note") or got.get("suppression_note") or (rule.action.note if rule is not None else None)
+    return flagged or by_rule, (note if flagged or by_rule else None)
+
+
+def _compare(lc: LoadedCase, got: dict[str, Any], policy_set: PolicySet | None = None) -> CaseResult:
     e = lc.case.expect
     failures, expected = [], []
+    suppressed, note = suppression_of(got, policy_set)
     if lc.expects_offer or e.no_offer:
         want = None if (e.no_offer or e.offer is None) else e.offer
         expected.append(f"offer {want or '(none)'}")
-        if got["offer_id"] != want:
-            failures.append(f"offer: expected {want or '(none)'}, got {got['offer_id'] or '(none)'}")
+        if got.get("offer_id") != want:
+            failures.append(f"offer: expected {want or '(none)'}, got {got.get('offer_id') or '(none)'}")
+    if e.suppressed is not None:
+        expected.append("suppressed" if e.suppressed else "not suppressed")
+        if suppressed != e.suppressed:
+            failures.append(f"suppressed: expected {'yes' if e.suppressed else 'no'}, got "
+                            f"{'yes (rule ' + str(got.get('rule_id')) + ')' if suppressed else 'no'}")
+    if e.note_contains is not None:
+        expected.append(f"note contains '{e.note_contains}'")
+        if e.note_contains not in (note or ""):
+            failures.append(f"note: '{e.note_contains}' not in '{note or ''}'")
     for key, col in (("channel", "channel"), ("rule", "rule_id"), ("stage", "stage")):
         want = getattr(e, key)
         if want is not None:
             expected.append(f"{key} {want}")
-            if got[col] != want:
-                failures.append(f"{key}: expected {want}, got {got[col] or '(none)'}")
+            if got.get(col) != want:
+                failures.append(f"{key}: expected {want}, got {got.get(col) or '(none)'}")
     if e.matched is not None:
         want = ",".join(e.matched)
         expected.append(f"matched [{want}]")
-        if got["matched_rules"] != want:
-            failures.append(f"matched: expected [{want}], got [{got['matched_rules']}]")
+        if got.get("matched_rules") != want:
+            failures.append(f"matched: expected [{want}], got [{got.get('matched_rules')}]")
     if e.message_contains is not None:
         expected.append(f"message contains '{e.message_contains}'")
-        if e.message_contains not in (got["message"] or ""):
-            failures.append(f"message: '{e.message_contains}' not in '{got['message'] or ''}'")
-    actual = (f"offer {got['offer_id'] or '(none)'} via {got['channel'] or '-'} (rule {got['rule_id'] or '-'})")
+        if e.message_contains not in (got.get("message") or ""):
+            failures.append(f"message: '{e.message_contains}' not in '{got.get('message') or ''}'")
+    rule = got.get("rule_id") or "-"
+    if suppressed:
+        actual = f"suppressed{': ' + note if note else ''} (rule {rule})"
+    else:
+        actual = f"offer {got.get('offer_id') or '(none)'} via {got.get('channel') or '-'} (rule {rule})"
     return CaseResult(lc.case.name, lc.where, not failures, "; ".join(expected), actual, failures)
