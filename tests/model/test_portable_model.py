@@ -53,8 +53,9 @@ def rows() -> pd.DataFrame:
     return raw
 
 
-def test_logged_model_carries_its_own_code_and_pinned_requirements(champion, champion_dir):
+def test_logged_model_carries_its_own_code_and_pinned_requirements(trained, champion, champion_dir):
     import yaml
+    from mlflow import MlflowClient
 
     mlmodel = yaml.safe_load((champion_dir / "MLmodel").read_text())
     code = mlmodel["flavors"]["python_function"]["code"]
@@ -65,6 +66,9 @@ def test_logged_model_carries_its_own_code_and_pinned_requirements(champion, cha
     reqs = (champion_dir / "requirements.txt").read_text().split()
     assert sorted(reqs) == sorted(packaging.requirements())
     assert all("==" in r for r in reqs) and not any(r.split("==")[0] in {"scikit-learn", "retain"} for r in reqs)
+    client = MlflowClient(tracking_uri=trained.uri, registry_uri=trained.uri)
+    mv = client.get_model_version_by_alias("churn", "champion")
+    assert mv.tags["model_code"] == packaging.module_name()
     # reason labels are frozen into the model at training and read from it
     assert champion.reason_labels and set(champion.reason_labels) == set(champion.model.spec["reasons"])
 
