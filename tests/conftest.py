@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,3 +87,35 @@ def new_store():
 @pytest.fixture()
 def store(tmp_path) -> Store:
     return make_store(tmp_path / "store")
+
+
+#: Process-wide state a test can leave behind for the next test in the same process (an xdist worker runs
+#: many): MLflow's set_tracking_uri / set_registry_uri also export MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI,
+#: which the CLIs read as their --tracking-uri default; xdist workers start with COLUMNS=80 / LINES=24, which
+#: rich takes as the terminal width, unlike a plain `pytest` run whose output is not a terminal.
+ISOLATED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "COLUMNS", "LINES")
+
+
+def _reset_process_globals() -> None:
+    for name in ISOLATED_ENV:
+        os.environ.pop(name, None)
+    if "mlflow" in sys.modules:  # never import MLflow for a test that does not use it
+        from mlflow.tracking._model_registry import utils as registry_utils
+        from mlflow.tracking._tracking_service import utils as tracking_utils
+
+        tracking_utils._tracking_uri = None
+        registry_utils._registry_uri = None
+
+
+@pytest.fixture(autouse=True)
+def isolated_process_globals():
+    """Every test starts with MLflow's global tracking/registry URI unset and no inherited terminal size.
+
+    Why: with one test per process these never matter; under `pytest -n 2` a test that reads
+    `models:/churn/1` through MLflow's globals resolved it in the registry of whichever test ran before it in
+    that worker, and report tables rendered at 80 columns. Tests that need the variables set them
+    themselves (monkeypatch.setenv, mlflow.set_tracking_uri); they are cleared again afterwards.
+    """
+    _reset_process_globals()
+    yield
+    _reset_process_globals()
