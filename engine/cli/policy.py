@@ -178,16 +178,24 @@ def explain(
     record = find_subscriber(_read(input), subscriber, source=str(input))
     ex = run_explain(engine, record, _day(date))
     d = ex.decision
-    table = Table(title=f"Subscriber {ex.subscriber_id} - policy {ex.policy_hash[:12]}, decision date {ex.decided_on}",
-                  title_justify="left")
-    for col in ("#", "rule", "priority", "stage", "offer", "verdict", "why"):
+    table = Table(title=f"Subscriber {ex.subscriber_id} - policy {ex.policy_hash[:12]}, decision date {ex.decided_on}"
+                        f", arbitration {ex.arbitration}", title_justify="left")
+    for col in ("#", "rule", "priority", "stage", "offer", "channel", "dates", "verdict", "why"):
         table.add_column(col, overflow="fold")
+    styles = {"winner": "bold green", "matched (fallback)": "green", "candidate": "green", "suppresses": "bold magenta",
+              "engine disagreement": "bold red"}
     for v in ex.verdicts:
-        style = {"winner": "bold green", "matched (fallback)": "green", "engine disagreement": "bold red"}.get(v.status)
+        style = styles.get(v.status)
         verdict = f"[{style}]{v.status}[/]" if style else v.status
-        table.add_row(str(v.position), v.rule_id, str(v.priority), v.stage, v.offer_id, verdict, escape(v.detail))
+        offer_cell = "no offer (suppression)" if v.suppresses else v.offer_id
+        table.add_row(str(v.position), v.rule_id, str(v.priority), v.stage, offer_cell, v.channel, v.dates, verdict,
+                      escape(v.detail))
     console.print(table)
-    if d.get("rule_id"):
+    if ex.suppressed_by and d.get("rule_id") in (None, ex.suppressed_by) and not d.get("offer_id"):
+        note = f": {ex.note}" if ex.note else ""
+        console.print(f"suppressed: rule [bold]{ex.suppressed_by}[/] ends the candidates{escape(note)} - no offer",
+                      highlight=False)
+    elif d.get("rule_id"):
         console.print(f"winner: rule [bold]{d['rule_id']}[/] -> offer [bold]{d['offer_id']}[/] via {d['channel']}"
                       f" ({d['stage']}, priority {d['priority']})", highlight=False)
         console.print(f"message: {d['message']}", highlight=False, markup=False)

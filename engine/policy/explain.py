@@ -1,10 +1,19 @@
 """Why a subscriber got (or did not get) each rule: `retain policy explain`.
 
-For one subscriber, every rule in evaluation order with its verdict: the winner, a matched fallback,
-matched but cut off by an earlier `stop` rule, or not matched - and then the first condition that
-failed, in words (`tenure_months >= 12 (is 7)`), or why the offer was not eligible. The match itself
-comes from durable-rules (the same path as decisions); the words come from evaluating the condition
-tree in Python, and any disagreement between the two is reported instead of hidden.
+For one subscriber, every rule in evaluation order with its verdict and what the rule says:
+
+* the **winner**; a matched **candidate** after it (a fallback for budget and capacity, or a rival in
+  `arbitration: best_value`); matched but **cut** by an earlier `stop: true` rule or by an earlier
+  **suppression**; a **suppression** that ends the subscriber's candidates (status `suppressed`, with
+  its note);
+* not matched: the first condition that failed, in words (`tenure_months >= 12 (is 7)`); the offer not
+  eligible (and which eligibility test failed); the offer or the **rule** itself outside its dates on the
+  decision date.
+
+Each verdict also shows the rule's channel with the channels it excludes (`preferred, not sms`) and its
+validity dates. The verdicts come from the condition tree (the reference semantics of the policy
+language); when a compiled engine is given, its match (durable-rules, the path decisions take) is
+compared rule by rule and any disagreement is reported instead of hidden.
 """
 
 from __future__ import annotations
@@ -17,15 +26,20 @@ import pandas as pd
 
 from engine.errors import DataError
 from engine.policy.conditions import evaluate, first_failure, prepare_column
-from engine.policy.evaluate import PolicyEngine
+from engine.policy.model import PREFERRED, PolicySet, Rule
 
 WINNER = "winner"
 FALLBACK = "matched (fallback)"
+CANDIDATE = "candidate"
+SUPPRESSES = "suppresses"
 CUT = "matched, cut by stop"
+CUT_SUPPRESSED = "matched, cut by suppression"
 NO_MATCH = "no match"
 NOT_ELIGIBLE = "offer not eligible"
 NOT_VALID = "offer not valid on date"
+RULE_NOT_VALID = "rule not valid on date"
 MISMATCH = "engine disagreement"
+NO_OFFER = "(no offer)"
 
 
 @dataclass(frozen=True)
@@ -34,9 +48,12 @@ class RuleVerdict:
     rule_id: str
     priority: int
     stage: str
-    offer_id: str
+    offer_id: str  # NO_OFFER for a suppression
     status: str
     detail: str = ""
+    channel: str = ""  # the rule's channel and exclusions, e.g. "preferred, not sms"
+    dates: str = "always"  # the rule's own validity
+    suppresses: bool = False
 
 
 @dataclass
@@ -47,6 +64,9 @@ class Explanation:
     decided_on: dt.date
     policy_hash: str
     recorded: dict[str, Any] = field(default_factory=dict)  # what the input table says was decided
+    arbitration: str = "first"
+    suppressed_by: str | None = None  # the suppression rule that ended the candidates
+    note: str | None = None  # its note
 
     @property
     def winner(self) -> str | None:
@@ -63,41 +83,138 @@ def find_subscriber(frame: pd.DataFrame, subscriber_id: str, *, source: str = "i
     return hit.iloc[0].to_dict()
 
 
-def explain(engine: PolicyEngine, record: dict[str, Any], on: dt.date | None = None) -> Explanation:
-    ps = engine.policy_set
+def channel_words(rule: Rule) -> str:
+    if rule.suppresses:
+        return ""
+    ex = rule.action.exclude_channels
+    return rule.action.channel + (f", not {', '.join(ex)}" if ex else "")
+
+
+def explain(engine: Any, record: dict[str, Any], on: dt.date | None = None) -> Explanation:
+    """Explain with a compiled engine (engine.policy.evaluate.PolicyEngine): verdicts, cross-checked."""
     day = on or engine.decision_date or dt.date.today()
+    return explain_record(engine.policy_set, record, day, engine=engine)
+
+
+def explain_record(policy_set: PolicySet, record: dict[str, Any], on: dt.date | None = None, *,
+                   engine: Any = None) -> Explanation:
+    """Every rule's verdict for one subscriber record; with `engine`, its decision and a cross-check."""
+    ps = policy_set
+    day = on or dt.date.today()
     frame = pd.DataFrame([record])
-    engine.check_columns(frame)
-    decision = engine.decide_one(record, day)
-    ev = engine.evaluate(frame, day, per_row=True)
-    matched, considered = set(ev.matched[0]), ev.considered[0]
-    winner = considered[0] if considered else None
-    cut_by = next((ps.rules[p].id for p in considered if ps.rules[p].stop), None)
-    cols = {a: prepare_column(a, frame[a]) for a in ps.attributes}
+    if engine is not None:
+        engine.check_columns(frame)
+    else:
+        ps.require_declared(frame.columns)
+        missing = sorted(ps.required_columns - set(frame.columns))
+        if missing:
+            raise DataError(f"the policy set needs column(s) {missing}, which the table does not have")
+    vocab = ps.vocabulary
+    cols = {a: prepare_column(a, frame[a], vocab.get(a)) for a in ps.attributes}
+
+    # 1. what each rule says for this subscriber, on the condition tree
+    checks = []
+    for rule in ps.rules:
+        offer = ps.offers.get(rule.offer) if rule.offer is not None else None
+        checks.append({
+            "rule_valid": rule.valid_on(day),
+            "cond": bool(evaluate(rule.conditions, cols, 1)[0]),
+            "elig": True if offer is None else bool(evaluate(offer.eligibility, cols, 1)[0]),
+            "offer_valid": True if offer is None else offer.valid_on(day),
+        })
+    matches = [c["rule_valid"] and c["cond"] and c["elig"] and c["offer_valid"] for c in checks]
+
+    # 2. candidates in evaluation order, ended by the first stop or suppression
+    considered: list[int] = []
+    ended_by: int | None = None
+    for p, rule in enumerate(ps.rules):
+        if not matches[p]:
+            continue
+        considered.append(p)
+        if rule.stop or rule.suppresses:
+            ended_by = p
+            break
+    suppressor = ended_by if ended_by is not None and ps.rules[ended_by].suppresses else None
+    offers_considered = [p for p in considered if not ps.rules[p].suppresses]
+
+    # 3. the engine's match and decision, when there is an engine
+    in_engine: set[int] | None = None
+    decision: dict[str, Any] = {}
+    if engine is not None:
+        decision = engine.decide_one(record, day)
+        ev = engine.evaluate(frame, day, per_row=True)
+        in_engine = set(ev.matched[0])
+    if engine is None or not decision:
+        decision = _tree_decision(ps, record, considered, suppressor, day)
+    winner_id = decision.get("rule_id")
+    if winner_id is None and suppressor is None and offers_considered and ps.arbitration == "first":
+        winner_id = ps.rules[offers_considered[0]].id
+
     verdicts = []
     for p, rule in enumerate(ps.rules):
-        offer = ps.offers[rule.offer]
-        cond_ok = bool(evaluate(rule.conditions, cols, 1)[0])
-        elig_ok = bool(evaluate(offer.eligibility, cols, 1)[0])
-        valid = offer.valid_on(day)
-        in_engine = p in matched
+        c = checks[p]
+        offer_id = rule.offer if rule.offer is not None else NO_OFFER
         detail = ""
-        if in_engine != (cond_ok and elig_ok and valid):
+        if in_engine is not None and (p in in_engine) != matches[p]:
             status = MISMATCH
-            detail = f"durable-rules says {'match' if in_engine else 'no match'}, the condition tree disagrees"
-        elif p == winner:
+            detail = f"durable-rules says {'match' if p in in_engine else 'no match'}, the condition tree disagrees"
+        elif matches[p] and p == suppressor:
+            status = SUPPRESSES
+            detail = f"no offer from this rule or any after it{': ' + rule.action.note if rule.action.note else ''}"
+        elif matches[p] and rule.id == winner_id:
             status = WINNER
-        elif in_engine and p in considered:
-            status = FALLBACK
-        elif in_engine:
-            status, detail = CUT, f"after rule '{cut_by}' (stop: true)"
-        elif not cond_ok:
+        elif matches[p] and p in considered:
+            status = FALLBACK if ps.arbitration == "first" else CANDIDATE
+        elif matches[p]:
+            cut = ps.rules[ended_by] if ended_by is not None else None
+            if cut is not None and cut.suppresses:
+                status, detail = CUT_SUPPRESSED, f"after suppression rule '{cut.id}'"
+            else:
+                status, detail = CUT, f"after rule '{cut.id if cut else '?'}' (stop: true)"
+        elif not c["rule_valid"]:
+            status, detail = RULE_NOT_VALID, f"the rule is valid {rule.validity()}, decision date {day}"
+        elif not c["cond"]:
             status, detail = NO_MATCH, first_failure(rule.conditions, cols) or ""
-        elif not elig_ok:
+        elif not c["elig"]:
+            offer = ps.offers[rule.offer]
             status, detail = NOT_ELIGIBLE, f"'{offer.id}': {first_failure(offer.eligibility, cols) or ''}"
         else:
+            offer = ps.offers[rule.offer]
             status, detail = NOT_VALID, f"'{offer.id}' is valid {offer.validity()}, decision date {day}"
-        verdicts.append(RuleVerdict(p + 1, rule.id, rule.priority, rule.stage, rule.offer, status, detail))
+        verdicts.append(RuleVerdict(p + 1, rule.id, rule.priority, rule.stage, offer_id, status, detail,
+                                    channel_words(rule), rule.validity(), rule.suppresses))
     recorded = {k: record.get(k) for k in ("offer_id", "rule_id", "channel", "status", "policy_hash")
                 if k in record}
-    return Explanation(str(record.get("subscriber_id", "")), decision, verdicts, day, ps.content_hash, recorded)
+    note = ps.rules[suppressor].action.note if suppressor is not None else None
+    return Explanation(str(record.get("subscriber_id", "")), decision, verdicts, day, ps.content_hash, recorded,
+                       ps.arbitration, ps.rules[suppressor].id if suppressor is not None else None, note)
+
+
+def _tree_decision(ps: PolicySet, record: dict[str, Any], considered: list[int], suppressor: int | None,
+                   day: dt.date) -> dict[str, Any]:
+    """The policy's choice on the condition tree (arbitration `first`; best_value needs the decision engine)."""
+    if suppressor is not None and considered and considered[0] == suppressor:
+        rule = ps.rules[suppressor]
+        return {"offer_id": None, "channel": None, "rule_id": rule.id, "stage": rule.stage,
+                "priority": rule.priority, "status": "suppressed", "note": rule.action.note, "message": None}
+    offers = [p for p in considered if not ps.rules[p].suppresses]
+    if not offers or ps.arbitration != "first":
+        return {}
+    rule = ps.rules[offers[0]]
+    offer = ps.offers[rule.offer]
+    allowed = [ch for ch in offer.channels if ch not in rule.action.exclude_channels]
+    channel = rule.action.channel
+    if channel == PREFERRED:
+        from engine.vocabulary import PREFERRED_TO_CHANNEL
+
+        mapped = PREFERRED_TO_CHANNEL.get(record.get("preferred_channel"))
+        channel = mapped if mapped in allowed else (allowed[0] if allowed else None)
+    message = offer.description
+    if rule.action.message:
+        import numpy as np
+
+        from engine.policy.evaluate import render
+
+        message = str(render(rule.action.message, pd.DataFrame([record]), np.array([0]))[0])
+    return {"offer_id": offer.id, "channel": channel, "rule_id": rule.id, "stage": rule.stage,
+            "priority": rule.priority, "status": "offer", "message": message}
