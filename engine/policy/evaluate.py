@@ -92,6 +92,28 @@ class Evaluation:
         return len(self.matched)
 
 
+@dataclass
+class ChannelTable:
+    """Channel codes per (rule position, preferred-channel code); the last rule row (no rule) is -1."""
+
+    table: np.ndarray
+    row_code: np.ndarray  # row -> preferred-channel code
+    names: list[str]  # channel code -> channel
+
+
+@dataclass
+class FlatCandidates:
+    """Candidates as parallel arrays, in (row, rank) order."""
+
+    evaluation: Evaluation
+    rows: np.ndarray  # row position in the frame
+    rank: np.ndarray  # 0 = the policy winner
+    positions: np.ndarray  # rule position (evaluation order)
+    channel: np.ndarray  # channel code into `channel_names`
+    channel_names: list[str]
+    n_rules: int
+
+
 class PolicyEngine:
     """A policy set compiled to one durable-rules ruleset (unique name per instance)."""
 
@@ -267,6 +289,94 @@ class PolicyEngine:
         out = self.decide(pd.DataFrame([record]), on).iloc[0].to_dict()
         return {k: _plain(v) for k, v in out.items()}
 
+    def flat_candidates(self, frame: pd.DataFrame, on: dt.date | None = None) -> FlatCandidates:
+        """Every considered (rule, channel) per row as flat arrays in (row, rank) order, plus the evaluation.
+
+        The vectorised core of `candidates`: no per-candidate frame is built, so deciding for a million
+        subscribers does not pay for a million-row pandas sort. Rank 0 is the policy winner.
+        """
+        ev = self.evaluate(frame, on)
+        n_rules = len(self.rules)
+        per_class = np.array([len(c) for c in ev.considered], dtype=np.int64)
+        flat = np.fromiter((p for c in ev.considered for p in c), dtype=np.int64, count=int(per_class.sum()))
+        class_start = np.cumsum(per_class) - per_class
+        k = per_class[ev.classes] if ev.n_rows else np.zeros(0, dtype=np.int64)
+        total = int(k.sum())
+        rows = np.repeat(np.arange(ev.n_rows, dtype=np.int64), k)
+        rank = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(k) - k, k)
+        pos = flat[np.repeat(class_start[ev.classes], k) + rank] if total else np.zeros(0, dtype=np.int64)
+        channels = self.channel_table(frame)
+        channel = channels.table[pos, channels.row_code[rows]] if total else np.zeros(0, dtype=np.int64)
+        return FlatCandidates(ev, rows, rank, pos, channel, channels.names, n_rules)
+
+    def channel_table(self, frame: pd.DataFrame) -> ChannelTable:
+        """The channel of every rule for every value of `preferred_channel`, and each row's value code.
+
+        Same semantics as `resolve_channels`, as a lookup: table[rule position, preferred code].
+        """
+        rules = self.rules
+        offers = self.policy_set.offers
+        names: list[str] = []
+        index: dict[str, int] = {}
+
+        def code(channel: str) -> int:
+            if channel not in index:
+                index[channel] = len(names)
+                names.append(channel)
+            return index[channel]
+
+        prefs = list(PREFERRED_TO_CHANNEL)
+        needs_pref = any(r.action.channel == PREFERRED for r in rules)
+        if needs_pref and "preferred_channel" in frame.columns:
+            row_code = pd.Categorical(frame["preferred_channel"].to_numpy(dtype=object), categories=prefs).codes
+            row_code = np.where(row_code < 0, len(prefs), row_code).astype(np.int64)
+        else:
+            row_code = np.full(len(frame), len(prefs), dtype=np.int64)
+        table = np.zeros((len(rules) + 1, len(prefs) + 1), dtype=np.int64)
+        for p, rule in enumerate(rules):
+            offer = offers[rule.offer]
+            for j in range(len(prefs) + 1):
+                if rule.action.channel != PREFERRED:
+                    table[p, j] = code(rule.action.channel)
+                    continue
+                mapped = PREFERRED_TO_CHANNEL[prefs[j]] if j < len(prefs) else None
+                table[p, j] = code(mapped if mapped in offer.channels else offer.channels[0])
+        table[len(rules), :] = -1
+        return ChannelTable(table, row_code, names)
+
+    def reachable(self, frame: pd.DataFrame, attribute: str, values: list[Any],
+                  on: dt.date | None = None) -> np.ndarray:
+        """Per row: whether *some* value of `attribute` among `values` gives the row at least one candidate.
+
+        `frame` need not hold `attribute`. Exact: rows are grouped by their classes on every other rule
+        input (members of a group answer every other test alike), one representative per group is tried
+        with each value, and the answer is broadcast back. Used to skip work that only matters for rows
+        an attribute could bring a candidate to (e.g. churn reasons, whose attributions are slow).
+        """
+        n = len(frame)
+        if n == 0:
+            return np.zeros(0, dtype=bool)
+        others = [plan for plan in self._plans if plan.name != attribute]
+        codes: list[np.ndarray] = []
+        cards: list[int] = []
+        for plan in others:
+            col = prepare_column(plan.name, frame[plan.name])
+            _check_numeric(plan, frame[plan.name], col)
+            code, card = _codes(plan, col)
+            codes.append(code)
+            cards.append(card)
+        if codes:
+            _, first, inverse = _unique_rows(codes, cards, n)
+        else:
+            first, inverse = np.zeros(1, dtype=np.int64), np.zeros(n, dtype=np.int64)
+        needed = sorted((self.policy_set.required_columns | {p.name for p in self._plans}) - {attribute})
+        reps = frame.iloc[first][[c for c in needed if c in frame.columns]].reset_index(drop=True)
+        trial = pd.concat([reps.assign(**{attribute: v}) for v in values], ignore_index=True)
+        ev = self.evaluate(trial, on)
+        has_class = np.array([bool(c) for c in ev.considered] or [False], dtype=bool)
+        has = has_class[ev.classes].reshape(len(values), len(first)).any(axis=0)
+        return has[inverse]
+
     def candidates(self, frame: pd.DataFrame, on: dt.date | None = None) -> pd.DataFrame:
         """Every considered (rule, offer, channel) per row, long format, for arbitration.
 
@@ -274,32 +384,16 @@ class PolicyEngine:
         rule_id, offer_id, channel, stage, priority, offer_cost, value_kept, and churn_probability and
         reason when the frame has them. Rows with no matching rule have no candidates.
         """
-        ev = self.evaluate(frame, on)
-        cand_class, cand_rank, cand_pos = [], [], []
-        for c, positions in enumerate(ev.considered):
-            for k, p in enumerate(positions):
-                cand_class.append(c)
-                cand_rank.append(k)
-                cand_pos.append(p)
-        cls = np.asarray(cand_class, dtype=np.int64)
-        order = np.argsort(ev.classes, kind="stable")
-        counts = np.bincount(ev.classes, minlength=ev.n_classes) if ev.n_rows else np.zeros(0, dtype=np.int64)
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]]) if len(counts) else counts
-        lengths = counts[cls] if len(cls) else np.zeros(0, dtype=np.int64)
-        total = int(lengths.sum())
-        offsets = np.repeat(starts[cls] - (np.cumsum(lengths) - lengths), lengths) + np.arange(total)
-        rows = order[offsets] if total else np.zeros(0, dtype=np.int64)
-        which = np.repeat(np.arange(len(cls)), lengths)
-        pos = np.asarray(cand_pos, dtype=np.int64)[which] if total else np.zeros(0, dtype=np.int64)
-        rank = np.asarray(cand_rank, dtype=np.int64)[which] if total else np.zeros(0, dtype=np.int64)
+        fc = self.flat_candidates(frame, on)
         rules = self.rules
         offers = self.policy_set.offers
-        sub = frame.iloc[rows] if total else frame.iloc[:0]
+        rows, pos = fc.rows, fc.positions
         take = _picker(pos)
+        channel_names = np.array([*fc.channel_names, None], dtype=object)
         out = pd.DataFrame({
-            "row": rows, "rank": rank, "rule_id": take([r.id for r in rules]),
+            "row": rows, "rank": fc.rank, "rule_id": take([r.id for r in rules]),
             "offer_id": take([r.offer for r in rules]),
-            "channel": self.resolve_channels(sub, pos),
+            "channel": channel_names[fc.channel],
             "stage": take([r.stage for r in rules]),
             "priority": np.asarray([r.priority for r in rules] + [0], dtype=np.int64)[pos],
             "offer_cost": np.asarray([offers[r.offer].cost for r in rules] + [0.0])[pos],
@@ -310,7 +404,7 @@ class PolicyEngine:
         for col in ("churn_probability", "reason"):  # what arbitration needs next to each candidate
             if col in frame.columns:
                 out[col] = frame[col].to_numpy()[rows]
-        return out.sort_values(["row", "rank"], kind="stable").reset_index(drop=True)
+        return out  # already in (row, rank) order
 
     def matches_offer(self, frame: pd.DataFrame, offer_id: str, on: dt.date | None = None) -> pd.DataFrame:
         """Forward matching: per row, the rules giving `offer_id` that match (offer eligible), if any.

@@ -1,0 +1,312 @@
+"""Per-subscriber work: everything about a subscriber that does not depend on who else is in the run.
+
+`assess` turns raw subscriber rows into an `Assessment`: validated inputs, the model's score (derived
+signals, churn probability, value tier), the risk grade, segments, the churn reason for the rows whose
+decision can depend on it, every policy candidate with its channel, whether contact rules allow it, and
+its expected net value. It is pure per row: the same row gives the same answer alone or in any batch,
+so the front desk, the HTTP service, a Spark executor (`mapInPandas`) and tonight's batch all agree.
+What depends on the whole run (budget, channel capacity, control group) is `constrain`'s job
+(engine/decision/constrain.py), which takes explicit state.
+
+Capacity-based risk grades (`risk_grades.capacity_high`) are the one run-level input to per-row work,
+because grades decide which rules match. They are handled as probability cut-offs held in the run's
+state: the top `capacity_high` probabilities of a batch fix the 'high' cut-off (ties at the cut-off share
+the grade), and every row is then graded by thresholds. A batch computes the cut-offs from its own rows
+and records them in the state; a single subscriber (or a Spark partition) is graded with cut-offs
+passed in. Without cut-offs, capacity grading ranks within the rows given, as it always has.
+
+Why only some rows are explained: attributions cost ~30-70 us a row, the slow part of a run. A row's
+reason is computed when its risk grade is in `explain_risk_grades` *and* some value of the reason
+would give it at least one candidate (the policy engine answers that exactly per class of rule inputs,
+`PolicyEngine.reachable`); for every other row the reason cannot change the decision, and is 'none'.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from engine.config import RiskGrades, Settings
+from engine.data.schema import ID, LABEL_COLUMNS
+from engine.decision.arbitration import acceptance_rate, preference_order
+from engine.decision.contact import blocked_reasons, read_history
+from engine.decision.validate import validate_rows
+from engine.model.churn import PROBABILITY
+from engine.model.registry import LoadedModel
+from engine.model.segments import is_prepaid, lifecycle_stage, need_group, value_tier
+from engine.vocabulary import NO_REASON, OUTBOUND_CHANNELS, REASON_VALUES
+
+if TYPE_CHECKING:
+    from engine.decision.constrain import RunState
+
+ProgressFn = Callable[[str, int, int], None]
+CHUNK_ROWS = 200_000
+REASON_COLUMNS = ("reason", "reason_share", "reason_signal")
+
+
+@dataclass
+class Assessment:
+    """The per-subscriber half of a decision run.
+
+    `scored`: one row per subscriber (positions 0..n-1, RangeIndex): inputs, derived signals, churn
+    probability, risk grade, value tier, lifecycle stage, need group, prepaid flag, reason.
+    `candidates`: one row per (subscriber, considered rule), in (row, rank) order; rank 0 is the policy
+    winner. Columns: row, subscriber_id, rank, rule_id, offer_id, channel, stage, priority, offer_cost,
+    value_kept, p_accept, channel_cost, total_cost, expected_saved_value, net_value, contactable (False when
+    the channel is outbound and contact rules block the subscriber). This flat frame is what the run-level
+    step allocates over.
+    `matched_rules`: per row, the considered rule ids in evaluation order, comma-joined.
+    `blocked`: per row, why outbound contact is not allowed today ('' when it is).
+    """
+
+    scored: pd.DataFrame
+    candidates: pd.DataFrame
+    matched_rules: np.ndarray
+    blocked: np.ndarray
+    run_date: dt.date
+    settings: Settings
+    policy_engine: Any
+    loaded: LoadedModel
+
+    def __len__(self) -> int:
+        return len(self.scored)
+
+    @property
+    def prefer(self) -> str:
+        """How a subscriber's candidates are ranked: the policy set's `arbitration` mode."""
+        return str(getattr(self.policy_engine.policy_set, "arbitration", "best_value"))
+
+    def best(self) -> np.ndarray:
+        """Per row, the index (into `candidates`) of its best candidate before run-level constraints, or -1.
+
+        Among the contactable candidates with a positive expected net value: the highest net value (ties
+        by priority, then rank) under `arbitration: best_value`, the lowest rank under `first`. This is
+        what the subscriber gets when budget and capacity allow.
+        """
+        c = self.candidates
+        ok = np.flatnonzero(c["contactable"].to_numpy() & (c["net_value"].to_numpy() > 0))
+        out = np.full(len(self.scored), -1, dtype=np.int64)
+        if len(ok) == 0:
+            return out
+        rows = c["row"].to_numpy()[ok]
+        order = preference_order(rows, c["rank"].to_numpy()[ok], c["priority"].to_numpy()[ok],
+                                 c["net_value"].to_numpy()[ok], self.prefer)
+        first = order[np.r_[True, rows[order][1:] != rows[order][:-1]]]
+        out[rows[first]] = ok[first]
+        return out
+
+
+def _chunks(n: int, size: int):
+    for start in range(0, n, size):
+        yield start, min(start + size, n)
+
+
+# ---------------------------------------------------------------------------------------------
+# Risk grades
+# ---------------------------------------------------------------------------------------------
+def capacity_cutoffs(probability: np.ndarray, grades: RiskGrades) -> tuple[float, float]:
+    """The probability cut-offs that make the top `capacity_high` rows 'high' and the next
+    `capacity_medium` 'medium' (-inf when the batch is smaller than the capacity)."""
+    assert grades.capacity_high is not None
+    p = np.sort(np.asarray(probability, dtype=float))[::-1]
+    n_high = grades.capacity_high
+    n_medium = n_high + (grades.capacity_medium or 0)
+    high = float(p[n_high - 1]) if len(p) >= n_high else -np.inf
+    medium = float(p[n_medium - 1]) if (grades.capacity_medium and len(p) >= n_medium) else high
+    return high, medium
+
+
+def grade(probability: np.ndarray, settings: Settings, state: RunState | None = None) -> np.ndarray:
+    """Risk grade per row: configured thresholds, or the run's capacity cut-offs (see the module docs)."""
+    p = np.asarray(probability, dtype=float)
+    grades = settings.risk_grades
+    if grades.capacity_high is None:
+        high, medium = grades.high, grades.medium
+    elif state is not None and state.risk_cutoffs is not None:
+        high, medium = state.risk_cutoffs
+    else:
+        high, medium = capacity_cutoffs(p, grades)
+        if state is not None:
+            state.risk_cutoffs = (high, medium)
+    return np.where(p >= high, "high", np.where(p >= medium, "medium", "low")).astype(object)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring
+# ---------------------------------------------------------------------------------------------
+def score_rows(frame: pd.DataFrame, loaded: LoadedModel, settings: Settings, *, source: str = "input",
+               state: RunState | None = None, progress: ProgressFn | None = None,
+               chunk_rows: int = CHUNK_ROWS) -> pd.DataFrame:
+    """Validate once, score with the model in chunks, grade and segment. No reasons yet.
+
+    Returns a new frame (RangeIndex) sharing the input's column data; label columns are dropped.
+    """
+    valid = validate_rows(frame, source=source)
+    labels = {c.name for c in LABEL_COLUMNS}
+    out = valid.copy(deep=False)
+    for col in [c for c in out.columns if c in labels]:
+        del out[col]
+    out.index = pd.RangeIndex(len(out))
+    model = loaded.model
+    total = len(out)
+    parts: list[pd.DataFrame] = []
+    for start, stop in _chunks(total, chunk_rows):
+        parts.append(model.score(out.iloc[start:stop]))
+        if progress:
+            progress("scoring", stop, total)
+    scores = {col: (np.concatenate([p[col].to_numpy() for p in parts]) if len(parts) > 1 else parts[0][col].to_numpy())
+              for col in parts[0].columns}
+    for col in model.derived_columns:
+        out[col] = scores[col]
+    out[PROBABILITY] = scores[PROBABILITY]
+    out["risk_grade"] = grade(scores[PROBABILITY], settings, state)
+    tiers = scores.get("value_tier")
+    if settings.value_tiers.method == "kmeans" and tiers is not None and not pd.isna(tiers).all():
+        out["value_tier"] = np.asarray(tiers, dtype=object)
+    else:
+        out["value_tier"] = value_tier(out["arpu_mean_3m"], settings.value_tiers)
+    out["lifecycle_stage"] = lifecycle_stage(out["tenure_months"], out["data_change"], out["voice_change"],
+                                             settings.lifecycle)
+    out["need_group"] = need_group(out["plan"], out["age_group"])
+    out["is_prepaid"] = is_prepaid(out["plan"])
+    return out
+
+
+def explain_rows(scored: pd.DataFrame, rows: np.ndarray, loaded: LoadedModel, *,
+                 progress: ProgressFn | None = None, chunk_rows: int = CHUNK_ROWS) -> None:
+    """Add reason, reason_share, reason_signal to `scored`: the model's for `rows`, 'none' elsewhere."""
+    n = len(scored)
+    reason = np.full(n, NO_REASON, dtype=object)
+    share = np.zeros(n, dtype=float)
+    signal = np.full(n, "", dtype=object)
+    for start, stop in _chunks(len(rows), chunk_rows):
+        part = rows[start:stop]
+        r = loaded.model.explain(scored.iloc[part])
+        reason[part] = r["reason"].to_numpy(dtype=object)
+        share[part] = r["reason_share"].to_numpy(dtype=float)
+        signal[part] = r["reason_signal"].to_numpy(dtype=object)
+        if progress:
+            progress("reasons", stop, len(rows))
+    scored["reason"] = reason
+    scored["reason_share"] = share
+    scored["reason_signal"] = signal
+
+
+def reason_values(loaded: LoadedModel) -> list[str]:
+    """Every reason the model can give: its reason families and 'none'."""
+    families = list((getattr(loaded.model, "spec", None) or {}).get("reasons", {}) or {})
+    return list(dict.fromkeys([*families, *REASON_VALUES]))
+
+
+def rows_to_explain(scored: pd.DataFrame, policy_engine: Any, settings: Settings, loaded: LoadedModel,
+                    run_date: dt.date) -> np.ndarray:
+    """Rows whose decision can depend on the reason: an explained grade, and a candidate under some reason."""
+    graded = np.flatnonzero(np.isin(scored["risk_grade"].to_numpy(dtype=object), list(settings.explain_risk_grades)))
+    if len(graded) == 0:
+        return graded
+    sub = scored.iloc[graded].drop(columns=[c for c in REASON_COLUMNS if c in scored.columns])
+    reachable = policy_engine.reachable(sub, "reason", reason_values(loaded), run_date)
+    return graded[reachable]
+
+
+# ---------------------------------------------------------------------------------------------
+# Candidates and their value
+# ---------------------------------------------------------------------------------------------
+def _candidates(scored: pd.DataFrame, policy_engine: Any, settings: Settings, blocked: np.ndarray,
+                learned: Mapping[tuple[str, str], float] | None, run_date: dt.date) -> tuple[pd.DataFrame, np.ndarray]:
+    fc = policy_engine.flat_candidates(scored, run_date)
+    rules = policy_engine.rules
+    offers = policy_engine.policy_set.offers
+    rows, pos = fc.rows, fc.positions
+
+    def per_rule(values: list[Any], dtype: Any) -> np.ndarray:
+        return np.asarray(values, dtype=dtype)[pos]
+
+    def categorical(codes: np.ndarray, names: list[str]) -> pd.Categorical:
+        return pd.Categorical.from_codes(codes, categories=pd.Index(names, dtype=object), validate=False)
+
+    rule_ids = [r.id for r in rules]
+    offer_names = list(dict.fromkeys(r.offer for r in rules))
+    offer_code_of_rule = np.array([offer_names.index(r.offer) for r in rules] + [0], dtype=np.int64)
+    stage_names = list(dict.fromkeys(r.stage for r in rules))
+    stage_code_of_rule = np.array([stage_names.index(r.stage) for r in rules] + [0], dtype=np.int64)
+    offer_code = offer_code_of_rule[pos]
+
+    # P(accept | offer, reason) from a small (offer x reason) grid, then looked up per candidate
+    reason_codes, reason_names = pd.factorize(scored["reason"].to_numpy(dtype=object))
+    grid_offer = np.repeat(np.asarray(offer_names, dtype=object), len(reason_names))
+    grid_reason = np.tile(np.asarray(reason_names, dtype=object), len(offer_names))
+    priors = {name: getattr(offers[name], "acceptance", None) or {} for name in offer_names}
+    grid = acceptance_rate(grid_offer, grid_reason, settings.arbitration, learned, priors).reshape(
+        len(offer_names), max(len(reason_names), 1)) if len(reason_names) else np.zeros((len(offer_names), 1))
+    p_accept = grid[offer_code, reason_codes[rows]] if len(rows) else np.zeros(0)
+
+    channel_cost_of = np.array([settings.channels[ch].cost if ch in settings.channels else 0.0
+                                for ch in fc.channel_names] + [0.0], dtype=float)
+    channel_cost = channel_cost_of[fc.channel]
+    offer_cost = per_rule([offers[r.offer].cost for r in rules] + [0.0], float)
+    value_kept = per_rule([offers[r.offer].value_kept for r in rules] + [0.0], float)
+    total_cost = offer_cost + channel_cost
+    saved = (scored[PROBABILITY].to_numpy(dtype=float)[rows] * p_accept * value_kept
+             * settings.arbitration.horizon_months)
+    outbound = np.array([ch in OUTBOUND_CHANNELS for ch in fc.channel_names] + [False], dtype=bool)
+    contactable = ~(outbound[fc.channel] & (blocked[rows] != ""))
+
+    cands = pd.DataFrame({
+        "row": rows,
+        ID: scored[ID].to_numpy(dtype=object)[rows],
+        "rank": fc.rank,
+        "rule_id": categorical(pos, rule_ids),
+        "offer_id": categorical(offer_code, offer_names),
+        "channel": categorical(fc.channel, fc.channel_names),
+        "stage": categorical(stage_code_of_rule[pos], stage_names),
+        "priority": per_rule([r.priority for r in rules] + [0], np.int64),
+        "offer_cost": offer_cost,
+        "value_kept": value_kept,
+        "p_accept": p_accept,
+        "channel_cost": channel_cost,
+        "total_cost": total_cost,
+        "expected_saved_value": saved,
+        "net_value": saved - total_cost,
+        "contactable": contactable,
+    })
+    ev = fc.evaluation
+    matched_text = np.array([",".join(rule_ids[p] for p in c) for c in ev.considered] or [""], dtype=object)
+    matched = matched_text[ev.classes] if ev.n_rows else np.zeros(0, dtype=object)
+    return cands, matched
+
+
+def assess_scored(scored: pd.DataFrame, *, loaded: LoadedModel, policy_engine: Any, settings: Settings,
+                  run_date: dt.date, history: pd.DataFrame | None = None,
+                  learned: Mapping[tuple[str, str], float] | None = None,
+                  progress: ProgressFn | None = None) -> Assessment:
+    """The rest of `assess` for rows already scored and graded (see `score_rows`)."""
+    history = read_history(None) if history is None else history
+    explain_rows(scored, rows_to_explain(scored, policy_engine, settings, loaded, run_date), loaded,
+                 progress=progress)
+    blocked = blocked_reasons(scored[ID], scored["opt_out"], history, run_date, settings.contact).to_numpy()
+    cands, matched = _candidates(scored, policy_engine, settings, blocked, learned, run_date)
+    if progress:
+        progress("policies", 1, 1)
+    return Assessment(scored=scored, candidates=cands, matched_rules=matched, blocked=blocked, run_date=run_date,
+                      settings=settings, policy_engine=policy_engine, loaded=loaded)
+
+
+def assess(frame: pd.DataFrame, *, loaded: LoadedModel, policy_engine: Any, settings: Settings,
+           run_date: dt.date | None = None, history: pd.DataFrame | None = None,
+           learned: Mapping[tuple[str, str], float] | None = None, source: str = "input",
+           state: RunState | None = None, progress: ProgressFn | None = None) -> Assessment:
+    """Everything per subscriber, for one row or millions: validate, score, grade, segment, explain,
+    candidates, contact rules, expected net value. Pure per row.
+
+    `state` is read only for capacity-based risk grades (its `risk_cutoffs`; see the module docs).
+    """
+    run_date = run_date or dt.date.today()
+    scored = score_rows(frame, loaded, settings, source=source, state=state, progress=progress)
+    return assess_scored(scored, loaded=loaded, policy_engine=policy_engine, settings=settings, run_date=run_date,
+                         history=history, learned=learned, progress=progress)

@@ -1,0 +1,170 @@
+"""Run-level constraints: what one subscriber's decision owes to everyone else in the run.
+
+`constrain(assessment, state)` takes the per-subscriber `Assessment` and the run's explicit `RunState`
+(budget left, capacity left per channel, the control group, capacity-grading cut-offs) and decides:
+which candidate each subscriber gets within budget and channel capacity (the round-based allocation of
+engine/decision/arbitration.py), who is held out as control (a stable share of those chosen keeps its
+would-be offer on record but is not contacted), the decision table, the work orders and the summary.
+
+The state is updated in place with what the run used (budget spent, contacts per channel), so a caller
+that keeps a daily allowance - the HTTP service deciding one subscriber at a time - reads back what is
+left. A batch builds its state from the settings (`RunState.from_settings`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from engine.config import ControlGroup, Settings
+from engine.data.schema import ID
+from engine.decision.arbitration import allocate_arrays
+from engine.decision.assess import Assessment
+from engine.decision.contact import control_mask
+from engine.decision.orders import summarise, work_orders
+from engine.vocabulary import STATUS_BLOCKED, STATUS_CONTROL, STATUS_NONE, STATUS_OFFER
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+def new_run_id(now: dt.datetime | None = None) -> str:
+    now = now or dt.datetime.now(dt.UTC)
+    return f"{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class RunState:
+    """What a decision run may still spend, and what it has used.
+
+    budget_left: offer + channel cost still allowed (None: no limit).
+    capacity_left: contacts each channel can still take (None or absent: no limit).
+    control: the control-group share and salt.
+    risk_cutoffs: (high, medium) churn-probability cut-offs when risk grades follow capacity; set by the
+        first batch graded with this state, or passed in so single subscribers are graded like the batch.
+    spent, contacts: what this state has paid for and sent so far (summed over calls).
+    """
+
+    run_id: str = field(default_factory=new_run_id)
+    budget_left: float | None = None
+    capacity_left: dict[str, int | None] = field(default_factory=dict)
+    control: ControlGroup = field(default_factory=ControlGroup)
+    risk_cutoffs: tuple[float, float] | None = None
+    spent: float = 0.0
+    contacts: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, run_id: str | None = None) -> RunState:
+        """A batch run's state: the configured budget, each channel's daily capacity, the control group."""
+        return cls(run_id=run_id or new_run_id(), budget_left=settings.arbitration.budget,
+                   capacity_left={ch: c.daily_capacity for ch, c in settings.channels.items()},
+                   control=settings.control_group)
+
+
+@dataclass
+class Decisions:
+    """A decision run: one row per subscriber, work orders per channel, and the figures a manager reads."""
+
+    run_id: str
+    run_date: dt.date
+    table: pd.DataFrame
+    work_orders: dict[str, pd.DataFrame]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def render_messages(policy_engine: Any, table: pd.DataFrame, positions: np.ndarray, rule_ids: np.ndarray) -> np.ndarray:
+    """The chosen rule's message template rendered for each chosen row (offer description if none)."""
+    from engine.policy.evaluate import render
+
+    out = np.full(len(table), None, dtype=object)
+    offers = policy_engine.policy_set.offers
+    for rule_id in pd.unique(rule_ids):
+        rows = positions[rule_ids == rule_id]
+        rule = policy_engine.policy_set.rule(rule_id)
+        template = rule.action.message
+        out[rows] = render(template, table, rows) if template else offers[rule.offer].description
+    return out
+
+
+def _take(values: pd.Series | pd.Categorical, idx: np.ndarray, n: int, pos: np.ndarray, fill: Any,
+          dtype: Any) -> np.ndarray:
+    out = np.full(n, fill, dtype=dtype)
+    out[pos] = np.asarray(values.take(idx) if isinstance(values, pd.Categorical) else values.to_numpy()[idx],
+                          dtype=dtype)
+    return out
+
+
+def constrain(assessment: Assessment, state: RunState, *, progress: ProgressFn | None = None) -> Decisions:
+    """Allocate within the state's budget and capacity, hold out the control group, build the outputs."""
+    a = assessment
+    scored, cands = a.scored, a.candidates
+    n = len(scored)
+    budget_at_start = state.budget_left
+    rows = cands["row"].to_numpy()
+    contactable = cands["contactable"].to_numpy()
+    open_idx = np.flatnonzero(contactable)
+    channel = cands["channel"].array
+    ids = scored[ID].to_numpy(dtype=object)
+    result = allocate_arrays(
+        row=rows[open_idx], key=ids, channel=channel.codes[open_idx].astype(np.int64),
+        channel_names=[str(c) for c in channel.categories], priority=cands["priority"].to_numpy()[open_idx],
+        rank=cands["rank"].to_numpy()[open_idx], total_cost=cands["total_cost"].to_numpy()[open_idx],
+        net_value=cands["net_value"].to_numpy()[open_idx], n_rows=n, budget=state.budget_left,
+        capacity=state.capacity_left, prefer=a.prefer)
+    chosen = open_idx[result.chosen]
+    if progress:
+        progress("arbitration", 1, 1)
+
+    pos = rows[chosen]
+    status = np.full(n, STATUS_NONE, dtype=object)
+    status[np.unique(rows)] = STATUS_BLOCKED  # eligible, but every candidate removed by contact rules
+    arbitrated = result.status != ""
+    status[arbitrated] = result.status[arbitrated]
+    control = np.zeros(n, dtype=bool)
+    control[pos] = control_mask(pd.Series(ids[pos]), state.control)  # held out from what would be sent
+    status[control] = STATUS_CONTROL
+
+    table = scored.copy(deep=False)
+    winners = np.flatnonzero(cands["rank"].to_numpy() == 0)
+    table["control"] = control
+    table["policy_rule"] = _take(cands["rule_id"].array, winners, n, rows[winners], None, object)
+    table["policy_offer"] = _take(cands["offer_id"].array, winners, n, rows[winners], None, object)
+    table["matched_rules"] = a.matched_rules
+    for col in ("offer_id", "channel", "rule_id", "stage"):
+        table[col] = _take(cands[col].array, chosen, n, pos, None, object)
+    for col in ("priority", "p_accept", "offer_cost", "channel_cost", "expected_saved_value", "net_value"):
+        values = _take(cands[col], chosen, n, pos, 0.0, float)
+        if col in ("offer_cost", "channel_cost"):
+            values[control] = 0.0  # nothing is spent on the control group
+        table[col] = values
+    table["priority"] = table["priority"].astype(int)
+    table["status"] = status
+    table["blocked_reason"] = np.where(status == STATUS_BLOCKED, a.blocked, "").astype(object)
+    table["message"] = render_messages(a.policy_engine, table, pos, table["rule_id"].to_numpy()[pos])
+    table["policy_hash"] = a.policy_engine.policy_set.content_hash
+    table["model_version"] = a.loaded.version or a.loaded.uri
+    table["decision_run"] = state.run_id
+    table["decided_on"] = a.run_date.isoformat()
+
+    offered = status == STATUS_OFFER
+    spent = float(table["offer_cost"].to_numpy()[offered].sum() + table["channel_cost"].to_numpy()[offered].sum())
+    sent = pd.Series(table["channel"].to_numpy()[offered]).value_counts()
+    state.spent += spent
+    if state.budget_left is not None:
+        state.budget_left = max(0.0, state.budget_left - spent)
+    for ch, k in sent.items():
+        state.contacts[str(ch)] = state.contacts.get(str(ch), 0) + int(k)
+        if state.capacity_left.get(str(ch)) is not None:
+            state.capacity_left[str(ch)] = max(0, int(state.capacity_left[str(ch)]) - int(k))
+
+    labels = a.loaded.model.reason_labels if hasattr(a.loaded.model, "reason_labels") else {}
+    orders = work_orders(table, a.settings, state.run_id, a.run_date, labels=labels or a.settings.reason_labels)
+    summary = summarise(table, run_id=state.run_id, run_date=a.run_date,
+                        policy_hash=a.policy_engine.policy_set.content_hash, model_uri=a.loaded.uri,
+                        model_version=a.loaded.version, budget=budget_at_start)
+    return Decisions(run_id=state.run_id, run_date=a.run_date, table=table, work_orders=orders, summary=summary)
