@@ -221,16 +221,23 @@ def simulate(
     out: Annotated[Path | None, typer.Option("--out", help="Folder for simulation.html (charts) and "
                                                            "simulation.json, written atomically.")] = None,
     date: DateOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON instead of tables.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON instead of tables; the last "
+                                                         "line is one object whose offers, channels, status, cost "
+                                                         "and expected_saves mean what they mean in decide's "
+                                                         "summary.json.")] = False,
+    config: Annotated[Path | None, typer.Option("--config", help="Settings YAML (channel costs, acceptance "
+                                                                 "fallback).")] = None,
 ) -> None:
     """Reach, cost and expected saves per rule, offer, channel and segment; with --against, what changes."""
+    from engine.cli.common import settings_for
     from engine.policy.simulate import simulate as run_simulation
     from engine.policy.simulate import write_report
 
     engine = _engine(policies, date)
     baseline = _engine(against, date) if against is not None else None
     frame = _read(input)
-    sim = run_simulation(engine, frame, against=baseline, on=_day(date))
+    engine.policy_set.require_declared(frame.columns)
+    sim = run_simulation(engine, frame, against=baseline, on=_day(date), settings=settings_for(config, None))
     paths = write_report(sim, out) if out is not None else None
     if as_json:
         typer.echo(json.dumps(sim.as_dict(), default=str))

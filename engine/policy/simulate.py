@@ -10,6 +10,15 @@ Figures, per rule, offer, channel and segment (risk_grade x value_tier):
 
 With a baseline (`--against`), each subscriber is decided by both sets: how many change offer (including
 to or from no offer), and the change in cost and in expected saves (this set minus the baseline).
+
+`summary` has the keys and meaning of `retain decide`'s summary.json (`--json` prints it, merged into the
+figures, as the last line): offers (count per offer_id with status offer), channels (offers per channel),
+status (count per status: offer, no_offer, suppressed), cost (offer cost plus the configured channel cost
+of the offers, decide's budget_used) and expected_saves (sum over offers of churn probability x P(accept):
+the offer's acceptance prior from offers.yaml for the subscriber's reason, else the configured prior).
+Until simulate runs the shared decide function, contact rules, the control group, budget, capacity and
+value arbitration are not applied here, so decide's blocked / control / not_worth_it / over_budget /
+over_capacity statuses do not appear.
 """
 
 from __future__ import annotations
@@ -47,9 +56,11 @@ class Simulation:
     transitions: pd.DataFrame | None = None
     baseline_by_offer: pd.DataFrame | None = None
     notes: list[str] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)  # decide's summary.json keys (see module docs)
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
+            **self.summary,
             "subscribers": self.subscribers, "policy_hash": self.policy_hash, "policies": self.policy_root,
             "decided_on": self.decided_on.isoformat(), "totals": self.totals,
             "by_rule": self.by_rule.to_dict(orient="records"), "by_offer": self.by_offer.to_dict(orient="records"),
@@ -60,6 +71,58 @@ class Simulation:
             out["comparison"] = self.comparison
             out["transitions"] = self.transitions.to_dict(orient="records") if self.transitions is not None else []
         return out
+
+
+SUMMARY_KEYS = ("offers", "channels", "status", "cost", "expected_saves")
+
+
+def _suppressed(engine: PolicyEngine, decided: pd.DataFrame) -> np.ndarray:
+    if "status" in decided.columns:
+        return (decided["status"] == "suppressed").to_numpy()
+    ids = {r.id for r in engine.policy_set.rules if r.suppresses}
+    return (decided["rule_id"].isin(ids) & decided["offer_id"].isna()).to_numpy()
+
+
+def acceptance(offer_ids: np.ndarray, reasons: np.ndarray, policy_set: Any, settings: Any) -> np.ndarray:
+    """P(accept | offer, reason): the offer's prior in offers.yaml (per reason, then its default), else the
+    configured prior (engine.config Arbitration.prior_acceptance)."""
+    out = settings.arbitration.prior_acceptance(offer_ids, reasons)
+    for offer_id, offer in policy_set.offers.items():
+        rates = offer.acceptance
+        if not rates:
+            continue
+        is_offer = offer_ids == offer_id
+        if "default" in rates:
+            out[is_offer] = rates["default"]
+        for reason, rate in rates.items():
+            if reason != "default":
+                out[is_offer & (reasons == reason)] = rate
+    return out
+
+
+def summary(engine: PolicyEngine, frame: pd.DataFrame, decided: pd.DataFrame, settings: Any) -> dict[str, Any]:
+    """decide's summary.json figures for what the policy set decides (see the module docs)."""
+    offered = decided["offer_id"].notna().to_numpy()
+    status = np.where(offered, "offer", np.where(_suppressed(engine, decided), "suppressed", "no_offer"))
+
+    def counts(values: Any) -> dict[str, int]:
+        return {str(k): int(v) for k, v in pd.Series(values).value_counts().items()}
+
+    offers = engine.policy_set.offers
+    ids = decided["offer_id"].to_numpy(dtype=object)[offered]
+    channels = decided["channel"].to_numpy(dtype=object)[offered]
+    offer_cost = np.array([offers[i].cost for i in ids], dtype=float)
+    channel_cost = np.array([settings.channels[c].cost if c in settings.channels else 0.0 for c in channels],
+                            dtype=float)
+    reasons = (frame["reason"].to_numpy(dtype=object)[offered] if "reason" in frame.columns
+               else np.full(len(ids), "none", dtype=object))
+    prob = pd.to_numeric(frame["churn_probability"], errors="coerce").fillna(0.0).to_numpy(dtype=float)[offered]
+    p_accept = acceptance(ids, reasons, engine.policy_set, settings)
+    return {
+        "offers": counts(ids), "channels": counts(channels), "status": counts(status),
+        "cost": round(float((offer_cost + channel_cost).sum()), 2),
+        "expected_saves": round(float((prob * p_accept).sum()), 1),
+    }
 
 
 def _outcome(engine: PolicyEngine, frame: pd.DataFrame, on: dt.date) -> pd.DataFrame:
@@ -80,7 +143,13 @@ def _group(out: pd.DataFrame, by: str | list[str], n: int) -> pd.DataFrame:
 
 
 def simulate(engine: PolicyEngine, frame: pd.DataFrame, *, against: PolicyEngine | None = None,
-             on: dt.date | None = None) -> Simulation:
+             on: dt.date | None = None, settings: Any = None) -> Simulation:
+    """Figures of what `engine`'s policy set decides for `frame`; `settings` (default load_settings())
+    gives the channel costs and acceptance fallback of `summary`."""
+    if settings is None:
+        from engine.config import load_settings
+
+        settings = load_settings()
     for need in ("churn_probability", "risk_grade", "value_tier"):
         if need not in frame.columns:
             raise DataError(f"simulate needs column '{need}'", hint="simulate on a scored decisions table")
@@ -111,6 +180,7 @@ def simulate(engine: PolicyEngine, frame: pd.DataFrame, *, against: PolicyEngine
         if out["expected_saves"].sum() > 0 else None,
     }
     sim = Simulation(n, ps.content_hash, ps.root, day, totals, by_rule, by_offer, by_channel, by_segment)
+    sim.summary = summary(engine, frame, out, settings)
     if against is not None:
         base = _outcome(against, frame, day)
         a = out["offer_id"].astype(object).where(out["offer_id"].notna(), NONE)
