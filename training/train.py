@@ -283,7 +283,10 @@ def _log_model(mlflow, client, settings: Settings, model: ChurnModel, raw_train:
     example = raw_train[model.input_columns].head(5).reset_index(drop=True)
     with warnings.catch_warnings():  # MLflow's "integer columns cannot hold missing values" hint: ours never do
         warnings.simplefilter("ignore", UserWarning)
-        signature = infer_signature(example, model.predict(None, example), params=dict(PREDICT_PARAMS))
+        # Input types and which columns may be missing come from the whole training table, not from the
+        # five example rows; `params` declares predict's switches (score, explain) so serving accepts them.
+        signature = infer_signature(raw_train[model.input_columns], model.predict(None, example),
+                                    params=dict(PREDICT_PARAMS))
     with tempfile.TemporaryDirectory() as tmp:
         artifacts = model.save_artifacts(Path(tmp) / "parts")
         ref_path = Path(tmp) / Path(REFERENCE_ARTIFACT).name
