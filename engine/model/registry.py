@@ -175,7 +175,7 @@ class LoadedModel:
         with _as_data_error():
             return self.model.score(df)
 
-    def explain(self, df: pd.DataFrame, features: pd.DataFrame | None = None,
+    def explain(self, df: pd.DataFrame, *, features: pd.DataFrame | None = None,
                 approximate: bool = False) -> pd.DataFrame:
         """reason, reason_share, reason_signal per raw row (see ChurnModel.explain)."""
         with _as_data_error():
