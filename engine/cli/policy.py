@@ -175,7 +175,9 @@ def explain(
     from engine.policy.explain import find_subscriber
 
     engine = _engine(policies, date)
-    record = find_subscriber(_read(input), subscriber, source=str(input))
+    frame = _read(input)
+    engine.policy_set.require_declared(frame.columns)
+    record = find_subscriber(frame, subscriber, source=str(input))
     ex = run_explain(engine, record, _day(date))
     d = ex.decision
     table = Table(title=f"Subscriber {ex.subscriber_id} - policy {ex.policy_hash[:12]}, decision date {ex.decided_on}"
@@ -277,6 +279,7 @@ def match(
 
     engine = _engine(policies, date)
     frame = _read(input)
+    engine.policy_set.require_declared(frame.columns)
     audience = match_offer(engine, frame, offer, _day(date))
     today = int(audience["gets_it_today"].sum())
     console.print(f"offer '{offer}' suits {len(audience):,} of {len(frame):,} subscribers "
