@@ -194,3 +194,33 @@ def test_missing_input_column_is_a_data_error(champion, rows):
 
     with pytest.raises(DataError, match="satisfaction_score"):
         champion.score(rows.drop(columns=["satisfaction_score"]))
+
+
+def test_versions_logged_before_the_portable_code_still_load(trained, champion, champion_dir, rows, tmp_path,
+                                                             monkeypatch):
+    """A version from before (pickled as engine.model.churn.ChurnModel, pipeline state as derived_ only)."""
+    import cloudpickle
+
+    from engine.model.churn import ChurnModel
+    from engine.model.registry import load_model
+
+    old = tmp_path / "old"
+    shutil.copytree(champion_dir, old)
+    shutil.rmtree(old / "code")
+    mlmodel = (old / "MLmodel").read_text()
+    (old / "MLmodel").write_text("\n".join(line for line in mlmodel.splitlines() if line.strip() != "code: code"))
+    assert "code:" not in (old / "MLmodel").read_text()
+    spec_path = old / "artifacts" / "spec.json"
+    spec = json.loads(spec_path.read_text())
+    spec["pipeline"] = {k: spec["pipeline"][k] for k in ("categorical", "numeric", "derive", "derived_")}
+    spec_path.write_text(json.dumps(spec))
+    instance = ChurnModel()
+    del instance.__dict__["_tiers"]  # the attributes the old class had
+    monkeypatch.setattr(ChurnModel, "__module__", "engine.model.churn")
+    (old / "python_model.pkl").write_bytes(cloudpickle.dumps(instance))
+    monkeypatch.undo()
+    assert b"engine.model.churn" in (old / "python_model.pkl").read_bytes()
+
+    loaded = load_model(trained.settings(), str(old))
+    assert type(loaded.model) is ChurnModel
+    pd.testing.assert_frame_equal(loaded.score(rows), champion.score(rows))
