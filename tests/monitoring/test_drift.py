@@ -1,8 +1,9 @@
 """Drift checks: real statistics on the simulator, the status contract, bad input, webhook, MLflow, CLI.
 
-The statistical tests run the library (`run_drift_check`) with a small CatBoost stand-in for the churn
-model, trained here in a second, so they test the check and not the training pipeline. The CLI tests at
-the end train a real registered model (tiny) and run `retain drift` end to end against a SQLite store.
+Everything runs on one tiny real churn model, trained once for this module by the training pipeline
+(`training.train`, the fast settings of tests/conftest.py) and registered in a SQLite store: the library
+tests (`run_drift_check`) score months with it as `retain drift` does, and the CLI tests run `retain drift`
+end to end against the same store.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from engine.config import Drift, RiskGrades
 from engine.data.io import staged_outputs, write_table
-from engine.data.schema import DatasetConfig
+from engine.data.schema import DatasetConfig, validate_subscribers
 from engine.data.simulator import SCENARIOS, generate
 from engine.errors import DataError
 from engine.monitoring.drift import SUMMARY_SCHEMA, run_drift_check, write_report
@@ -31,35 +33,50 @@ REF_ROWS, CUR_ROWS = 3000, 2000   # reference above 1,000 rows: Evidently's dist
 
 
 # ---------------------------------------------------------------------------------------------
-# A stand-in churn model and a scored reference
+# A tiny real churn model, registered, and a scored reference
 # ---------------------------------------------------------------------------------------------
-class StandIn:
-    """A small CatBoost on the raw columns: a score that moves with the inputs the way a model's does."""
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory):
+    """A SQLite store with a tiny model (version 1, alias champion) and months on disk."""
+    from conftest import make_store
 
-    def __init__(self) -> None:
-        from catboost import CatBoostClassifier
+    from engine.model.governance import promote
+    from training import train as train_mod
 
-        train = generate(6000, seed=11)
-        self.model = CatBoostClassifier(iterations=150, depth=4, verbose=0, thread_count=2, random_seed=0,
-                                        allow_writing_files=False)
-        self.model.fit(self._x(train), train["churn"], cat_features=CAT)
+    store = make_store(tmp_path_factory.mktemp("drift_store"))
+    data = store.root / "data"
+    months = {"base": generate(4000, seed=1), "same": generate(2500, seed=2),
+              "drifted": generate(2500, seed=3, scenario="competitor_campaign"),
+              "mechanism": generate(2500, seed=4, scenario="mechanism_change")}
+    files = {name: write_table(df, data / f"{name}.parquet") for name, df in months.items()}
+    settings = store.settings()
+    result = train_mod.train(str(files["base"]), settings=settings, trials=1)
+    promote(settings, str(result.model_version), "champion", reason="drift tests")
+    store.files = files
+    return store
 
-    @staticmethod
-    def _x(df: pd.DataFrame) -> pd.DataFrame:
-        return df[CAT + NUM].assign(**{c: df[c].astype(str) for c in CAT})
+
+class Scorer:
+    """The registered champion, scoring raw simulator months into `churn_probability` as `retain drift` does."""
+
+    def __init__(self, store) -> None:
+        from engine.model.registry import load_model
+
+        self.loaded = load_model(store.settings(), "champion")
+        assert sorted(self.loaded.numeric) == sorted(NUM) and sorted(self.loaded.categorical) == sorted(CAT)
 
     def score(self, df: pd.DataFrame) -> pd.DataFrame:
-        return df.assign(churn_probability=self.model.predict_proba(self._x(df))[:, 1])
+        return df.assign(churn_probability=self.loaded.predict_proba(df))
 
 
 @pytest.fixture(scope="module")
-def standin() -> StandIn:
-    return StandIn()
+def model(registered) -> Scorer:
+    return Scorer(registered)
 
 
 @pytest.fixture(scope="module")
-def reference(standin) -> pd.DataFrame:
-    return standin.score(generate(REF_ROWS, seed=12))
+def reference(model) -> pd.DataFrame:
+    return model.score(generate(REF_ROWS, seed=12))
 
 
 def check(reference: pd.DataFrame, current: pd.DataFrame, **kwargs):
@@ -69,8 +86,8 @@ def check(reference: pd.DataFrame, current: pd.DataFrame, **kwargs):
 # ---------------------------------------------------------------------------------------------
 # Real statistics on the simulator
 # ---------------------------------------------------------------------------------------------
-def test_fresh_sample_of_the_reference_is_healthy(standin, reference):
-    result = check(reference, standin.score(generate(CUR_ROWS, seed=40)))
+def test_fresh_sample_of_the_reference_is_healthy(model, reference):
+    result = check(reference, model.score(generate(CUR_ROWS, seed=40)))
     assert result.status == "healthy" and result.exit_code == 0, result.one_line
     assert result.one_line.startswith("HEALTHY: ")
     assert result.prediction["score"] < 0.1 and result.risk_mix["score"] < 0.1
@@ -81,8 +98,8 @@ def test_fresh_sample_of_the_reference_is_healthy(standin, reference):
 
 
 @pytest.mark.parametrize("scenario", ["competitor_campaign", "network_outage"])
-def test_drifted_month_is_detected_and_moved_features_flagged(standin, reference, scenario):
-    result = check(reference, standin.score(generate(CUR_ROWS, seed=41, scenario=scenario)))
+def test_drifted_month_is_detected_and_moved_features_flagged(model, reference, scenario):
+    result = check(reference, model.score(generate(CUR_ROWS, seed=41, scenario=scenario)))
     moved = set(SCENARIOS[scenario].moved_features)
     assert result.status == "drift" and result.exit_code == 1, result.one_line
     assert moved <= set(result.drifted_features), (moved, result.drifted_features)
@@ -92,8 +109,8 @@ def test_drifted_month_is_detected_and_moved_features_flagged(standin, reference
     assert not result.quality["decayed"]  # inputs moved, but the model still ranks churners
 
 
-def test_mechanism_change_is_caught_as_decay_only_with_labels(standin, reference):
-    month = standin.score(generate(CUR_ROWS, seed=42, scenario="mechanism_change"))
+def test_mechanism_change_is_caught_as_decay_only_with_labels(model, reference):
+    month = model.score(generate(CUR_ROWS, seed=42, scenario="mechanism_change"))
     labelled = check(reference, month)
     assert labelled.status == "decay" and labelled.exit_code == 1, labelled.one_line
     assert labelled.alerts == ["auc"] and labelled.drifted_features == []
@@ -106,19 +123,19 @@ def test_mechanism_change_is_caught_as_decay_only_with_labels(standin, reference
 
 @pytest.mark.parametrize("samples", [pytest.param(4, id="4-samples"),
                                      pytest.param(20, id="20-samples", marks=pytest.mark.slow)])
-def test_at_most_one_false_alarm_in_20_fresh_samples(standin, reference, samples):
+def test_at_most_one_false_alarm_in_20_fresh_samples(model, reference, samples):
     """Independent samples of the reference distribution: at most 1 alarm in 20 (none in the quick 4).
 
     The 20-sample run takes ~35 s on 2 cores (Evidently renders its plots on every run), so it is marked
     slow (`make test-all`); the quick run keeps the guard in `make test`.
     """
-    statuses = [check(reference, standin.score(generate(1500, seed=100 + i))).status for i in range(samples)]
+    statuses = [check(reference, model.score(generate(1500, seed=100 + i))).status for i in range(samples)]
     alarms = [s for s in statuses if s != "healthy"]
     assert len(alarms) <= (1 if samples >= 20 else 0), statuses
 
 
-def test_evidently_auc_matches_summary_and_decay_test_is_in_the_report(standin, reference):
-    result = check(reference, standin.score(generate(CUR_ROWS, seed=42, scenario="mechanism_change")))
+def test_evidently_auc_matches_summary_and_decay_test_is_in_the_report(model, reference):
+    result = check(reference, model.score(generate(CUR_ROWS, seed=42, scenario="mechanism_change")))
     data = result.snapshot.dict()
     roc = [m["value"] for m in data["metrics"] if m["config"]["type"] == "evidently:metric_v2:RocAuc"]
     assert roc and roc[0] == pytest.approx(result.auc_current, abs=1e-6)
@@ -132,8 +149,8 @@ def test_evidently_auc_matches_summary_and_decay_test_is_in_the_report(standin, 
 # ---------------------------------------------------------------------------------------------
 # Contract details
 # ---------------------------------------------------------------------------------------------
-def test_big_current_table_is_sampled_with_a_seed_and_says_so(standin, reference):
-    current = standin.score(generate(4000, seed=43))
+def test_big_current_table_is_sampled_with_a_seed_and_says_so(model, reference):
+    current = model.score(generate(4000, seed=43))
     settings = Drift(sample_rows=1500)
     first, second = check(reference, current, settings=settings), check(reference, current, settings=settings)
     assert first.current_sampling.rows == 4000 and first.current_sampling.rows_used == 1500
@@ -145,8 +162,8 @@ def test_big_current_table_is_sampled_with_a_seed_and_says_so(standin, reference
     assert first.quality["current"]["rows"] == 1500
 
 
-def test_thresholds_come_from_settings(standin, reference):
-    month = standin.score(generate(CUR_ROWS, seed=41, scenario="network_outage"))
+def test_thresholds_come_from_settings(model, reference):
+    month = model.score(generate(CUR_ROWS, seed=41, scenario="network_outage"))
     strict = check(reference, month, settings=Drift(drift_share=0.1))
     assert "features" in strict.alerts
     lenient = check(reference, month, settings=Drift(drift_share=1.0, score_threshold=5, risk_mix_threshold=5))
@@ -154,8 +171,8 @@ def test_thresholds_come_from_settings(standin, reference):
     assert lenient.thresholds["score_threshold"] == 5
 
 
-def test_risk_grades_from_config_or_column(standin, reference):
-    current = standin.score(generate(CUR_ROWS, seed=44))
+def test_risk_grades_from_config_or_column(model, reference):
+    current = model.score(generate(CUR_ROWS, seed=44))
     by_config = check(reference, current, risk_grades=RiskGrades(high=0.6, medium=0.3))
     assert "high >= 0.6" in by_config.risk_mix["source"]
     assert sum(by_config.risk_mix["current"].values()) == pytest.approx(1.0)
@@ -166,21 +183,21 @@ def test_risk_grades_from_config_or_column(standin, reference):
                                                                                                          "low"}
 
 
-def test_outcomes_partly_missing_use_the_labelled_rows(standin, reference):
-    current = standin.score(generate(CUR_ROWS, seed=45))
+def test_outcomes_partly_missing_use_the_labelled_rows(model, reference):
+    current = model.score(generate(CUR_ROWS, seed=45))
     current.loc[current.index[:500], "churn"] = np.nan
     result = check(reference, current)
     assert result.quality["labelled_rows"] == CUR_ROWS - 500
     assert any("500 current rows have no outcome" in n for n in result.notes)
 
 
-def test_small_reference_is_flagged_in_notes(standin, reference):
-    result = check(reference.head(800), standin.score(generate(800, seed=46)))
+def test_small_reference_is_flagged_in_notes(model, reference):
+    result = check(reference.head(800), model.score(generate(800, seed=46)))
     assert any("only 800 rows" in n for n in result.notes)
 
 
-def test_report_files_are_published_together(standin, reference, tmp_path):
-    result = check(reference, standin.score(generate(CUR_ROWS, seed=41, scenario="competitor_campaign")))
+def test_report_files_are_published_together(model, reference, tmp_path):
+    result = check(reference, model.score(generate(CUR_ROWS, seed=41, scenario="competitor_campaign")))
     with staged_outputs(tmp_path / "out") as stage:
         write_report(result, stage)
     files = sorted(p.name for p in (tmp_path / "out").iterdir())
@@ -196,8 +213,8 @@ def test_report_files_are_published_together(standin, reference, tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Bad input: one line naming the problem
 # ---------------------------------------------------------------------------------------------
-def test_bad_input_is_refused_with_the_column_named(standin, reference):
-    current = standin.score(generate(500, seed=47))
+def test_bad_input_is_refused_with_the_column_named(model, reference):
+    current = model.score(generate(500, seed=47))
     with pytest.raises(DataError, match=r"current table lacks column\(s\) present in the reference: 'region', "
                                         r"'arpu_m0'"):
         check(reference, current.drop(columns=["arpu_m0", "region"]))
@@ -209,12 +226,12 @@ def test_bad_input_is_refused_with_the_column_named(standin, reference):
         check(reference, current.iloc[:0])
     with pytest.raises(DataError, match="prediction column 'churn_probability' is missing from the current"):
         check(reference, current.drop(columns=["churn_probability"]))
-    with pytest.raises(DataError, match="outcome column 'churn' must hold 0/1"):
+    with pytest.raises(DataError, match=r"the current table's outcomes: column 'churn': 'maybe' is not yes/no"):
         check(reference, current.assign(churn="maybe"))
 
 
-def test_categorical_booleans_loaded_as_text_still_compare(standin, reference):
-    current = standin.score(generate(CUR_ROWS, seed=48))
+def test_categorical_booleans_loaded_as_text_still_compare(model, reference):
+    current = model.score(generate(CUR_ROWS, seed=48))
     as_text = current.assign(opt_out=current["opt_out"].astype(object).where(current.index > 0, None))
     result = check(reference, as_text)
     assert result.status == "healthy", result.one_line
@@ -256,13 +273,13 @@ def closed_port_url() -> str:
     return f"http://127.0.0.1:{port}/hook"
 
 
-def test_webhook_posts_summary_and_unreachable_one_publishes_nothing(standin, reference, receiver, tmp_path):
+def test_webhook_posts_summary_and_unreachable_one_publishes_nothing(model, reference, receiver, tmp_path):
     from engine.config import Settings
     from engine.monitoring.check import publish
     from engine.monitoring.webhook import WebhookError
 
     url, received = receiver
-    result = check(reference, standin.score(generate(CUR_ROWS, seed=41, scenario="competitor_campaign")))
+    result = check(reference, model.score(generate(CUR_ROWS, seed=41, scenario="competitor_campaign")))
     run = publish(result, Settings(), tmp_path / "ok", webhook=url, log=False)
     assert run.webhook_status == 204 and len(received) == 1
     assert received[0]["type"] == "application/json" and received[0]["json"]["status"] == "drift"
@@ -276,31 +293,14 @@ def test_webhook_posts_summary_and_unreachable_one_publishes_nothing(standin, re
 # ---------------------------------------------------------------------------------------------
 # End to end: a registered model, `retain drift`, MLflow monitoring runs, history
 # ---------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def registered(tmp_path_factory):
-    """A SQLite store with a tiny model (version 1, alias champion) and months on disk."""
-    from conftest import make_store
+def _drift_app():
+    from engine.cli.drift import app
 
-    from engine.model.governance import promote
-    from training import train as train_mod
-
-    store = make_store(tmp_path_factory.mktemp("drift_store"))
-    data = store.root / "data"
-    months = {"base": generate(4000, seed=1), "same": generate(2500, seed=2),
-              "drifted": generate(2500, seed=3, scenario="competitor_campaign"),
-              "mechanism": generate(2500, seed=4, scenario="mechanism_change")}
-    files = {name: write_table(df, data / f"{name}.parquet") for name, df in months.items()}
-    settings = store.settings()
-    result = train_mod.train(str(files["base"]), settings=settings, trials=1)
-    promote(settings, str(result.model_version), "champion", reason="drift tests")
-    store.files = files
-    return store
+    return app
 
 
 def drift_cli(store, *args: str):
-    from engine.cli.drift import app
-
-    return CliRunner().invoke(app, [*args, *store.args()])
+    return CliRunner().invoke(_drift_app(), [*args, *store.args()])
 
 
 def last_line(text: str) -> str:
@@ -346,64 +346,119 @@ def test_cli_reference_file_and_labels_catch_decay(registered, tmp_path):
     # Decay is judged against the training hold-out logged with the model, not against the reference
     # file (here the training table itself, whose in-sample AUC would make any month look decayed).
     assert summary["quality"]["reference_source"].startswith("training hold-out")
+    # The same month with its outcomes spelled yes/no (as a CRM export writes them) is read the same way.
+    words = pd.read_parquet(registered.files["mechanism"])
+    words["churn"] = np.where(words["churn"] == 1, "Yes", "no")
+    words.to_csv(tmp_path / "mechanism_words.csv", index=False)
+    res = drift_cli(registered, "--current", str(tmp_path / "mechanism_words.csv"),
+                    "--reference", str(registered.files["base"]), "--model", "1", "--out", str(tmp_path / "w"),
+                    "--no-log")
+    spelled = json.loads((tmp_path / "w" / "summary.json").read_text())
+    assert res.exit_code == 1 and spelled["status"] == "decay", res.output
+    assert spelled["quality"]["current"]["roc_auc"] == pytest.approx(summary["quality"]["current"]["roc_auc"])
     res = drift_cli(registered, "--current", str(registered.files["same"]), "--reference",
                     str(registered.files["base"]), "--out", str(tmp_path / "s"), "--no-log")
     summary = json.loads((tmp_path / "s" / "summary.json").read_text())
     assert res.exit_code == 0 and not summary["quality"]["decayed"], res.output
 
 
-def test_cli_without_model(registered, tmp_path):
-    res = drift_cli(registered, "--current", str(registered.files["drifted"]),
-                    "--reference", str(registered.files["base"]), "--model", "none", "--out", str(tmp_path / "n"),
-                    "--no-log")
-    summary = json.loads((tmp_path / "n" / "summary.json").read_text())
-    assert res.exit_code == summary["exit_code"], res.output
+def _config(store, tmp_path, **drift) -> list[str]:
+    """The store's options with a settings file that overrides drift thresholds."""
+    cfg = tmp_path / "retain.yaml"
+    cfg.write_text(yaml.safe_dump({**yaml.safe_load(store.config.read_text()), "drift": drift}))
+    return ["--config", str(cfg), "--tracking-uri", store.uri]
+
+
+def test_cli_without_model_alerts_on_drifted_features_and_is_silent_otherwise(registered, tmp_path):
+    # Feature drift alone: competitor_campaign moves 5 of 23 inputs (22%), so alert at a 20% share.
+    args = ["--reference", str(registered.files["base"]), "--model", "none", "--no-log",
+            *_config(registered, tmp_path, drift_share=0.2)]
+    res = CliRunner().invoke(_drift_app(), ["--current", str(registered.files["drifted"]), "--out",
+                                            str(tmp_path / "d"), *args])
+    summary = json.loads((tmp_path / "d" / "summary.json").read_text())
+    assert res.exit_code == 1 and summary["status"] == "drift" and summary["alerts"] == ["features"], res.output
     assert summary["model"] is None and summary["prediction"] is None and summary["risk_mix"] is None
-    # Feature drift alone: the moved inputs are flagged; 5 of 23 stays under the 30% share, so no alert.
     assert set(SCENARIOS["competitor_campaign"].moved_features) <= set(summary["features"]["drifted"])
-    assert summary["status"] == ("drift" if summary["features"]["drifted_share"] >= 0.3 else "healthy")
+    assert summary["features"]["drifted_share"] >= 0.2
+    # A fresh month of the reference's distribution: no feature drifts, no alert.
+    res = CliRunner().invoke(_drift_app(), ["--current", str(registered.files["same"]), "--out",
+                                            str(tmp_path / "s"), *args])
+    summary = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert res.exit_code == 0 and summary["status"] == "healthy", res.output
+    assert summary["features"]["drifted"] == [] and summary["alerts"] == []
 
 
-@pytest.mark.parametrize("case", ["missing_column", "dtype", "all_null", "empty", "alias", "no_file", "webhook"])
+def test_cli_custom_table_without_model_is_checked_by_dtype(registered, tmp_path):
+    """A table that is not the subscriber schema is not validated against it: roles come from dtypes."""
+    rng = np.random.default_rng(5)
+
+    def month(n: int, fee: float) -> pd.DataFrame:
+        return pd.DataFrame({"account": [f"A{i}" for i in range(n)], "monthly_fee": rng.normal(fee, 5, n),
+                             "tenure": rng.integers(-3, 100, n), "segment": rng.choice(["x", "y", "z"], n)})
+
+    write_table(month(2000, 30), tmp_path / "ref.csv")
+    write_table(month(2000, 45), tmp_path / "cur.csv")
+    res = drift_cli(registered, "--current", str(tmp_path / "cur.csv"), "--reference", str(tmp_path / "ref.csv"),
+                    "--model", "none", "--out", str(tmp_path / "c"), "--no-log")
+    summary = json.loads((tmp_path / "c" / "summary.json").read_text())
+    assert res.exit_code == 1 and summary["status"] == "drift", res.output
+    assert set(summary["features"]["columns"]) == {"monthly_fee", "tenure", "segment"}  # the id is left out
+    assert summary["features"]["drifted"] == ["monthly_fee"]
+
+
+@pytest.mark.parametrize("case", ["missing_column", "dtype", "all_null", "out_of_range", "empty", "alias",
+                                  "no_file", "webhook", "bad_reference"])
 def test_cli_bad_input_exit_2_one_line_no_report(registered, tmp_path, case):
     from mlflow import MlflowClient
 
     base = pd.read_parquet(registered.files["same"])
     current = tmp_path / "current.parquet"
     args: list[str] = []
-    expected = {
-        "missing_column": "lacks column(s) present in the reference: 'complaints_3m'",
-        "dtype": "'tenure_months' (reference numbers, current text)",
-        "all_null": "entirely empty column(s) 'balance'",
-        "empty": "has no rows",
-        "alias": "no version of model 'churn' has alias 'nope'",
-        "no_file": "does not exist",
-        "webhook": "is unreachable",
-    }[case]
     frame = {
         "missing_column": base.drop(columns=["complaints_3m"]),
         "dtype": base.assign(tenure_months=base["tenure_months"].astype(str) + " months"),
         "all_null": base.assign(balance=np.nan),
+        "out_of_range": base.assign(satisfaction_score=42.0),
         "empty": base.iloc[:0],
     }.get(case, base)
     write_table(frame, current)
+    # Bad subscriber rows give exactly the one-line error `retain decide` gives for the same file.
+    schema_cases = ("missing_column", "dtype", "all_null", "out_of_range")
+    expected = _schema_error(frame, str(current)) if case in schema_cases else {
+        "empty": "has no rows",
+        "alias": "no version of model 'churn' has alias 'nope'",
+        "no_file": "does not exist",
+        "webhook": "is unreachable",
+        "bad_reference": "column 'region'",
+    }[case]
     if case == "alias":
         args = ["--model", "nope"]
     if case == "no_file":
         current = tmp_path / "missing.parquet"
     if case == "webhook":
         args = ["--webhook", closed_port_url()]
+    if case == "bad_reference":  # a reference *file* is validated too
+        write_table(base.assign(region=None), tmp_path / "reference.parquet")
+        args = ["--reference", str(tmp_path / "reference.parquet")]
+        expected = _schema_error(base.assign(region=None), str(tmp_path / "reference.parquet"))
     client = MlflowClient(tracking_uri=registered.uri)
     runs_before = _monitoring_runs(client)
     out = tmp_path / "out"
     res = drift_cli(registered, "--current", str(current), "--out", str(out), *args)
     assert res.exit_code == 2, res.output
-    assert expected in res.stderr and res.stderr.startswith("error: ")
+    assert expected in res.stderr and res.stderr.startswith("error: "), (expected, res.stderr)
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert "Traceback" not in res.output
     assert not (out / "report.html").exists() and not (out / "summary.json").exists()
     assert not out.exists() or list(out.iterdir()) == []
     assert _monitoring_runs(client) == runs_before  # a failed check leaves no monitoring run behind
+
+
+def _schema_error(frame: pd.DataFrame, source: str) -> str:
+    """The message `retain decide` (engine.decision.decide) raises for `frame` read from `source`."""
+    with pytest.raises(DataError) as err:
+        validate_subscribers(frame, source=source)
+    return err.value.message
 
 
 def _monitoring_runs(client) -> int:

@@ -146,7 +146,7 @@ def test_missing_columns_and_wrong_types_are_data_errors(sample):
 def test_engines_are_independent(sample):
     a = PolicyEngine(load_policy_set(ROOT / "policies"))
     b = PolicyEngine(load_policy_set(ROOT / "policies"))
-    assert a.ruleset_name != b.ruleset_name != sample.ruleset_name
+    assert len({a.ruleset_name, b.ruleset_name, sample.ruleset_name}) == 3  # pairwise distinct
     frame = synthetic_frame(200, seed=9)
     pd.testing.assert_frame_equal(a.decide(frame, TODAY), b.decide(frame, TODAY))
     a.close()
