@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from typer._click.exceptions import TyperException
 from typer.core import TyperGroup
 
 from engine.errors import RetainError, mask_secrets
@@ -37,8 +38,10 @@ class ErrorGroup(TyperGroup):
             return super().invoke(ctx)
         except RetainError as exc:
             _fail(str(exc), exc.exit_code)
-        except (typer.Exit, typer.Abort, click.exceptions.ClickException, click.exceptions.Exit):
-            raise
+        except (typer.Exit, typer.Abort, TyperException, click.exceptions.ClickException, click.exceptions.Exit):
+            raise  # usage errors and exits: the CLI framework prints and exits as documented
+        except BrokenPipeError:  # the reader went away (`retain ... | head`): nothing to say to anyone
+            raise typer.Exit(141) from None
         except KeyboardInterrupt:
             _fail("interrupted; nothing was published", 130)
         except OSError as exc:
