@@ -89,6 +89,9 @@ class Metrics:
         self.decisions = Counter("retain_decisions_total", "Decisions made, by status", ["status"], registry=reg)
         self.batch_requests = Histogram("retain_decide_batch_requests", "Requests decided per decide call",
                                         buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=reg)
+        self.stage = Histogram("retain_decide_stage_seconds", "Time per decide call: wait (queued), state "
+                               "(history and allowance from the store), decide (decide_frame), answer",
+                               ["stage"], buckets=LATENCY_BUCKETS, registry=reg)
         self.recorded = Counter("retain_recorded_runs_total", "Decision runs written to the decision store",
                                 registry=reg)
         self.reloads = Gauge("retain_reloads", "Model or policy reloads since start", registry=reg,
@@ -250,8 +253,10 @@ def create_app(cfg: ServeConfig | None = None, *, token: str | None = None) -> F
         recorder = Recorder(settings, ledger, flush_seconds=cfg.flush_seconds, store_url=cfg.store,
                             on_written=lambda n: metrics.recorded.inc(n))
 
-        def on_batch(n_requests: int, statuses: dict[str, int]) -> None:
+        def on_batch(n_requests: int, statuses: dict[str, int], seconds: dict[str, float]) -> None:
             metrics.batch_requests.observe(n_requests)
+            for stage, sec in seconds.items():
+                metrics.stage.labels(stage).observe(sec)
             for s, n in statuses.items():
                 metrics.decisions.labels(str(s)).inc(n)
 

@@ -37,6 +37,7 @@ from engine.feedback.store import Store, now_iso
 from engine.feedback.store import outcomes as outcomes_table
 
 BUDGET = "budget"
+RunSpend = tuple[dt.date, str, Mapping[str, float], pd.DataFrame]  # day, decision run, items used, contacts
 CHANNEL_PREFIX = "channel:"
 
 metadata = sa.MetaData()
@@ -140,9 +141,8 @@ class Ledger:
             if len(contacts):
                 self._unwritten_contacts[run_id] = contacts
 
-    def write(self, runs: Iterable[tuple[dt.date, str, Mapping[str, float], pd.DataFrame]]) -> None:
-        """Store the allowance used and the contacts of runs already recorded (one transaction)."""
-        runs = list(runs)
+    def write(self, conn: sa.Connection, runs: Iterable[RunSpend]) -> None:
+        """Add the allowance used and the contacts of `runs` inside the caller's transaction."""
         totals: dict[tuple[str, str], float] = defaultdict(float)
         contacts = []
         for day, _run, items, c in runs:
@@ -151,21 +151,24 @@ class Ledger:
             if len(c):
                 contacts.append(c)
         stamp = now_iso()
-        with self.store.transaction() as conn:
-            for (day, item), v in totals.items():
-                updated = conn.execute(allowance_table.update()
-                                       .where(allowance_table.c.day == day, allowance_table.c.item == item)
-                                       .values(used=allowance_table.c.used + v, updated_at=stamp))
-                if updated.rowcount == 0:
-                    conn.execute(allowance_table.insert().values(day=day, item=item, used=v, updated_at=stamp))
-            if contacts:
-                self.store.insert_frame(conn, contacts_table, pd.concat(contacts, ignore_index=True))
+        for (day, item), v in totals.items():
+            updated = conn.execute(allowance_table.update()
+                                   .where(allowance_table.c.day == day, allowance_table.c.item == item)
+                                   .values(used=allowance_table.c.used + v, updated_at=stamp))
+            if updated.rowcount == 0:
+                conn.execute(allowance_table.insert().values(day=day, item=item, used=v, updated_at=stamp))
+        if contacts:
+            self.store.insert_frame(conn, contacts_table, pd.concat(contacts, ignore_index=True))
+
+    def written(self, runs: Iterable[RunSpend]) -> None:
+        """After the commit: what was unwritten is now part of the stored figures."""
         with self._lock:
-            for (day, item), v in totals.items():
-                self._unwritten[day][item] -= v
-                self._stored.setdefault(day, {})
-                self._stored[day][item] = self._stored[day].get(item, 0.0) + v
-            for _day, run, _items, _c in runs:
+            for day, run, items, _c in runs:
+                key = day.isoformat()
+                for item, v in items.items():
+                    self._unwritten[key][item] -= v
+                    self._stored.setdefault(key, {})
+                    self._stored[key][item] = self._stored[key].get(item, 0.0) + v
                 self._unwritten_contacts.pop(run, None)
 
     # -- contact history ---------------------------------------------------------------------------

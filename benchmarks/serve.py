@@ -1,0 +1,163 @@
+"""Issue target (2 cores): one-subscriber requests to `retain serve`, p99 <= 20 ms at 8 concurrent clients and
+>= 300 decisions/s. Prints p50 / p95 / p99 latency and decisions/s at 1, 8 and 32 concurrent clients.
+
+Localhost only and bounded: the service is started on 127.0.0.1 on a free port, each level runs for at
+most `--seconds` seconds and `--requests` requests, then the service is stopped (SIGTERM, so it drains).
+Without `--config/--tracking-uri` a small model is trained once into a throw-away store (about 30 s).
+Each request decides a different subscriber (a subscriber decided twice a day is blocked the second
+time, which would be a different, cheaper path).
+
+    .venv/bin/python benchmarks/serve.py                       # throw-away store, 1/8/32 clients
+    .venv/bin/python benchmarks/serve.py --seconds 5 --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+LEVELS = (1, 8, 32)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_store(tmp: Path) -> tuple[str, str]:
+    import yaml
+
+    from engine.config import load_settings
+    from engine.data.io import write_table
+    from engine.data.simulator import generate
+    from engine.model.governance import promote
+    from training.train import train
+
+    cfg = tmp / "retain.yaml"
+    cfg.write_text(yaml.safe_dump({"training": {"trials": 2, "folds": 2, "max_iterations": 300,
+                                                "reference_sample_rows": 2000}}))
+    uri = f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}"
+    settings = load_settings(cfg, tracking_uri=uri)
+    data = tmp / "train.parquet"
+    write_table(generate(10_000, seed=1), data)
+    result = train(str(data), settings=settings, trials=2)
+    promote(settings, str(result.model_version), "champion", reason="benchmark")
+    return str(cfg), uri
+
+
+def subscribers(n: int) -> list[dict]:
+    from engine.data.simulator import generate
+
+    df = generate(n, seed=7).drop(columns=["churn", "churn_reason"])
+    return json.loads(df.to_json(orient="records"))
+
+
+async def level(url: str, rows: list[dict], start: int, clients: int, seconds: float, max_requests: int) -> dict:
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    next_row = start
+    deadline = time.perf_counter() + seconds
+
+    async def client(http: httpx.AsyncClient) -> None:
+        nonlocal next_row
+        while time.perf_counter() < deadline and len(latencies) < max_requests and next_row < len(rows):
+            row = rows[next_row]
+            next_row += 1
+            t = time.perf_counter()
+            r = await http.post(url, json={"subscribers": [row]})
+            latencies.append(time.perf_counter() - t)
+            statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(limits=limits, timeout=30) as http:
+        began = time.perf_counter()
+        await asyncio.gather(*(client(http) for _ in range(clients)))
+        wall = time.perf_counter() - began
+    lat = np.array(latencies) * 1000
+    return {"clients": clients, "requests": len(lat), "decisions_per_s": round(len(lat) / wall, 1),
+            "p50_ms": round(float(np.percentile(lat, 50)), 1), "p95_ms": round(float(np.percentile(lat, 95)), 1),
+            "p99_ms": round(float(np.percentile(lat, 99)), 1), "status": statuses, "next_row": next_row}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config")
+    ap.add_argument("--tracking-uri")
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--seconds", type=float, default=10.0, help="time limit per concurrency level")
+    ap.add_argument("--requests", type=int, default=3000, help="request limit per concurrency level")
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.config and args.tracking_uri:
+            cfg, uri = args.config, args.tracking_uri
+        else:
+            print("training a small model into a throw-away store ...", flush=True)
+            cfg, uri = make_store(Path(tmp))
+        port = free_port()
+        env = {**os.environ, "RETAIN_STORE_URL": f"sqlite:///{Path(tmp) / 'serve.db'}", "RETAIN_API_TOKEN": ""}
+        cmd = [sys.executable, "-m", "engine.cli.main", "serve", "--port", str(port), "--workers",
+               str(args.workers), "--config", cfg, "--tracking-uri", uri, "--policies", str(ROOT / "policies")]
+        log = open(Path(tmp) / "serve.log", "w")  # noqa: SIM115 - closed below
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            for _ in range(600):
+                try:
+                    if httpx.get(base + "/readyz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if proc.poll() is not None:
+                    raise SystemExit(Path(tmp, "serve.log").read_text()[-3000:])
+                time.sleep(0.2)
+            rows = subscribers(sum(min(args.requests, 4000) for _ in LEVELS) + 100)
+            start = 0
+            asyncio.run(level(base + "/v1/decisions", rows, len(rows) - 100, 1, 2.0, 50))  # warm-up
+            results = []
+            for clients in LEVELS:
+                r = asyncio.run(level(base + "/v1/decisions", rows, start, clients, args.seconds, args.requests))
+                start = r.pop("next_row")
+                results.append(r)
+                print(json.dumps(r), flush=True)
+            metrics = httpx.get(base + "/metrics").text
+            batches = [line for line in metrics.splitlines() if line.startswith("retain_decide_batch_requests_")
+                       and ("_sum" in line or "_count" in line)]
+            print("decide calls:", "; ".join(batches))
+            stages = {}
+            for line in metrics.splitlines():
+                if line.startswith("retain_decide_stage_seconds_") and ("_sum{" in line or "_count{" in line):
+                    name, value = line.rsplit(" ", 1)
+                    stage = name.split('stage="')[1].split('"')[0]
+                    stages.setdefault(stage, {})["sum" if "_sum{" in name else "count"] = float(value)
+            print("mean ms per decide call:", {k: round(v["sum"] / max(v["count"], 1) * 1000, 1)
+                                               for k, v in stages.items()})
+            at8 = next(r for r in results if r["clients"] == 8)
+            ok = at8["p99_ms"] <= 20 and at8["decisions_per_s"] >= 300
+            print(f"target (8 clients: p99 <= 20 ms and >= 300 decisions/s): {'met' if ok else 'missed'} "
+                  f"(p99 {at8['p99_ms']} ms, {at8['decisions_per_s']} decisions/s)")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            log.close()
+
+
+if __name__ == "__main__":
+    main()
