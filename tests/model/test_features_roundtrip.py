@@ -102,3 +102,46 @@ def test_the_model_speaks_the_engine_vocabulary():
     tiers = ValueTiers.from_dict({"n_clusters": 4, "seed": 0, "mean_": [0, 0, 0], "scale_": [1, 1, 1],
                                   "centers_": np.eye(4, 3).tolist()}).tier_of_cluster()
     assert set(tiers) <= set(vocabulary.VALUE_TIERS)
+
+
+def _reference_transform(pipe: FeaturePipeline, df: pd.DataFrame) -> pd.DataFrame:
+    """The plain pandas formulation of the transform (what the array-built one must equal)."""
+    from engine.model.features import DERIVED, MISSING_CATEGORY
+
+    out = pd.DataFrame(index=df.index)
+    for col in pipe.categorical_features_:
+        out[col] = df[col].astype("string").fillna(MISSING_CATEGORY).astype(str)
+    numeric = df[pipe.numeric].apply(pd.to_numeric, errors="coerce").astype(float)
+    for col in pipe.numeric:
+        out[col] = numeric[col]
+    for feat in DERIVED:
+        if feat.name in pipe.derived_:
+            out[feat.name] = feat.compute(numeric)
+    return out[pipe.feature_names_]
+
+
+def test_transform_types_awkward_inputs_like_plain_pandas(month):
+    """None/NA categories, numbers and flags as categories, nullable and text numbers, one row or many."""
+    cfg = DatasetConfig.builtin()
+    pipe = FeaturePipeline([*cfg.categorical, "tenure_band"], [*cfg.numeric, "flag"]).fit(
+        month.assign(tenure_band=1.5, flag=True))
+    df = generate(400, seed=14).assign(tenure_band=np.where(np.arange(400) % 3, 2.0, np.nan),
+                                       flag=np.arange(400) % 2 == 0)
+    df["plan"] = df["plan"].astype("string")
+    df.loc[[1, 7], "plan"] = pd.NA
+    df.loc[2, "region"] = None
+    df["region"] = df["region"].astype("category")
+    df["complaints_3m"] = df["complaints_3m"].astype("Int64")
+    df.loc[3, "complaints_3m"] = pd.NA
+    df["balance"] = df["balance"].astype(object)
+    df.loc[4, "balance"] = "n/a"
+    df.loc[5, "balance"] = "12.5"
+    df.index = df.index * 3 + 100  # the caller's index is kept
+    for frame in (df, df.iloc[[7]], df.iloc[[0]]):
+        got = pipe.transform(frame)
+        pd.testing.assert_frame_equal(got, _reference_transform(pipe, frame))
+    got = pipe.transform(df)
+    assert got.loc[103, "plan"] == got.loc[106, "region"] == "__missing__"
+    assert got.loc[109, "complaints_3m"] != got.loc[109, "complaints_3m"]  # NaN
+    assert got.loc[115, "balance"] == 12.5 and np.isnan(got.loc[112, "balance"])
+    assert got["flag"].tolist()[:2] == [1.0, 0.0] and got["tenure_band"].iloc[1] == "2.0"
