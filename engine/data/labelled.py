@@ -55,13 +55,19 @@ def binary_target(values: pd.Series, *, source: str, name: str, positive: object
     if values.isna().any():
         raise DataError(f"{source}: target column '{name}' has {int(values.isna().sum())} empty value(s)")
     levels = values.astype(str).str.strip().str.lower().str.replace(r"\.0$", "", regex=True).unique()
-    if len(levels) > 2:
-        raise DataError(f"{source}: target column '{name}' has {len(levels)} classes "
-                        f"({sorted(levels)[:5]}), expected two", hint="churn must be binary")
+    classes = DataError(f"{source}: target column '{name}' has {len(levels)} classes ({sorted(levels)[:5]}), "
+                        "expected two", hint="churn must be binary")
     if positive is not None:
+        if len(levels) > 2:
+            raise classes
         out = (values.astype(str).str.strip().str.lower() == str(positive).strip().lower()).astype(int)
     else:
-        flags = parse_flags(values, name, source, extra_true=TARGET_TRUE_WORDS, extra_false=TARGET_FALSE_WORDS)
+        try:  # yes/no words may be spelled several ways (Yes, y, 1): count classes after parsing them
+            flags = parse_flags(values, name, source, extra_true=TARGET_TRUE_WORDS, extra_false=TARGET_FALSE_WORDS)
+        except DataError:
+            if len(levels) > 2:
+                raise classes from None
+            raise
         if flags.isna().any():
             raise DataError(f"{source}: target column '{name}' has {int(flags.isna().sum())} empty value(s)")
         out = flags.astype(int)

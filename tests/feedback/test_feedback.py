@@ -8,7 +8,12 @@ checks the measured uplift against it.
 from __future__ import annotations
 
 import datetime as dt
+import os
+import shutil
 import sqlite3
+import subprocess
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -166,26 +171,80 @@ def test_recording_a_run_twice_changes_nothing(settings):
     assert again.recorded and store.counts()["decisions"] == 400
 
 
-def test_the_portable_write_path_used_for_other_databases(settings, tmp_path, monkeypatch):
-    """PostgreSQL and others get SQLAlchemy executemany instead of the SQLite driver fast path: run it here."""
-    from engine.feedback.store import Store
+def _postgres_bin() -> Path | None:
+    """The server binaries of Debian's `postgresql` package (initdb is not on PATH there), or of any install."""
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name))
+    return versions[-1].parent if versions else None
 
-    monkeypatch.setattr(Store, "is_sqlite", property(lambda self: False))
-    table, summary, orders = synthetic_run()
-    assert record_run(settings, table, summary, work_orders=orders).recorded
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A throwaway PostgreSQL server for this module: initdb + pg_ctl on a Unix socket in a temporary folder.
+
+    Starts in ~2 s. Skipped, with the reason, only when the server binaries (apt-get install postgresql) or
+    the psycopg driver (pip install "psycopg[binary]") are not installed: both are outside this project.
+    """
+    bindir = _postgres_bin()
+    if bindir is None:
+        pytest.skip("PostgreSQL server not installed (apt-get install postgresql)")
+    pytest.importorskip("psycopg", reason="the PostgreSQL driver psycopg is not installed")
+    folder = Path(tempfile.mkdtemp(prefix="retain-pg-", dir="/tmp"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # the server refuses to run as root: run it as the package's `postgres` user
+        shutil.chown(folder, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data = folder / "data"
+
+    def run(*args: str) -> None:
+        done = subprocess.run([*as_user, *args], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, f"{' '.join(args)}: {done.stderr or done.stdout}"
+
+    run(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "retain", "--no-sync")
+    run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(folder / "server.log"), "-w", "-t", "30",
+        "-o", f"-k {folder} -c listen_addresses='' -c fsync=off", "start")
+    try:
+        run(str(bindir / "createdb"), "-h", str(folder), "-U", "retain", "retain")
+        yield f"postgresql+psycopg://retain@/retain?host={folder}"
+    finally:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
+                       capture_output=True, timeout=60)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_postgresql_store_records_ingests_and_measures(settings, tmp_path, postgres_url):
+    """The non-SQLite write path (SQLAlchemy executemany) and the report's SQL, on a real PostgreSQL server."""
+    from engine.feedback.learning import acceptance_table, flagged_rules
+    from engine.feedback.report import build_report
+
+    store = open_store(settings, url=postgres_url)
+    assert not store.is_sqlite and store.version() == SCHEMA_VERSION
+    table, summary, orders = synthetic_run("PG1")
+    assert record_run(settings, table, summary, work_orders=orders, url=postgres_url).recorded
+    assert not record_run(settings, table, summary, work_orders=orders, url=postgres_url).recorded
+    assert store.counts() == {"decision_runs": 1, "decisions": 400, "work_orders": len(orders), "outcomes": 0}
+    churn = np.where(table["rule_id"] == "rule-a", table["status"] == "control", np.arange(len(table)) % 2 == 0)
     frame = outcomes_for(table, orders, np.zeros(len(table), dtype=bool))
     frame.to_csv(tmp_path / "o.csv", index=False)
-    assert ingest(settings, tmp_path / "o.csv").inserted == 400
-    frame["churned_90d"] = "yes"
-    frame["churned_30d"] = frame["churned_60d"] = "no"
+    assert ingest(settings, tmp_path / "o.csv", url=postgres_url).inserted == 400
+    assert ingest(settings, tmp_path / "o.csv", url=postgres_url).unchanged == 400  # idempotent
+    frame = outcomes_for(table, orders, churn)
     frame.to_csv(tmp_path / "o2.csv", index=False)
-    assert ingest(settings, tmp_path / "o2.csv").updated == 400
-    assert _outcome_rows(settings)["churned_90d"].astype(bool).all()
+    assert ingest(settings, tmp_path / "o2.csv", url=postgres_url).updated == int(churn.sum())
+    stored = store.read(sa.text("SELECT subscriber_id, churned_90d FROM outcomes ORDER BY subscriber_id"))
+    assert stored["churned_90d"].astype(bool).tolist() == churn.tolist()
+    report = build_report(settings, "PG1", url=postgres_url)
+    rules = report.tables["rule_id"].set_index("rule_id")
+    assert rules.loc["rule-a", "uplift"] == 1.0 and rules.loc["rule-a", "verdict"] == "works"
+    assert [f.rule_id for f in report.flagged] == [f.rule_id for f in flagged_rules(settings, url=postgres_url)] \
+        == ["rule-b"]
+    assert set(acceptance_table(settings, url=postgres_url)["offer_id"]) == {"offer_a", "offer_b"}
+    again = record_run(settings, table, summary, work_orders=orders, url=postgres_url, replace=True)
+    assert again.recorded and store.counts()["outcomes"] == 0  # replacing a run drops its outcomes
 
 
-# ---------------------------------------------------------------------------------------------
-# ingest
-# ---------------------------------------------------------------------------------------------
 def test_ingest_is_idempotent_and_updates_late_columns(settings, recorded, tmp_path):
     table, _, orders = recorded
     churn = np.arange(len(table)) % 4 == 0
@@ -350,6 +409,10 @@ def test_flagged_rules_and_reports_without_data(settings, recorded, tmp_path):
     ingest(settings, tmp_path / "o.csv")
     flags = flagged_rules(settings)
     assert [f.rule_id for f in flags] == ["rule-b"]
+    # one computation, one filter: policy validate's warnings are exactly the report's flagged rules
+    from engine.feedback.report import build_report
+
+    assert [f.as_dict() for f in build_report(settings, "all").flagged] == [f.as_dict() for f in flags]
     assert "rule 'rule-b': uplift" in flags[0].line() and "95% CI" in flags[0].line()
 
 
