@@ -354,9 +354,18 @@ def condition_schema() -> dict[str, Any]:
     props["any"] = {"type": "array", "items": {"$ref": "#/$defs/Condition"}, "minItems": 1,
                     "description": "At least one listed condition holds"}
     props["not"] = {"$ref": "#/$defs/Condition", "description": "The condition does not hold"}
-    return {"type": "object", "description": "Conditions on subscriber attributes and engine outputs; "
-                                             "every key must hold.",
-            "properties": props, "additionalProperties": False}
+    value: dict[str, Any] = {"type": ["string", "number", "boolean"]}
+    listed = {"type": "array", "items": value, "minItems": 1}
+    ops = {k: ({"type": "boolean"} if k == "missing" else listed if k in ("in", "not_in") else value)
+           for k in OPERATORS}
+    declared = {"description": "An attribute declared in the policy set's attributes.yaml (checked by "
+                               "`retain policy validate`)",
+                "anyOf": [value, listed, {"type": "object", "properties": ops, "additionalProperties": False,
+                                          "minProperties": 1}]}
+    return {"type": "object", "description": "Conditions on subscriber attributes, engine outputs and declared "
+                                             "attributes; every key must hold.",
+            "properties": props, "patternProperties": {r"^[a-z][a-z0-9_]*$": declared},
+            "additionalProperties": False}
 
 
 def _link_conditions(node: Any) -> Any:
