@@ -566,8 +566,10 @@ def _coverage(ps: PolicySet, conds: list[Condition], can_fire: list[bool],
     grouped: dict[tuple[str, str], list[str]] = {}
     for grade, tier, reason in missing:
         grouped.setdefault((grade, tier), []).append(reason)
-    where = ps.files[0] if ps.files else ps.root
+    last = ps.rules[-1] if ps.rules else None
+    where = last.source if last is not None else (ps.files[0] if ps.files else ps.root)
+    after = f" (hint: add a rule for them, e.g. after rule '{last.id}', the last in evaluation order)" if last else ""
     for (grade, tier), reasons in grouped.items():
         out.append(Finding(where, f"segment risk_grade={grade}, value_tier={tier}: no rule covers reason "
-                                  f"{', '.join(reasons)}", "uncovered-segment"))
+                                  f"{', '.join(reasons)}{after}", "uncovered-segment"))
     return out
