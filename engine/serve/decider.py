@@ -33,7 +33,7 @@ import pandas as pd
 
 from engine.config import Settings
 from engine.data.schema import ID
-from engine.decision.decide import Decisions, decide_frame
+from engine.decision.decide import Decisions, RunState, decide_frame
 from engine.errors import DataError
 from engine.feedback.store import Store, now_iso, open_store
 from engine.model.churn import PROBABILITY
@@ -343,18 +343,22 @@ class Decider:
         history, contacted_today = same_day_history(history, today, settings.contact.max_contacts_30d)
         budget, capacity = self.ledger.left(today)
         t1 = time.perf_counter()
-        run_settings = settings_with_allowance(settings, budget, capacity)
         run_id = new_serve_run_id()
+        # Today's allowance left, and grading by the configured thresholds: with capacity grading configured,
+        # a request's own rows must not set the cut-offs (a lone subscriber would always be "high").
+        state = RunState(run_id=run_id, budget_left=budget, capacity_left=dict(capacity),
+                         control=settings.control_group,
+                         risk_cutoffs=(settings.risk_grades.high, settings.risk_grades.medium))
         decisions = decide_frame(frame, loaded=bundle.loaded, policy_engine=bundle.policy_engine,
-                                 settings=run_settings, run_id=run_id, run_date=today, source="request",
-                                 history=history, learned=bundle.learned)
+                                 settings=settings, run_id=run_id, run_date=today, source="request",
+                                 history=history, learned=bundle.learned, state=state)
         t2 = time.perf_counter()
         table = decisions.table
         if contacted_today:
             limit = table["blocked_reason"].astype(str).str.startswith("contact limit")
             table.loc[limit & table[ID].astype(str).isin(contacted_today), "blocked_reason"] = SAME_DAY_REASON
         decisions.summary["input"] = "retain serve"
-        items = spend_of(table)
+        items = spend_of(state)
         contacts = contacts_of(run_id, today, decisions.work_orders)
         self.ledger.spend(today, items, run_id, contacts)
         self.recorder.submit(decisions, items, contacts)
@@ -372,11 +376,3 @@ class Decider:
     def close(self, timeout: float = 30.0) -> None:
         self._queue.put(_STOP)
         self._thread.join(timeout=timeout)
-
-
-def settings_with_allowance(settings: Settings, budget: float | None, capacity: dict[str, int | None]) -> Settings:
-    """The settings with today's allowance left as the run's budget and channel capacities."""
-    arbitration = settings.arbitration.model_copy(update={"budget": budget})
-    channels = {ch: c.model_copy(update={"daily_capacity": capacity.get(ch, c.daily_capacity)})
-                for ch, c in settings.channels.items()}
-    return settings.model_copy(update={"arbitration": arbitration, "channels": channels})

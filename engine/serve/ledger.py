@@ -33,6 +33,7 @@ import sqlalchemy as sa
 
 from engine.data.schema import ID
 from engine.decision.contact import HISTORY_COLUMNS
+from engine.decision.decide import RunState
 from engine.feedback.store import Store, now_iso
 from engine.feedback.store import outcomes as outcomes_table
 
@@ -64,14 +65,10 @@ def create_tables(store: Store) -> None:
     metadata.create_all(store.engine, checkfirst=True)
 
 
-def spend_of(table: pd.DataFrame) -> dict[str, float]:
-    """Allowance items a decision table uses: cost of its offers, and one contact per offer and channel."""
-    offered = table[table["status"] == "offer"]
-    out: dict[str, float] = {}
-    if len(offered):
-        out[BUDGET] = float((offered["offer_cost"] + offered["channel_cost"]).sum())
-        for ch, n in offered["channel"].value_counts().items():
-            out[CHANNEL_PREFIX + str(ch)] = float(n)
+def spend_of(state: RunState) -> dict[str, float]:
+    """Allowance items a decide call used, as its RunState counted them: cost, and contacts per channel."""
+    out = {BUDGET: float(state.spent)} if state.spent else {}
+    out.update({CHANNEL_PREFIX + ch: float(n) for ch, n in state.contacts.items() if n})
     return out
 
 

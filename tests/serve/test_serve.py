@@ -296,7 +296,8 @@ def test_sigterm_drains_every_decision(trained, month_files, tmp_path):
 
 
 def test_allowance_is_kept_in_the_store_across_restarts(trained, month_files, tmp_path):
-    """Channel capacity is a daily allowance: used up by one process, still used up after a restart."""
+    """Channel capacity is a daily allowance: used up by one process, still used up after a restart; risk grades
+    follow the thresholds even when the batch is configured to grade by capacity."""
     from fastapi.testclient import TestClient
 
     from engine.serve.app import ServeConfig, create_app
@@ -306,6 +307,7 @@ def test_allowance_is_kept_in_the_store_across_restarts(trained, month_files, tm
     cfg["channels"] = {ch: {"cost": c, "daily_capacity": 2} for ch, c in
                        {"vip_manager": 12.0, "outbound_call": 4.0, "voice_bot": 0.4, "sms": 0.05,
                         "app_popup": 0.01, "front_desk": 0.5}.items()}
+    cfg["risk_grades"] = {"capacity_high": 1, "high": 0.5, "medium": 0.25}  # the batch grades by capacity
     cfg_file.write_text(yaml.safe_dump(cfg))
     serve_cfg = ServeConfig(config=str(cfg_file), tracking_uri=trained.uri, store=f"sqlite:///{tmp_path / 's.db'}",
                             policies=str(ROOT / "policies"), poll_seconds=0, flush_seconds=0.05)
@@ -324,6 +326,10 @@ def test_allowance_is_kept_in_the_store_across_restarts(trained, month_files, tm
     assert first and all(n <= 2 for n in first.values()), first
     assert max(first.values()) == 2  # some channel was used up
     with TestClient(create_app(serve_cfg, token="")) as client:  # a restart: what is left comes from the store
-        second = count(client.post("/v1/decisions", json={"subscribers": rows[40:]}).json()["decisions"], {})
+        many = client.post("/v1/decisions", json={"subscribers": rows[40:]}).json()["decisions"]
+        second = count(many, {})
+    # the service grades by thresholds, never by capacity within a request
+    assert [d["risk_grade"] == "high" for d in many] == [d["churn_probability"] >= 0.5 for d in many]
+    assert sum(d["risk_grade"] == "high" for d in many) > 1
     for ch, n in second.items():
         assert first.get(ch, 0) + n <= 2, (first, second)
