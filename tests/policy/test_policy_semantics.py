@@ -465,3 +465,14 @@ def test_declared_example_cases_pass_through_the_engine():
     results = run_cases(PolicyEngine(ps), load_cases(DECLARED, ps, settings=Settings()))
     assert [r.name for r in results if not r.passed] == []
 
+
+
+def test_guide_care_message_threshold_follows_the_priors():
+    """The guide says a care message is worth sending above ~0.17 (SMS) and 0.10 (app): check the arithmetic."""
+    ps, s = load_policy_set(SAMPLE), defaults()
+    care = ps.offers["care_message"]
+    rate = care.acceptance["default"]
+    for channel, shown in (("sms", "0.17"), ("app_popup", "0.10")):
+        threshold = (care.cost + s.channels[channel].cost) / (rate * care.value_kept * s.arbitration.horizon_months)
+        assert f"{threshold:.2f}" == shown
+    assert "about 0.17 by SMS or 0.10 in the app" in GUIDE.read_text()
