@@ -152,7 +152,7 @@ def allocate_arrays(*, row: np.ndarray, key: np.ndarray, channel: np.ndarray, ch
                    dtype=np.int64)
     budget_left = np.inf if budget is None else float(budget)
     status = np.full(n_rows, "", dtype=object)
-    status[np.unique(row)] = NOT_WORTH
+    status[row] = NOT_WORTH
     worth = np.flatnonzero(net_value > 0)
     pref = worth[preference_order(row[worth], rank[worth], priority[worth], net_value[worth], prefer)]
     p_row, p_ch, p_cost = row[pref], channel[pref], total_cost[pref]

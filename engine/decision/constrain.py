@@ -122,7 +122,7 @@ def constrain(assessment: Assessment, state: RunState, *, progress: ProgressFn |
 
     pos = rows[chosen]
     status = np.full(n, STATUS_NONE, dtype=object)
-    status[np.unique(rows)] = STATUS_BLOCKED  # eligible, but every candidate removed by contact rules
+    status[rows] = STATUS_BLOCKED  # eligible, but every candidate removed by contact rules
     arbitrated = result.status != ""
     status[arbitrated] = result.status[arbitrated]
     control = np.zeros(n, dtype=bool)

@@ -23,6 +23,17 @@ from engine.errors import DataError
 
 def _strings(s: pd.Series, nullable: bool) -> np.ndarray | None:
     """The column as an object array of str (None kept where nullable), or None if it is anything else."""
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        cats = s.cat.categories
+        codes = s.cat.codes.to_numpy()
+        if (codes < 0).any() and not nullable:
+            return None
+        if len(cats) and pd.api.types.infer_dtype(cats, skipna=False) != "string":
+            return None
+        values = np.asarray(cats, dtype=object).take(codes)
+        if (codes < 0).any():
+            values[codes < 0] = None
+        return values
     if isinstance(s.dtype, pd.StringDtype):
         if s.isna().any() and not nullable:
             return None

@@ -84,8 +84,10 @@ def test_bad_arbitration_settings_are_refused():
 def test_control_group_is_stable_and_sized():
     ids = pd.Series([f"S{i:07d}" for i in range(20000)])
     a = control_mask(ids, ControlGroup(share=0.1, salt="x"))
-    b = control_mask(ids.sample(frac=1, random_state=1).sort_index(), ControlGroup(share=0.1, salt="x"))
-    assert (a == b).all()
+    shuffled = ids.sample(frac=1, random_state=1)
+    assert not (shuffled.index == ids.index).all()
+    b = control_mask(shuffled, ControlGroup(share=0.1, salt="x"))  # decided in another order...
+    assert (pd.Series(b, index=shuffled.index).reindex(ids.index).to_numpy() == a).all()  # ...same subscribers
     assert 0.09 < a.mean() < 0.11
     assert (control_mask(ids.head(100), ControlGroup(share=0.1, salt="x")) == a[:100]).all()
     assert not (a == control_mask(ids, ControlGroup(share=0.1, salt="y"))).all()
@@ -123,3 +125,72 @@ def test_bad_contact_history_is_one_clear_error(tmp_path):
     with pytest.raises(DataError, match="missing column"):
         read_history(path)
     assert len(read_history(tmp_path / "none.csv")) == 0
+
+
+def random_candidates(n: int, seed: int) -> pd.DataFrame:
+    """1-4 candidates per subscriber over three channels, some not worth sending."""
+    rng = np.random.default_rng(seed)
+    k = rng.integers(1, 5, n)
+    rows = np.repeat(np.arange(n), k)
+    rank = np.arange(len(rows)) - np.repeat(np.cumsum(k) - k, k)
+    cost = rng.choice([0.5, 2.0, 5.0, 20.0], len(rows))
+    return pd.DataFrame({
+        "row": rows, "subscriber_id": [f"S{r:05d}" for r in rows], "rank": rank,
+        "channel": rng.choice(["sms", "outbound_call", "app_popup"], len(rows)),
+        "priority": rng.integers(1, 100, len(rows)), "total_cost": cost,
+        "net_value": rng.normal(5.0, 10.0, len(rows)),
+    })
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("prefer", ["best_value", "first"])
+def test_allocation_guarantees_hold_on_random_candidates(seed, prefer):
+    cands = random_candidates(3000, seed)
+    rng = np.random.default_rng(seed)
+    budget = float(rng.uniform(500, 5000))
+    capacity = {"sms": int(rng.integers(0, 800)), "outbound_call": int(rng.integers(0, 300)), "app_popup": None}
+    result = allocate(cands, budget=budget, capacity=capacity, prefer=prefer)
+    chosen = result[result["arbitration"] == CHOSEN]
+    assert chosen["row"].is_unique and set(result["row"]) == set(cands["row"])
+    assert chosen["total_cost"].sum() <= budget + 1e-9
+    for ch, cap in capacity.items():
+        if cap is not None:
+            assert (chosen["channel"] == ch).sum() <= cap
+    assert (chosen["net_value"] > 0).all()
+    worth = set(cands.loc[cands["net_value"] > 0, "row"])
+    status = result.set_index("row")["arbitration"]
+    assert set(status[~status.index.isin(list(worth))]) <= {"not_worth_it"}
+    assert set(status[status.index.isin(list(worth))]) <= {CHOSEN, OVER_BUDGET, OVER_CAPACITY}
+    assert (status == OVER_BUDGET).any() or (status == OVER_CAPACITY).any(), "constraints bind in this draw"
+
+
+def test_without_constraints_everyone_gets_their_best_candidate():
+    cands = random_candidates(2000, 9)
+    worth = cands[cands["net_value"] > 0]
+    by_value = worth.sort_values(["row", "net_value", "priority"], ascending=[True, False, False])
+    by_value = by_value.groupby("row").head(1)
+    by_rank = worth.sort_values(["row", "rank"]).groupby("row").head(1)
+    for prefer, expected in (("best_value", by_value), ("first", by_rank)):
+        result = allocate(cands, budget=None, capacity={}, prefer=prefer)
+        chosen = result[result["arbitration"] == CHOSEN].set_index("row")
+        assert chosen.index.tolist() == sorted(expected["row"])
+        assert (chosen["rank"] == expected.set_index("row")["rank"].reindex(chosen.index)).all(), prefer
+
+
+def test_density_ties_go_to_the_lower_subscriber_id_whatever_the_row_order():
+    cands = pd.DataFrame({"row": [0, 1, 2], "subscriber_id": ["S3", "S1", "S2"], "rank": [0, 0, 0],
+                          "channel": ["outbound_call"] * 3, "priority": [1, 1, 1], "total_cost": [4.0] * 3,
+                          "net_value": [10.0] * 3})
+    result = allocate(cands, budget=None, capacity={"outbound_call": 1})
+    assert result.loc[result["arbitration"] == CHOSEN, "subscriber_id"].tolist() == ["S1"]
+    assert result.set_index("row").loc[[0, 2], "arbitration"].eq(OVER_CAPACITY).all()  # S3 and S2
+
+
+def test_budget_refusal_falls_back_to_a_cheaper_candidate():
+    # A is the densest and takes most of the budget; B's best no longer fits, its cheaper fallback does
+    cands = pd.DataFrame({"row": [0, 1, 1], "subscriber_id": ["A", "B", "B"], "rank": [0, 0, 1],
+                          "channel": ["sms", "outbound_call", "sms"], "priority": [1, 2, 1],
+                          "total_cost": [60.0, 50.0, 30.0], "net_value": [600.0, 100.0, 20.0]})
+    result = allocate(cands, budget=100.0, capacity={})
+    chosen = result[result["arbitration"] == CHOSEN].set_index("subscriber_id")
+    assert chosen.loc["A", "total_cost"] == 60.0 and chosen.loc["B", "total_cost"] == 30.0

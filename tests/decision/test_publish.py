@@ -1,0 +1,73 @@
+"""Publishing decisions: what is written reads back as what was decided, and a failed run changes nothing."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pandas as pd
+import pytest
+
+from engine.decision.publish import DECISIONS_FILE, ORDERS_DIR, SUMMARY_FILE, write_decisions
+from engine.vocabulary import CHANNELS
+
+
+@pytest.fixture(scope="module")
+def decisions(trained, month_files):
+    from engine.decision.decide import decide_frame
+    from engine.decision.run import load_policy_engine
+    from engine.model.registry import load_model
+
+    settings = trained.settings()
+    return decide_frame(pd.read_parquet(month_files["same"]).head(1500), loaded=load_model(settings, "champion"),
+                        policy_engine=load_policy_engine("policies"), settings=settings, run_id="rt",
+                        run_date=dt.date(2026, 11, 23))
+
+
+def _as_text(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.astype(object).where(frame.notna(), "").astype(str).reset_index(drop=True)
+
+
+def test_decisions_and_work_orders_round_trip(decisions, tmp_path):
+    assert sum(len(o) for o in decisions.work_orders.values()) > 0
+    files = write_decisions(decisions, tmp_path)
+    back = pd.read_parquet(files["decisions"])
+    pd.testing.assert_frame_equal(back, decisions.table.reset_index(drop=True))
+    for channel in CHANNELS:
+        path = tmp_path / ORDERS_DIR / f"{channel}.csv"
+        assert files[channel] == path and path.exists(), "every channel gets a file (header-only when empty)"
+        read = pd.read_csv(path, dtype=str, keep_default_na=False)
+        orders = decisions.work_orders.get(channel)
+        if orders is None:
+            assert len(read) == 0 and "order_id" in read.columns
+            continue
+        assert list(read.columns) == list(orders.columns)
+        pd.testing.assert_frame_equal(read, _as_text(orders))
+    summary = json.loads((tmp_path / SUMMARY_FILE).read_text())
+    assert summary["decision_run"] == "rt" and summary["subscribers"] == len(decisions.table)
+    assert summary["files"]["decisions"] == str(tmp_path / DECISIONS_FILE)
+
+
+def test_a_failed_publication_leaves_the_previous_run_untouched(decisions, tmp_path, monkeypatch):
+    import engine.decision.publish as publish
+
+    write_decisions(decisions, tmp_path)
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    real = publish.write_table
+    calls = []
+
+    def failing(df, path):
+        calls.append(path)
+        if len(calls) == 3:  # the decisions file and one work order were already staged
+            raise OSError("disk full")
+        return real(df, path)
+
+    monkeypatch.setattr(publish, "write_table", failing)
+    other = type(decisions)(run_id="second", run_date=decisions.run_date,
+                            table=decisions.table.assign(decision_run="second"), work_orders=decisions.work_orders,
+                            summary={**decisions.summary, "decision_run": "second"})
+    with pytest.raises(OSError, match="disk full"):
+        write_decisions(other, tmp_path)
+    after = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before, "nothing of the failed run is visible, nothing of the previous run is lost"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".staging")], "no staging folder is left behind"
