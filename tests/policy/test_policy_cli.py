@@ -58,7 +58,7 @@ def test_validate_warnings_and_strict(runner):
     res = run(runner, "validate", "--policies", WARNINGS, "--date", "2026-06-01")
     assert res.exit_code == 0, res.output
     assert "policy.yaml:32: warning: rule 'narrow' never wins" in res.output
-    assert "6 warning(s)" in res.output
+    assert "7 warning(s)" in res.output
     assert run(runner, "validate", "--policies", WARNINGS, "--strict").exit_code == 1
 
 
