@@ -428,6 +428,9 @@ def test_overdue_lists_orders_past_due_without_outcome(settings, recorded, tmp_p
     assert len(overdue_orders(settings, today=due)) == 0  # due today is not overdue
     late = overdue_orders(settings, today=due + dt.timedelta(days=7))
     assert sorted(late["order_id"]) == sorted(orders["order_id"].iloc[: len(orders) // 2])
+    # and listed oldest first, then by channel, highest priority first, order id (what a call centre works down)
+    expected = late.sort_values(["due_date", "channel", "priority", "order_id"], ascending=[True, True, False, True])
+    assert late["order_id"].tolist() == expected["order_id"].tolist()
     assert (late["business_days_overdue"] == 5).all()
 
 
