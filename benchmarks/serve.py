@@ -116,9 +116,10 @@ def main() -> None:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             base = f"http://127.0.0.1:{port}"
-            for _ in range(600):
+            for _ in range(1500):  # every worker started (each loads the model), then ready
+                started = Path(tmp, "serve.log").read_text().count("Application startup complete")
                 try:
-                    if httpx.get(base + "/readyz", timeout=1).status_code == 200:
+                    if started >= args.workers and httpx.get(base + "/readyz", timeout=1).status_code == 200:
                         break
                 except httpx.HTTPError:
                     pass

@@ -27,7 +27,6 @@ import threading
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
-import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
@@ -184,28 +183,34 @@ class Ledger:
              .where(c.c.subscriber_id.in_(ids), c.c.contacted_on >= since))
         with self.store.engine.connect() as conn:
             rows = conn.execute(q).all()
-        stored = pd.DataFrame(rows, columns=[ID, "contacted_on", "channel", "offer_id", "order_id",
-                                             "contacted", "accepted"])
         with self._lock:
-            pending = [p for p in self._unwritten_contacts.values()]
-        parts = [stored]
+            pending = list(self._unwritten_contacts.values())
         wanted = set(ids)
-        for p in pending:
-            p = p[p[ID].isin(wanted)]
-            if len(p):
-                parts.append(p.assign(contacted=None, accepted=None)[stored.columns])
-        frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else stored
-        frame = frame.drop_duplicates("order_id")
-        contacted = frame["contacted"].to_numpy(dtype=object)
-        accepted = frame["accepted"].to_numpy(dtype=object)
-        outcome = np.full(len(frame), "pending", dtype=object)
-        outcome[[a is not None and bool(a) for a in accepted]] = "accepted"
-        outcome[[c is not None and bool(c) and a is not None and not bool(a)
-                 for c, a in zip(contacted, accepted, strict=True)]] = "declined"
-        outcome[[c is not None and not bool(c) for c in contacted]] = "no_answer"
-        out = pd.DataFrame({ID: frame[ID].astype(str).to_numpy(),
-                            "contacted_on": [dt.date.fromisoformat(str(d)[:10]) for d in frame["contacted_on"]],
-                            "channel": frame["channel"].astype(str).to_numpy(),
-                            "offer_id": frame["offer_id"].to_numpy(dtype=object),
-                            "outcome": outcome})
-        return out[list(HISTORY_COLUMNS)]
+        seen = {r[4] for r in rows}
+        rows = [tuple(r) for r in rows]
+        for p in pending:  # decided, not yet written: (subscriber, day, channel, offer, order), outcome unknown
+            for sub, day, ch, offer, order in zip(p[ID], p["contacted_on"], p["channel"], p["offer_id"],
+                                                  p["order_id"], strict=True):
+                if sub in wanted and order not in seen:
+                    rows.append((sub, day, ch, offer, order, None, None))
+        if not rows:
+            return _EMPTY_HISTORY.copy()
+        out = {c: [] for c in HISTORY_COLUMNS}
+        for sub, day, ch, offer, _order, contacted, accepted in rows:
+            out[ID].append(str(sub))
+            out["contacted_on"].append(dt.date.fromisoformat(str(day)[:10]))
+            out["channel"].append(str(ch))
+            out["offer_id"].append(offer)
+            if accepted is not None and bool(accepted):
+                outcome = "accepted"
+            elif contacted is not None and bool(contacted) and accepted is not None:
+                outcome = "declined"
+            elif contacted is not None and not bool(contacted):
+                outcome = "no_answer"
+            else:
+                outcome = "pending"
+            out["outcome"].append(outcome)
+        return pd.DataFrame(out, columns=list(HISTORY_COLUMNS))
+
+
+_EMPTY_HISTORY = pd.DataFrame({c: pd.Series(dtype=object) for c in HISTORY_COLUMNS})
