@@ -161,7 +161,9 @@ def load_training_table(data: str, *, target: str | None = None, id_column: str 
         raise DataError(f"{source}: target column '{cfg.target}' not found",
                         hint="pass --target COLUMN or fix the dataset config")
     y = binary_target(df[cfg.target], source=source, name=cfg.target, positive=cfg.positive_label)
-    frame = cfg.validate_table(df.drop(columns=[c for c in cfg.drop if c in df.columns]), source=source)
+    # validated with the parsed target: a yes/no (or churn/stay) target is valid wherever 0/1 is
+    frame = cfg.validate_table(df.drop(columns=[c for c in cfg.drop if c in df.columns]).assign(
+        **{cfg.target: y.to_numpy()}), source=source)
     if cfg.id_column is None and ID in frame.columns:
         cfg = cfg.model_copy(update={"id_column": ID})
     frame = frame.reset_index(drop=True)

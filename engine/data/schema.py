@@ -128,11 +128,34 @@ def _summarise(errors: pa.errors.SchemaErrors, source: str) -> str:
     return f"{source}: " + "; ".join(kept)
 
 
+def _parse_boolean_columns(df: pd.DataFrame, columns: tuple[Column, ...], source: str) -> pd.DataFrame:
+    """Yes/no text in boolean columns parsed by the shared parser (`engine.data.flags`), before pandera.
+
+    Why: pandera coerces with `astype(bool)`, which reads every non-empty string, "no" and "false" included,
+    as True, and an empty cell as False: a CSV saying opt_out = "no" would silently become an opt-out, an
+    empty one a consent. Real booleans pass untouched; empty cells of a non-nullable column are refused.
+    """
+    from engine.data.flags import parse_flags
+
+    parsed, empty = {}, []
+    for col in columns:
+        if col.kind == "boolean" and col.name in df.columns and not pd.api.types.is_bool_dtype(df[col.name].dtype):
+            flags = parse_flags(df[col.name], col.name, source)
+            missing = int(flags.isna().sum())
+            if missing and not col.nullable:  # pandera would coerce an empty cell to False
+                empty.append(f"column '{col.name}': {missing} empty value(s)")
+            parsed[col.name] = flags.astype(bool) if not missing else flags.astype(object).where(flags.notna(), None)
+    if empty:
+        raise DataError(f"{source}: " + "; ".join(empty), hint="see `retain data schema` for the expected columns")
+    return df.assign(**parsed) if parsed else df
+
+
 def validate_frame(df: pd.DataFrame, columns: tuple[Column, ...], *, source: str,
                    optional: tuple[Column, ...] = ()) -> pd.DataFrame:
     """Validate and coerce `df` against declared columns; raise one DataError naming every problem."""
     if len(df) == 0:
         raise DataError(f"{source}: the table has no rows")
+    df = _parse_boolean_columns(df, (*columns, *optional), source)
     spec = {c.name: _pandera_column(c, True) for c in columns}
     spec.update({c.name: _pandera_column(c, False) for c in optional})
     try:
@@ -196,9 +219,12 @@ class DatasetConfig(BaseModel):
 
     @classmethod
     def builtin(cls) -> DatasetConfig:
-        """Roles of the built-in subscriber schema (what the simulator writes)."""
+        """Roles of the built-in subscriber schema (what the simulator writes).
+
+        No positive label: `churn` is a flag, read by the shared yes/no parser (1/0, yes/no, churn/stay).
+        """
         return cls(
-            name="subscribers", id_column=ID, target=TARGET, positive_label=1, builtin_schema=True,
+            name="subscribers", id_column=ID, target=TARGET, positive_label=None, builtin_schema=True,
             categorical=[c.name for c in SUBSCRIBER_COLUMNS if c.kind in ("categorical", "boolean")],
             numeric=[c.name for c in SUBSCRIBER_COLUMNS if c.kind in ("numeric", "integer")],
             drop=[REASON_LABEL],

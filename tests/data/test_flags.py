@@ -81,3 +81,29 @@ def test_drift_labels_keep_unknown_outcomes_as_missing():
 def test_sqlite_path(url, path):
     got = sqlite_path(url)
     assert (None if got is None else str(got)) == path
+
+
+def test_subscriber_booleans_written_as_words_are_read_as_meant(tmp_path):
+    """pandas' astype(bool) reads "no" as True and an empty cell as False: the schema parses them instead."""
+    from engine.data.schema import validate_subscribers
+    from engine.data.simulator import generate
+
+    month = generate(6, seed=1).assign(opt_out=["no", "YES", "false", "0", "n", "t"],
+                                       competitor_contact=[0, 1, 0, 0, 1, 0])
+    valid = validate_subscribers(month, source="m.csv")
+    assert valid["opt_out"].tolist() == [False, True, False, False, False, True]
+    assert valid["competitor_contact"].tolist() == [False, True, False, False, True, False]
+    with pytest.raises(DataError, match=r"^m\.csv: column 'opt_out': 1 empty value\(s\) \(hint"):
+        validate_subscribers(month.assign(opt_out=["no", None, "no", "no", "no", "no"]), source="m.csv")
+    with pytest.raises(DataError, match=r"m\.csv: column 'opt_out' row 3: 'maybe' is not yes/no"):
+        validate_subscribers(month.assign(opt_out=["no", "maybe", "no", "no", "no", "no"]), source="m.csv")
+
+
+def test_a_training_table_may_spell_its_target_yes_no(tmp_path):
+    from engine.data.labelled import load_training_table
+    from engine.data.simulator import generate
+
+    month = generate(300, seed=2)
+    month.assign(churn=np.where(month["churn"] == 1, "Yes", "No")).to_csv(tmp_path / "words.csv", index=False)
+    table = load_training_table(str(tmp_path / "words.csv"))
+    assert table.target.tolist() == month["churn"].tolist()
