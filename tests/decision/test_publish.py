@@ -58,7 +58,7 @@ def test_a_failed_publication_leaves_the_previous_run_untouched(decisions, tmp_p
 
     def failing(df, path):
         calls.append(path)
-        if len(calls) == 3:  # the decisions file and one work order were already staged
+        if len(calls) == 3:  # the decisions file and two work orders were already staged
             raise OSError("disk full")
         return real(df, path)
 
