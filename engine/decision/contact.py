@@ -76,7 +76,8 @@ def blocked_reasons(subscriber_ids: pd.Series, opt_out: pd.Series, history: pd.D
     reason = np.full(len(ids), "", dtype=object)
     if len(history):
         h = history
-        age = np.array([(today - d).days for d in h["contacted_on"]], dtype=float)
+        contacted = pd.to_datetime(h["contacted_on"]).to_numpy(dtype="datetime64[D]")
+        age = (np.datetime64(today, "D") - contacted).astype(float)  # days since each contact
         recent = h[(age >= 0) & (age < 30) & h["channel"].isin(list(OUTBOUND_CHANNELS)).to_numpy()]
         counts = recent.groupby(ID).size()
         n = pd.Series(ids).map(counts).fillna(0).to_numpy()
