@@ -53,6 +53,13 @@ def roc_auc(y: np.ndarray, p: np.ndarray) -> float:
     return float(roc_auc_score(y, p))
 
 
+def pr_auc(y: np.ndarray, p: np.ndarray) -> float:
+    """Area under the precision-recall curve (average precision): what ranking is worth at a 15-30% churn rate."""
+    from sklearn.metrics import average_precision_score
+
+    return float(average_precision_score(np.asarray(y, dtype=int), p))
+
+
 def auc_standard_error(auc: float, n_pos: int, n_neg: int) -> float:
     """Hanley & McNeil (1982) standard error of a ROC AUC: how far a sample's AUC moves by chance."""
     q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
@@ -65,10 +72,10 @@ def probability_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
 
     `y` must hold both classes (callers check: with one class there is nothing to rank).
     """
-    from sklearn.metrics import average_precision_score, brier_score_loss, log_loss
+    from sklearn.metrics import brier_score_loss, log_loss
 
     y = np.asarray(y, dtype=int)
     p = clip_probabilities(p)
-    return {"roc_auc": roc_auc(y, p), "pr_auc": float(average_precision_score(y, p)),
+    return {"roc_auc": roc_auc(y, p), "pr_auc": pr_auc(y, p),
             "log_loss": float(log_loss(y, p, labels=[0, 1])), "brier": float(brier_score_loss(y, p)),
             "ece": expected_calibration_error(y, p)}
