@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 import yaml
@@ -333,3 +334,55 @@ def test_allowance_is_kept_in_the_store_across_restarts(trained, month_files, tm
     assert sum(d["risk_grade"] == "high" for d in many) > 1
     for ch, n in second.items():
         assert first.get(ch, 0) + n <= 2, (first, second)
+
+
+def test_history_from_the_store_feeds_the_contact_rules(tmp_path):
+    """A declined offer recorded as an outcome starts the cool-down; a contact today blocks a second one."""
+    import datetime as dt
+
+    from engine.config import ContactRules
+    from engine.decision.contact import blocked_reasons
+    from engine.feedback.store import open_store
+    from engine.serve.decider import SAME_DAY_REASON, same_day_history
+    from engine.serve.ledger import Ledger, contacts_of
+
+    store = open_store(url=f"sqlite:///{tmp_path / 'h.db'}")
+    ledger = Ledger(store, budget=10.0, capacity={"sms": 3, "app_popup": None})
+    today = dt.date(2026, 11, 24)
+    with store.transaction() as c:
+        for run, day, sub in (("r1", "2026-11-10", "A"), ("r2", "2026-11-24", "B")):
+            c.execute(sa.text("INSERT INTO decision_runs (decision_run, decided_on, recorded_at, subscribers, offers, "
+                              "control) VALUES (:r, :d, :d, 1, 1, 0)"), {"r": run, "d": day})
+            c.execute(sa.text("INSERT INTO decisions (decision_run, subscriber_id, status, control) "
+                              "VALUES (:r, :s, 'offer', 0)"), {"r": run, "s": sub})
+        c.execute(sa.text("INSERT INTO outcomes (decision_run, subscriber_id, contacted, accepted, ingested_at) "
+                          "VALUES ('r1', 'A', 1, 0, 'x')"))
+        orders = {"sms": pd.DataFrame({"order_id": ["r1-1"], "subscriber_id": ["A"], "offer_id": ["discount_15"]})}
+        ledger.write(c, [(dt.date(2026, 11, 10), "r1", {"budget": 4.0, "channel:sms": 1},
+                          contacts_of("r1", dt.date(2026, 11, 10), orders))])
+        orders = {"app_popup": pd.DataFrame({"order_id": ["r2-1"], "subscriber_id": ["B"], "offer_id": ["bonus_data"]})}
+        ledger.write(c, [(today, "r2", {"budget": 4.0, "channel:app_popup": 1}, contacts_of("r2", today, orders))])
+    # decided but not yet written: seen by the next decision all the same
+    ledger.spend(today, {"budget": 3.0, "channel:sms": 2}, "r3",
+                 contacts_of("r3", today, {"sms": pd.DataFrame({"order_id": ["r3-1"], "subscriber_id": ["C"],
+                                                                "offer_id": ["care_message"]})}))
+    assert ledger.left(today) == (3.0, {"sms": 1, "app_popup": None})
+    history = ledger.history(["A", "B", "C", "D"], today, 30)
+    assert dict(zip(history["subscriber_id"], history["outcome"], strict=True)) == {
+        "A": "declined", "B": "pending", "C": "pending"}
+    padded, today_ids = same_day_history(history, today, max_contacts_30d=2)
+    assert today_ids == {"B", "C"}
+    ids = pd.Series(["A", "B", "C", "D"])
+    reasons = blocked_reasons(ids, pd.Series([False] * 4), padded, today, ContactRules())
+    assert reasons[0].startswith("cool-down")
+    assert reasons[1].startswith("contact limit") and reasons[2].startswith("contact limit")  # shown as SAME_DAY_REASON
+    assert reasons[3] == ""
+    assert SAME_DAY_REASON == "already contacted today"
+
+
+def test_cli_refuses_a_missing_model_in_one_line(trained, runner):
+    from engine.cli.main import app
+
+    res = runner.invoke(app, ["serve", "--model", "99", *trained.args()])
+    assert res.exit_code == 2
+    assert "no version 99" in res.output and "Traceback" not in res.output
