@@ -276,11 +276,12 @@ def test_sigterm_drains_every_decision(trained, month_files, tmp_path):
     """Nothing is written before shutdown (long flush interval); SIGTERM must still record every decision."""
     srv = Server(tmp_path, trained, extra=["--flush-seconds", "120", "--poll-seconds", "0"])
     try:
-        answered = []
+        answered, decided = [], []
         for i in range(6):
             r = srv.post(rows_of(month_files["same"], 1000 + 10 * i, 10))
             assert r.status_code == 200
             answered += [d["decision_id"] for d in r.json()["decisions"]]
+            decided += r.json()["decisions"]
         assert srv.ready()["recorder"]["written_decisions"] == 0
     finally:
         code = srv.stop()
@@ -294,6 +295,20 @@ def test_sigterm_drains_every_decision(trained, month_files, tmp_path):
     assert stored == set(answered)
     assert allowance > 0
     assert "60 decisions recorded" in srv.log.read_text()
+
+    # outcomes ingest against service decisions like against batch runs: by order id, or run + subscriber
+    from engine.feedback.ingest import ingest
+
+    offer = next(d for d in decided if d["order_id"])
+    other = next(d for d in decided if not d["order_id"])
+    pd.DataFrame([
+        {"order_id": offer["order_id"], "contacted": "yes", "accepted": "no", "churned_30d": "no"},
+        {"subscriber_id": other["subscriber_id"], "decision_run": other["decision_run"], "contacted": "no",
+         "accepted": "no", "churned_30d": "yes"},
+    ]).to_csv(tmp_path / "outcomes.csv", index=False)
+    result = ingest(trained.settings(), tmp_path / "outcomes.csv", url=f"sqlite:///{srv.db}", strict=True)
+    with engine.connect() as c:
+        assert c.execute(sa.text("SELECT count(*) FROM outcomes")).scalar() == 2, result
 
 
 def test_allowance_is_kept_in_the_store_across_restarts(trained, month_files, tmp_path):
