@@ -233,6 +233,7 @@ class Recorder:
                     record_runs(store, conn, [d for d, _i, _c in batch])
                     self.ledger.write(conn, runs)
                 self.ledger.written(runs)
+                self._refresh()  # other workers' spending, also when a steady load never leaves the queue empty
                 self.written_runs += len(batch)
                 self.written_decisions += sum(len(d.table) for d, _i, _c in batch)
                 self.last_error = None
