@@ -41,6 +41,7 @@ def child_predict(store: str, data: str) -> None:
     """Reference: read the rows, load the model, predict (what any scorer must do at least)."""
     from engine.config import load_settings
     from engine.data.io import read_table
+    from engine.decision.run import decide_file  # noqa: F401  (the same imports as the decide child, untimed)
     from engine.model.registry import load_model
 
     settings = load_settings(tracking_uri=f"sqlite:///{store}/mlflow.db")
