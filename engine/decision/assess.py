@@ -117,7 +117,8 @@ def capacity_cutoffs(probability: np.ndarray, grades: RiskGrades) -> tuple[float
     n_high = grades.capacity_high
     n_medium = n_high + (grades.capacity_medium or 0)
     high = float(p[n_high - 1]) if len(p) >= n_high else -np.inf
-    medium = float(p[n_medium - 1]) if (grades.capacity_medium and len(p) >= n_medium) else high
+    medium = -np.inf if len(p) < n_medium else float(p[n_medium - 1])
+    medium = high if not grades.capacity_medium else medium  # no medium grade without a medium capacity
     return high, medium
 
 

@@ -125,3 +125,17 @@ def test_fast_validation_returns_what_the_schema_returns(batch_20k):
     dup = pd.concat([batch_20k.head(3), batch_20k.head(1)], ignore_index=True)
     with pytest.raises(DataError, match="duplicate ids"):
         validate_rows(dup)
+
+
+@pytest.mark.parametrize(("high", "medium"), [(100, 200), (100, None), (900, 300), (2000, 5)])
+def test_capacity_cutoffs_grade_a_batch_as_ranking_does(high, medium):
+    from engine.config import RiskGrades, Settings
+    from engine.decision.assess import grade
+    from engine.decision.constrain import RunState
+    from engine.model.segments import risk_grade
+
+    p = np.random.default_rng(1).uniform(size=1000)
+    grades = RiskGrades(capacity_high=high, capacity_medium=medium)
+    state = RunState()
+    assert (grade(p, Settings(risk_grades=grades), state) == risk_grade(p, grades)).all()
+    assert (grade(p[:7], Settings(risk_grades=grades), state) == grade(p, Settings(risk_grades=grades))[:7]).all()
