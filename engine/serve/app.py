@@ -301,6 +301,12 @@ def create_app(cfg: ServeConfig | None = None, *, token: str | None = None) -> F
         decider = parts.get("decider")
         if decider is None:
             return JSONResponse({"error": "not ready"}, status_code=503)
+        problems = [{"field": f"subscribers[{i}].{k}", "problem": "must be a single value (text, number, "
+                     "true/false or null)"}
+                    for i, r in enumerate(body.subscribers) for k, v in (r.model_extra or {}).items()
+                    if not (v is None or isinstance(v, str | int | float | bool))]
+        if problems:
+            return JSONResponse({"error": "invalid request", "detail": problems[:20]}, status_code=422)
         frame = pd.DataFrame([r.model_dump() for r in body.subscribers])
         try:
             rows = await asyncio.wrap_future(decider.submit(frame))

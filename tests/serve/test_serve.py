@@ -165,6 +165,7 @@ def _clean(text: str, server) -> None:
     (lambda r: r.update(arpu_m0=-5), "subscribers[0].arpu_m0", "greater than or equal"),
     (lambda r: r.update(plan="gold"), "subscribers[0].plan", "prepaid_basic"),
     (lambda r: r.update(tenure_months=3.5), "subscribers[0].tenure_months", "integer"),
+    (lambda r: r.update(household={"size": 3}), "subscribers[0].household", "single value"),
 ])
 def test_bad_rows_are_422_naming_the_field(server, month_files, change, field, words):
     row = rows_of(month_files["same"], 200, 1)[0]
