@@ -48,6 +48,7 @@ def serve_cmd(
     import uvicorn
 
     from engine.decision.run import load_policy_engine
+    from engine.feedback.store import open_store
     from engine.model.registry import _resolve_version, connect, model_uri
     from engine.serve.app import CONFIG_ENV, ServeConfig, create_app
 
@@ -55,6 +56,7 @@ def serve_cmd(
     policy_dir = policies or Path(settings.policy_dir)
     load_policy_engine(policy_dir).close()  # a broken policy set stops here, in one line
     _resolve_version(connect(settings), settings, model_uri(settings, model))  # so does a missing model
+    open_store(settings, url=store)  # and a decision store that cannot be opened
     cfg = ServeConfig(config=str(config) if config else None, tracking_uri=tracking_uri, store=store, model=model,
                       policies=str(policy_dir), learned=learned, poll_seconds=poll_seconds,
                       flush_seconds=flush_seconds, max_body_bytes=max_body_bytes)
