@@ -233,7 +233,7 @@ def render_report(report: Any, out: Console | None = None, *, rows: int = 20) ->
         if key == "overall" or len(df) == 0:
             continue
         table = Table(title=f"By {GROUP_TITLES[key]}", title_justify="left")
-        table.add_column(GROUP_TITLES[key], no_wrap=True)
+        table.add_column(GROUP_TITLES[key], overflow="fold", min_width=12)
         for col in ("treated/control", "churn C -> T", "uplift [95% CI]", "success", "cost/saved", "net kept"):
             table.add_column(col, justify="right", no_wrap=True)
         table.add_column("verdict", no_wrap=True)

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from engine.data.attributes import DECISION_ATTRIBUTES, Attribute
+from engine.vocabulary import FALSE_WORDS, TRUE_WORDS
 
 COMBINATORS = ("all", "any", "not")
 #: Operator keys of an attribute test mapping, with what they mean (used in hints and the JSON Schema).
@@ -389,17 +390,14 @@ def prepare_column(name: str, series: pd.Series | np.ndarray, attr: Attribute | 
     return Column(vals, missing)
 
 
-_TRUE = {True, "true", "True", "TRUE", "yes", "1"}  # True == 1 == 1.0, so numbers are covered
-_FALSE = {False, "false", "False", "FALSE", "no", "0"}
-
-
 def _bool_column(s: pd.Series) -> Column:
+    """True/false from real booleans, 0/1, or the shared yes/no words (engine.vocabulary); else missing."""
     if s.dtype == bool:
         vals = s.to_numpy()
         return Column(vals, np.zeros(len(vals), dtype=bool))
-    obj = s.astype(object).to_numpy()
-    is_true = np.fromiter((v in _TRUE if not _isna(v) else False for v in obj), dtype=bool, count=len(obj))
-    is_false = np.fromiter((v in _FALSE if not _isna(v) else False for v in obj), dtype=bool, count=len(obj))
+    words = s.astype("string").str.strip().str.lower()
+    is_true = words.isin(TRUE_WORDS).fillna(False).to_numpy(dtype=bool)
+    is_false = words.isin(FALSE_WORDS).fillna(False).to_numpy(dtype=bool)
     return Column(is_true, ~(is_true | is_false))
 
 
