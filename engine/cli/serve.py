@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Annotated
@@ -69,6 +70,11 @@ def serve_cmd(
         uvicorn.run(create_app(cfg), **common)
         return
     os.environ[CONFIG_ENV] = cfg.to_env()
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="retain-metrics-")
-    uvicorn.run("engine.serve.app:app_from_env", factory=True, workers=workers, **common)
+    own_dir = None
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # workers' metrics are summed through files here
+        own_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="retain-metrics-")
+    try:
+        uvicorn.run("engine.serve.app:app_from_env", factory=True, workers=workers, **common)
+    finally:
+        if own_dir:
+            shutil.rmtree(own_dir, ignore_errors=True)

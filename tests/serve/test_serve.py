@@ -402,3 +402,26 @@ def test_cli_refuses_a_missing_model_in_one_line(trained, runner):
     res = runner.invoke(app, ["serve", "--model", "99", *trained.args()])
     assert res.exit_code == 2
     assert "no version 99" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.slow
+def test_two_workers_share_metrics_and_drain(trained, month_files, tmp_path):
+    """--workers 2: both workers answer, /metrics sums them, SIGTERM drains both."""
+    srv = Server(tmp_path, trained, extra=["--workers", "2", "--flush-seconds", "60", "--poll-seconds", "0"])
+    try:
+        wait_for(lambda: srv.log.read_text().count("Application startup complete") >= 2, timeout=120)
+        answered = set()
+        for i in range(20):
+            r = srv.post(rows_of(month_files["same"], 2000 + 5 * i, 5))
+            assert r.status_code == 200
+            answered |= {d["decision_id"] for d in r.json()["decisions"]}
+        metrics = httpx.get(srv.url + "/metrics").text
+        line = next(x for x in metrics.splitlines()
+                    if x.startswith('retain_http_requests_total{code="200",method="POST",route="/v1/decisions"}'))
+        assert float(line.split()[-1]) == 20
+    finally:
+        srv.stop()
+    engine = sa.create_engine(f"sqlite:///{srv.db}")
+    with engine.connect() as c:
+        stored = {f"{r}/{s}" for r, s in c.execute(sa.text("SELECT decision_run, subscriber_id FROM decisions"))}
+    assert stored == answered
