@@ -46,6 +46,7 @@ def _mount_sub_apps() -> None:
 
 _mount_sub_apps()
 app.command("serve")(__import__("engine.cli.serve", fromlist=["serve_cmd"]).serve_cmd)
+app.command("workbench")(__import__("engine.cli.workbench", fromlist=["workbench_cmd"]).workbench_cmd)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Settings YAML overriding the defaults "
                                                 "(also ./retain.yaml or $RETAIN_CONFIG).")]
