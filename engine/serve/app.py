@@ -212,7 +212,7 @@ def validation_problems(exc: RequestValidationError) -> list[dict[str, str]]:
 
 def data_error_body(exc: DataError) -> dict[str, Any]:
     """A DataError from the schema validation ('request: column 'x': problem; ...') as fields and problems."""
-    text = str(exc).split("\n")[0].removeprefix("request: ")
+    text = str(getattr(exc, "message", exc)).split("\n")[0].removeprefix("request: ")
     problems = []
     for part in text.split("; "):
         field = part.split("'")[1] if part.startswith(("column '", "missing column '")) else "subscribers"
