@@ -26,7 +26,6 @@ import optuna
 import pandas as pd
 from catboost import Pool
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import train_test_split
 
 import engine
 from engine.config import Settings
@@ -34,11 +33,26 @@ from engine.data.labelled import TrainingTable, load_training_table
 from engine.errors import DataError, ModelError
 from engine.model.churn import PREDICT_PARAMS, PROBABILITY, ChurnModel
 from engine.model.features import FeaturePipeline
-from engine.model.registry import REFERENCE_ARTIFACT, TRAINING_EXPERIMENT, connect, ensure_experiment
+from engine.model.registry import (
+    HOLDOUT_KEY,
+    REFERENCE_ARTIFACT,
+    TRAINING_EXPERIMENT,
+    connect,
+    ensure_experiment,
+)
 from engine.model.value_tiers import RFM_INPUTS, ValueSegmenter
-from training import packaging
+from training import holdout, packaging
 from training.evaluation import expected_calibration_error, figures, holdout_metrics, shap_summary
-from training.tuning import CVResult, TuningSpec, catboost, cross_validate, run_study, study_name_for
+from training.store import training_lock
+from training.tuning import (
+    CVResult,
+    TuningSpec,
+    catboost,
+    cross_validate,
+    open_storage,
+    run_study,
+    study_name_for,
+)
 
 ProgressFn = Callable[[int, int, float | None], None]
 
@@ -60,6 +74,8 @@ class TrainResult:
     calibrated: bool
     data_fingerprint: str
     rows: int
+    holdout_rule: str = ""
+    holdout_rows: int = 0
     warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
@@ -151,16 +167,23 @@ def _log_optuna_plots(mlflow, study: optuna.Study) -> None:
 def train(data: str, *, settings: Settings, target: str | None = None, id_column: str | None = None,
           dataset_config: str | None = None, trials: int | None = None, timeout: float | None = None,
           resume: bool = False, seed: int | None = None, register: bool = True,
-          progress: ProgressFn | None = None, study_storage: str | None = None) -> TrainResult:
-    """Tune, fit, evaluate, log and (by default) register a new version of the churn model."""
+          progress: ProgressFn | None = None, study_storage: str | None = None,
+          lock_wait: float | None = None) -> TrainResult:
+    """Tune, fit, evaluate, log and (by default) register a new version of the churn model.
+
+    On a SQLite store only one training writes at a time (`training.store`): this one waits up to `lock_wait`
+    seconds (default `RETAIN_TRAIN_LOCK_WAIT` or 600) for another, then stops with one line.
+    """
     cfg = settings.training
     trials = trials or cfg.trials
     seed = cfg.seed if seed is None else seed
     table = load_training_table(data, target=target, id_column=id_column, dataset_config=dataset_config)
     _check_trainable(table, cfg.folds)
 
-    idx_train, idx_hold = train_test_split(np.arange(len(table.frame)), test_size=cfg.holdout_share,
-                                           stratify=table.target, random_state=seed)
+    # The hold-out is a function of the data (a hash of each subscriber id), not of the seed: every version
+    # trained on this table holds out the same rows, so the promotion gate can compare them fairly.
+    hsplit = holdout.split(table, cfg.holdout_share, cfg.folds)
+    idx_train, idx_hold = hsplit.train, hsplit.holdout
     raw_train, raw_hold = table.frame.iloc[idx_train], table.frame.iloc[idx_hold]
     y_train, y_hold = table.target.iloc[idx_train], table.target.iloc[idx_hold]
 
@@ -171,25 +194,39 @@ def train(data: str, *, settings: Settings, target: str | None = None, id_column
     spec = TuningSpec(folds=cfg.folds, seed=seed, max_iterations=cfg.max_iterations,
                       early_stopping_rounds=cfg.early_stopping_rounds)
 
+    storage = study_storage or _default_study_storage(settings)
+    with training_lock(settings, storage, wait=lock_wait):
+        return _tracked(settings, table, hsplit, raw_train, raw_hold, y_train, y_hold, pipeline, X_train, cat,
+                        spec, storage=storage, trials=trials, timeout=timeout, resume=resume, seed=seed,
+                        register=register, progress=progress)
+
+
+def _tracked(settings: Settings, table: TrainingTable, hsplit: holdout.HoldoutSplit, raw_train: pd.DataFrame,
+             raw_hold: pd.DataFrame, y_train: pd.Series, y_hold: pd.Series, pipeline: FeaturePipeline,
+             X_train: pd.DataFrame, cat: list[str], spec: TuningSpec, *, storage: str, trials: int,
+             timeout: float | None, resume: bool, seed: int, register: bool,
+             progress: ProgressFn | None) -> TrainResult:
+    """The study, the refit and everything MLflow records, while this process is the store's only trainer."""
     import mlflow
 
+    cfg = settings.training
     client = connect(settings)
     experiment_id = ensure_experiment(settings, TRAINING_EXPERIMENT)
-    storage = study_storage or _default_study_storage(settings)
     base = f"{settings.model_name}-{table.fingerprint[:12]}"
-    study_name = study_name_for(base, storage, resume, time.strftime("%Y%m%dT%H%M%S"))
+    study_storage = open_storage(storage)
+    study_name = study_name_for(base, study_storage, resume, time.strftime("%Y%m%dT%H%M%S"))
 
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{table.config.name}") as run:
         run_id = run.info.run_id
         mlflow.set_tags({"retain.kind": "training", "retain.code_version": code_version(),
                          "retain.data_fingerprint": table.fingerprint, "optuna.study": study_name,
-                         "retain.dataset": table.source})
+                         "retain.dataset": table.source, "retain.holdout_rule": hsplit.rule_json})
         dataset = mlflow.data.from_pandas(table.frame.assign(**{table.config.target: table.target}),
                                           source=table.source, targets=table.config.target,
                                           name=table.config.name)
         mlflow.log_input(dataset, context="training")
         logger = _TrialLogger(client, experiment_id, run_id, trials, progress)
-        study = run_study(X_train, y_train, cat, spec, trials=trials, timeout=timeout, storage=storage,
+        study = run_study(X_train, y_train, cat, spec, trials=trials, timeout=timeout, storage=study_storage,
                           study_name=study_name, resume=resume, callbacks=[logger])
         completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         if not completed:
@@ -221,6 +258,7 @@ def train(data: str, *, settings: Settings, target: str | None = None, id_column
 
         mlflow.log_params({**{f"best.{k}": v for k, v in best_params.items()}, "iterations": iterations,
                            "folds": cfg.folds, "holdout_share": cfg.holdout_share, "seed": seed,
+                           "holdout_rule": hsplit.rule_json, "holdout_rows": len(raw_hold),
                            "trials": len(study.trials), "rows": len(table.frame), "calibrated": bool(calibration)})
         mlflow.log_metrics({**{f"holdout_{k}": v for k, v in metrics.items()}, "cv_roc_auc": study.best_value})
         for name, fig in figures(y_hold.to_numpy(), p_hold, importance).items():
@@ -238,11 +276,15 @@ def train(data: str, *, settings: Settings, target: str | None = None, id_column
         if table.warnings:
             mlflow.log_text("\n".join(table.warnings), "data_warnings.txt")
 
-        reference = raw_hold.assign(**{table.config.target: y_hold.to_numpy(), PROBABILITY: p_hold})
-        if len(reference) > settings.training.reference_sample_rows:
-            reference = reference.sample(settings.training.reference_sample_rows, random_state=seed)
+        # The logged hold-out sample: the rows with the smallest hold-out keys, the same rows for every version
+        # of this table whatever its seed, each with its key so two versions' samples can be intersected.
+        hold_keys = hsplit.keys.iloc[hsplit.holdout]
+        reference = raw_hold.assign(**{table.config.target: y_hold.to_numpy(), PROBABILITY: p_hold,
+                                       HOLDOUT_KEY: hold_keys.to_numpy()})
+        reference = reference.loc[holdout.subsample(reference[HOLDOUT_KEY], cfg.reference_sample_rows)]
         version = _log_model(mlflow, client, settings, model, raw_train, reference, register,
                              {"data_fingerprint": table.fingerprint, "code_version": code_version(),
+                              "holdout_rule": hsplit.rule_json, "holdout_rows": str(len(raw_hold)),
                               "training_config": json.dumps({**settings.training.model_dump(), "trials": trials,
                                                              "seed": seed, "data": table.source}),
                               "dataset": table.config.name})
@@ -252,7 +294,8 @@ def train(data: str, *, settings: Settings, target: str | None = None, id_column
         roc_auc=metrics["roc_auc"], pr_auc=metrics["pr_auc"], log_loss=metrics["log_loss"],
         brier=metrics["brier"], cv_roc_auc=float(study.best_value), metrics=metrics, best_params=best_params,
         study_name=study_name, trials=len(study.trials), calibrated=bool(calibration),
-        data_fingerprint=table.fingerprint, rows=len(table.frame), warnings=table.warnings)
+        data_fingerprint=table.fingerprint, rows=len(table.frame), holdout_rule=hsplit.rule_json,
+        holdout_rows=len(raw_hold), warnings=table.warnings)
 
 
 def _params(best: dict[str, Any]) -> dict[str, Any]:

@@ -87,11 +87,30 @@ def cross_validate(params: dict[str, Any], X: pd.DataFrame, y: pd.Series, cat_fe
     return CVResult(float(np.mean(aucs)), aucs, iters, oof)
 
 
+def open_storage(url: str | None) -> optuna.storages.BaseStorage | None:
+    """Optuna's RDB storage for `url`, its tables created now, or one line naming the database it cannot use.
+
+    SQLite gets a 60 s busy timeout (Optuna's default is SQLite's 5 s): a training holds the store's lock
+    (`training.store`), so waiting is for a reader, never for a second study.
+    """
+    if url is None:
+        return None
+    from engine.errors import ModelError
+
+    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else None
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    except Exception as exc:  # SQLAlchemy and Optuna raise several types for an unusable database
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ModelError(f"cannot open the Optuna study database '{url}': {first}",
+                         hint="move it away to start a new one (earlier studies cannot then be resumed)") from None
+
+
 TrialCallback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 
 
 def run_study(X: pd.DataFrame, y: pd.Series, cat_features: list[str], spec: TuningSpec, *, trials: int,
-              timeout: float | None, storage: str | None, study_name: str, resume: bool,
+              timeout: float | None, storage: str | optuna.storages.BaseStorage | None, study_name: str, resume: bool,
               callbacks: list[TrialCallback] = ()) -> optuna.Study:
     """Create (or with `resume`, continue) the named study and optimise CV ROC AUC."""
     sampler = optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=min(5, trials))
@@ -112,7 +131,7 @@ def run_study(X: pd.DataFrame, y: pd.Series, cat_features: list[str], spec: Tuni
     return study
 
 
-def study_name_for(base: str, storage: str | None, resume: bool, now: str) -> str:
+def study_name_for(base: str, storage: str | optuna.storages.BaseStorage | None, resume: bool, now: str) -> str:
     """A new study per run (`base-<time>`), or with `resume` the newest earlier study of `base`."""
     if not resume:
         return f"{base}-{now}"

@@ -7,12 +7,17 @@ alias does not exist yet ("train one, then promote it"), instead of an MLflow st
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import logging
 import os
 import re
+import sqlite3
+import time
 import urllib.error
 import urllib.request
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +31,11 @@ from engine.errors import DataError, ModelError
 
 REFERENCE_ARTIFACT = "reference/reference.parquet"
 TRAINING_EXPERIMENT = "churn-training"
+#: Column of the logged hold-out holding each row's hold-out key (see `training.holdout`); `reference_sample`
+#: leaves it out, `holdout_rows` keeps it so two versions' hold-outs can be intersected row by row.
+HOLDOUT_KEY = "__retain_row_key"
+#: How long opening a SQLite store waits for another process creating or upgrading it.
+STORE_INIT_WAIT_SECONDS = 120.0
 
 # MLflow is chatty at INFO/WARNING level for things users cannot act on.
 for _name in ("mlflow", "alembic", "mlflow.store.db.utils"):
@@ -46,15 +56,130 @@ def _check_server(uri: str) -> None:
                          hint="start it (see README 'Team scale') or pass --tracking-uri") from None
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` URI (None for other stores and in-memory SQLite)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    rest = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    return Path(rest) if rest and rest != ":memory:" else None
+
+
+class StoreBusy(ModelError):
+    """Another process holds the lock of a SQLite store longer than we may wait."""
+
+
+@contextmanager
+def file_lock(path: Path, *, wait: float, busy: str, hint: str | None = None) -> Iterator[None]:
+    """Exclusive advisory lock on `path`, waiting up to `wait` seconds with a growing back-off.
+
+    Why: SQLite is single-writer, and MLflow and Optuna create and upgrade their tables without any
+    locking of their own, so two processes opening a new store at once collide ("table ... already exists",
+    "database is locked"). The holder writes its pid and start time into the lock file, so the one waiting
+    can say who holds it. Raises StoreBusy (`busy` plus the holder) when the wait runs out. Without
+    `fcntl` (Windows) it does not lock.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no advisory locks, SQLite's own timeout applies
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a+") as fh:
+        deadline, delay = time.monotonic() + max(0.0, wait), 0.05
+        while True:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    fh.seek(0)
+                    holder = fh.read().strip()
+                    raise StoreBusy(f"{busy}{f' ({holder})' if holder else ''}; waited {wait:g} s",
+                                    hint=hint) from None
+                time.sleep(min(delay, left))
+                delay = min(delay * 2, 2.0)
+        try:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"pid {os.getpid()}, since {dt.datetime.now(dt.UTC).strftime('%H:%M:%S')} UTC")
+            fh.flush()
+            yield
+        finally:
+            fh.seek(0)
+            fh.truncate()
+            fh.flush()
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def check_sqlite_file(path: Path, what: str) -> None:
+    """A one-line ModelError naming `path` when an existing SQLite file is truncated or corrupt.
+
+    engine.config already refuses a file without the SQLite header; a real database cut short (a copy
+    interrupted, a full disk) passes that check and would fail later inside MLflow or Optuna.
+    """
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    problem = None
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as db:
+            rows = db.execute("PRAGMA quick_check").fetchall()
+        if rows[:1] != [("ok",)]:
+            problem = "; ".join(str(r[0]) for r in rows[:2])
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc):  # a writer is busy; the check is repeated by the next command
+            return
+        problem = str(exc)
+    except sqlite3.DatabaseError as exc:
+        problem = str(exc)
+    if problem:
+        raise ModelError(f"{what} '{path}' is damaged ({problem})",
+                         hint="restore it from a backup, or move it away to start a new store")
+
+
+_READY: set[tuple[str, int]] = set()
+
+
+def _open_sqlite_store(uri: str, path: Path) -> None:
+    """Check the file, then let MLflow create or upgrade its tables while holding the store's init lock."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = (str(path.resolve()), path.stat().st_ino if path.exists() else 0)
+    if key in _READY:
+        return
+    check_sqlite_file(path, "MLflow tracking store")
+    from mlflow import MlflowClient
+
+    with file_lock(path.with_name(path.name + ".init.lock"), wait=STORE_INIT_WAIT_SECONDS,
+                   busy=f"another process is creating or upgrading the MLflow store '{path}'",
+                   hint="wait for it to finish, then run the command again"):
+        try:
+            client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            client.search_experiments(max_results=1)  # creates or upgrades the tracking tables
+            client.search_registered_models(max_results=1)  # ... and the registry's
+        except Exception as exc:  # MLflow and SQLAlchemy raise many types; all mean "this store is unusable"
+            first = (str(exc).splitlines() or [type(exc).__name__])[0]
+            if "locked" in first:
+                raise StoreBusy(f"the MLflow store '{path}' is locked by another writer ({first})",
+                                hint="wait for the other command (e.g. `retain train`) to finish, "
+                                     "then run this one again") from None
+            raise ModelError(f"cannot open the MLflow store '{path}': {first}",
+                             hint="restore it from a backup, or move it away to start a new store") from None
+    _READY.add((str(path.resolve()), path.stat().st_ino if path.exists() else 0))
+
+
 def connect(settings: Settings):  # -> MlflowClient
-    """Point MLflow at the configured store and return a client. Creates mlruns/ for SQLite."""
+    """Point MLflow at the configured store and return a client.
+
+    A SQLite store is created under its folder on first use, checked for damage (one line naming the file
+    instead of an MLflow error), and its tables are created or upgraded by one process at a time.
+    """
     import mlflow
     from mlflow import MlflowClient
 
     uri = settings.tracking_uri
-    if uri.startswith("sqlite:///"):
-        db_path = Path(uri.removeprefix("sqlite:///"))
-        db_path.parent.mkdir(parents=True, exist_ok=True)
+    db_path = sqlite_path(uri)
+    if db_path is not None:
+        _open_sqlite_store(uri, db_path)
     elif uri.startswith(("http://", "https://")):
         _check_server(uri)
     mlflow.set_tracking_uri(uri)
@@ -210,8 +335,9 @@ def load_model(settings: Settings, ref: str | None = None) -> LoadedModel:
                        run_id=mv.run_id if mv else pyfunc.metadata.run_id, model=inner)
 
 
-def reference_sample(settings: Settings, loaded: LoadedModel) -> pd.DataFrame:
-    """The hold-out rows logged with the model's training run (raw columns, label, prediction)."""
+def holdout_rows(settings: Settings, loaded: LoadedModel) -> pd.DataFrame:
+    """The hold-out rows logged with the model's training run: raw columns, label, prediction and, for
+    versions trained since hold-outs are a function of the data, each row's hold-out key (`HOLDOUT_KEY`)."""
     import mlflow.artifacts
 
     if not loaded.run_id:
@@ -224,3 +350,8 @@ def reference_sample(settings: Settings, loaded: LoadedModel) -> pd.DataFrame:
         raise ModelError(f"training run {loaded.run_id} of '{loaded.uri}' has no reference sample",
                          hint="pass --reference FILE, or retrain with this version of retain") from None
     return pd.read_parquet(path)
+
+
+def reference_sample(settings: Settings, loaded: LoadedModel) -> pd.DataFrame:
+    """The hold-out rows logged with the model's training run (raw columns, label, prediction)."""
+    return holdout_rows(settings, loaded).drop(columns=[HOLDOUT_KEY], errors="ignore")
