@@ -60,7 +60,7 @@ def serve_cmd(
     open_store(settings, url=store)  # and a decision store that cannot be opened
     cfg = ServeConfig(config=str(config) if config else None, tracking_uri=tracking_uri, store=store, model=model,
                       policies=str(policy_dir), learned=learned, poll_seconds=poll_seconds,
-                      flush_seconds=flush_seconds, max_body_bytes=max_body_bytes)
+                      flush_seconds=flush_seconds, max_body_bytes=max_body_bytes, workers=workers)
     if not os.environ.get("RETAIN_API_TOKEN"):
         err_console.print("[yellow]warning:[/] RETAIN_API_TOKEN is not set: /v1 calls need no token")
     if host not in ("127.0.0.1", "localhost", "::1"):

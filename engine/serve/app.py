@@ -53,6 +53,7 @@ class ServeConfig:
     flush_seconds: float = 0.5
     max_body_bytes: int = DEFAULT_MAX_BODY
     max_batch_rows: int = 256
+    workers: int = 1
 
     def to_env(self) -> str:
         return json.dumps(self.__dict__)
@@ -260,7 +261,8 @@ def create_app(cfg: ServeConfig | None = None, *, token: str | None = None) -> F
             for s, n in statuses.items():
                 metrics.decisions.labels(str(s)).inc(n)
 
-        decider = Decider(state, ledger, recorder, max_batch_rows=cfg.max_batch_rows, on_batch=on_batch)
+        decider = Decider(state, ledger, recorder, max_batch_rows=cfg.max_batch_rows, shared=cfg.workers > 1,
+                          on_batch=on_batch)
         parts.update(state=state, decider=decider, recorder=recorder, store=store.display_url)
         state.start()
         log.info("ready: decision store %s, token %s", store.display_url, "required" if token else "not set")

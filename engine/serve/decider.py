@@ -44,6 +44,7 @@ from engine.vocabulary import OUTBOUND_CHANNELS
 log = logging.getLogger("retain.serve")
 _STOP = object()
 SAME_DAY_REASON = "already contacted today"
+CLAIM_ATTEMPTS = 3
 
 
 def new_serve_run_id(now: dt.datetime | None = None) -> str:
@@ -264,8 +265,9 @@ class Decider:
     """One thread deciding queued requests, micro-batched, through `decide_frame`."""
 
     def __init__(self, state: ServingState, ledger: Ledger, recorder: Recorder, *,
-                 max_batch_rows: int = 256, on_batch: Any = None) -> None:
+                 max_batch_rows: int = 256, shared: bool = False, on_batch: Any = None) -> None:
         self.state = state
+        self.shared = shared  # several worker processes: claim the allowance in the store per call
         self.ledger = ledger
         self.recorder = recorder
         self.max_batch_rows = max_batch_rows
@@ -342,25 +344,38 @@ class Decider:
         lookback = max(30, settings.contact.cooldown_days_after_decline)
         history = self.ledger.history(ids, today, lookback)
         history, contacted_today = same_day_history(history, today, settings.contact.max_contacts_30d)
-        budget, capacity = self.ledger.left(today)
         t1 = time.perf_counter()
-        run_id = new_serve_run_id()
-        # Today's allowance left, and grading by the configured thresholds: with capacity grading configured,
-        # a request's own rows must not set the cut-offs (a lone subscriber would always be "high").
-        state = RunState(run_id=run_id, budget_left=budget, capacity_left=dict(capacity),
-                         control=settings.control_group,
-                         risk_cutoffs=(settings.risk_grades.high, settings.risk_grades.medium))
-        decisions = decide_frame(frame, loaded=bundle.loaded, policy_engine=bundle.policy_engine,
-                                 settings=settings, run_id=run_id, run_date=today, source="request",
-                                 history=history, learned=bundle.learned, state=state)
+        claimed = False  # if every claim failed (store down), the writer records the spending later
+        for attempt in range(CLAIM_ATTEMPTS + 1):
+            budget, capacity = self.ledger.left(today)
+            if attempt == CLAIM_ATTEMPTS:  # still losing races: decide with no limited allowance at all
+                budget = None if budget is None else 0.0
+                capacity = {ch: None if c is None else 0 for ch, c in capacity.items()}
+            run_id = new_serve_run_id()
+            # Today's allowance left, and grading by the configured thresholds: with capacity grading
+            # configured, a request's own rows must not set the cut-offs (a lone subscriber would be "high").
+            state = RunState(run_id=run_id, budget_left=budget, capacity_left=dict(capacity),
+                             control=settings.control_group,
+                             risk_cutoffs=(settings.risk_grades.high, settings.risk_grades.medium))
+            decisions = decide_frame(frame, loaded=bundle.loaded, policy_engine=bundle.policy_engine,
+                                     settings=settings, run_id=run_id, run_date=today, source="request",
+                                     history=history, learned=bundle.learned, state=state)
+            items = spend_of(state)
+            contacts = contacts_of(run_id, today, decisions.work_orders)
+            if not self.shared or not items:
+                break
+            if self.ledger.claim(today, items, contacts):
+                claimed = True
+                break
+            self.ledger.refresh(today)  # another worker took part of what was left: look again
         t2 = time.perf_counter()
         table = decisions.table
         if contacted_today:
             limit = table["blocked_reason"].astype(str).str.startswith("contact limit")
             table.loc[limit & table[ID].astype(str).isin(contacted_today), "blocked_reason"] = SAME_DAY_REASON
         decisions.summary["input"] = "retain serve"
-        items = spend_of(state)
-        contacts = contacts_of(run_id, today, decisions.work_orders)
+        if claimed:  # taken from the allowance and logged in the store already
+            items, contacts = {}, contacts.iloc[0:0]
         self.ledger.spend(today, items, run_id, contacts)
         self.recorder.submit(decisions, items, contacts)
         rows = response_rows(table, decisions.work_orders, run_id)

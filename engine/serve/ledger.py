@@ -33,7 +33,7 @@ import sqlalchemy as sa
 from engine.data.schema import ID
 from engine.decision.contact import HISTORY_COLUMNS
 from engine.decision.decide import RunState
-from engine.feedback.store import Store, now_iso
+from engine.feedback.store import Store, StoreError, now_iso
 from engine.feedback.store import outcomes as outcomes_table
 
 BUDGET = "budget"
@@ -58,6 +58,10 @@ contacts_table = sa.Table(
     sa.Column("offer_id", sa.String(64)),
     sa.Index("ix_serve_contacts_subscriber", "subscriber_id", "contacted_on"),
 )
+
+
+class _Refused(Exception):
+    """A claim on the allowance would exceed a limit."""
 
 
 def create_tables(store: Store) -> None:
@@ -87,9 +91,9 @@ class Ledger:
 
     Within a process every decision goes through one thread, so what this process spends is exact:
     spent = what the store held at the last refresh + what this process decided since and has not written
-    yet. Other worker processes' spending becomes visible at the next refresh (after every write, and
-    every flush interval): with N workers the daily limits can be overshot by what the other workers
-    decide within one flush interval. One worker is exact.
+    yet (written with the decisions, off the request path). With several worker processes each decide
+    call also `claim`s what it used in the store before answering (guarded increments): a call that
+    loses the race is decided again against what is really left, so the limits hold across workers.
     """
 
     def __init__(self, store: Store, budget: float | None, capacity: Mapping[str, int | None]) -> None:
@@ -128,6 +132,41 @@ class Ledger:
         capacity = {ch: None if cap is None else max(0, int(cap - used.get(CHANNEL_PREFIX + ch, 0.0)))
                     for ch, cap in self.capacity.items()}
         return budget, capacity
+
+    def limit_of(self, item: str) -> float | None:
+        return self.budget if item == BUDGET else self.capacity.get(item.removeprefix(CHANNEL_PREFIX))
+
+    def claim(self, day: dt.date, items: Mapping[str, float], contacts: pd.DataFrame | None = None) -> bool:
+        """Take `items` from today's allowance in the store now, all or nothing (for several workers),
+        and log `contacts` in the same transaction, so every worker's contact rules see them at once.
+
+        Guarded increments (``used + x <= limit``): two workers can never both take the last of a channel's
+        capacity; False when another worker got there first (or the store failed).
+        """
+        key, stamp = day.isoformat(), now_iso()
+        a = allowance_table
+        try:
+            with self.store.transaction() as conn:
+                for item, v in items.items():
+                    limit = self.limit_of(item)
+                    where = [a.c.day == key, a.c.item == item]
+                    if limit is not None:
+                        where.append(a.c.used + v <= limit + 1e-9)
+                    done = conn.execute(a.update().where(*where).values(used=a.c.used + v, updated_at=stamp))
+                    if done.rowcount == 0:
+                        there = conn.execute(sa.select(a.c.used).where(a.c.day == key, a.c.item == item)).first()
+                        if there is not None or (limit is not None and v > limit + 1e-9):
+                            raise _Refused(item)
+                        conn.execute(a.insert().values(day=key, item=item, used=v, updated_at=stamp))
+                if contacts is not None and len(contacts):
+                    self.store.insert_frame(conn, contacts_table, contacts)
+        except (_Refused, StoreError):
+            return False
+        with self._lock:
+            stored = self._stored.setdefault(key, {})
+            for item, v in items.items():
+                stored[item] = stored.get(item, 0.0) + v
+        return True
 
     def spend(self, day: dt.date, items: Mapping[str, float], run_id: str, contacts: pd.DataFrame) -> None:
         """A decision made (not yet written): count it now so the next decision sees it."""

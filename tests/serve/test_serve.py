@@ -425,3 +425,25 @@ def test_two_workers_share_metrics_and_drain(trained, month_files, tmp_path):
     with engine.connect() as c:
         stored = {f"{r}/{s}" for r, s in c.execute(sa.text("SELECT decision_run, subscriber_id FROM decisions"))}
     assert stored == answered
+
+
+def test_claims_keep_limits_across_workers(tmp_path):
+    """Two workers' ledgers on one store: guarded claims never take more than the day's limit."""
+    import datetime as dt
+
+    from engine.feedback.store import open_store
+    from engine.serve.ledger import Ledger, contacts_of
+
+    store = open_store(url=f"sqlite:///{tmp_path / 'c.db'}")
+    a = Ledger(store, budget=10.0, capacity={"sms": 3, "app_popup": None})
+    b = Ledger(store, budget=10.0, capacity={"sms": 3, "app_popup": None})
+    day = dt.date(2026, 11, 24)
+    orders = {"sms": pd.DataFrame({"order_id": ["r1-1"], "subscriber_id": ["A"], "offer_id": ["x"]})}
+    assert a.claim(day, {"budget": 4.0, "channel:sms": 2, "channel:app_popup": 5}, contacts_of("r1", day, orders))
+    assert not b.claim(day, {"budget": 4.0, "channel:sms": 2})  # sms would be 4 > 3: nothing taken
+    assert b.left(day) == (6.0, {"sms": 1, "app_popup": None})  # b reads what a took
+    assert b.claim(day, {"budget": 6.0, "channel:sms": 1})
+    assert not a.claim(day, {"budget": 0.5})
+    a.refresh(day)
+    assert a.left(day) == (0.0, {"sms": 0, "app_popup": None})
+    assert list(b.history(["A"], day, 30)["subscriber_id"]) == ["A"]  # a's contact, seen by b at once
