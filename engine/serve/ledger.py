@@ -15,9 +15,10 @@ numbered migrations, which belong to `engine.feedback.store`; nothing else reads
   with ``outcomes`` (by decision_run + subscriber_id, the store's key) for declined offers. The store's
   ``work_orders`` table has no index on subscriber_id, so reading it per request would scan it.
 
-Both are written by the service's background writer after `engine.feedback.ingest.record_run` has stored
-the run, so the store always holds the decisions the allowance counts (a crash between the two
-transactions can under-count at most the runs of one flush).
+With one worker both are written by the background writer in the same transaction as the decision runs
+they belong to, so the store never counts spending without its decisions. With several workers each decide
+call claims its spending and logs its contacts here before answering (see `Ledger.claim`); a crash
+between that claim and the writer's flush over-counts the day's spending (the safe side).
 """
 
 from __future__ import annotations
