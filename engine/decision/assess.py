@@ -185,9 +185,11 @@ def explain_rows(scored: pd.DataFrame, rows: np.ndarray, loaded: LoadedModel, *,
     reason = np.full(n, NO_REASON, dtype=object)
     share = np.zeros(n, dtype=float)
     signal = np.full(n, "", dtype=object)
+    needs = getattr(loaded.model, "input_columns", None)
+    source = scored[list(needs)] if needs and set(needs) <= set(scored.columns) else scored
     for start, stop in _chunks(len(rows), chunk_rows):
         part = rows[start:stop]
-        r = loaded.model.explain(scored.iloc[part])
+        r = loaded.model.explain(source.iloc[part])
         reason[part] = r["reason"].to_numpy(dtype=object)
         share[part] = r["reason_share"].to_numpy(dtype=float)
         signal[part] = r["reason_signal"].to_numpy(dtype=object)

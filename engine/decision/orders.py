@@ -58,7 +58,11 @@ def work_orders(table: pd.DataFrame, settings: Settings, run_id: str, run_date: 
     offered = np.flatnonzero(table["status"].to_numpy(dtype=object) == STATUS_OFFER)
     if len(offered) == 0:
         return {}
-    rows = table.iloc[offered]
+    wanted = [ID, "channel", "priority", "risk_grade", PROBABILITY, "value_tier", "reason", "reason_signal",
+              "offer_id", "offer_cost", "net_value", "message", "rule_id"]
+    signals = [s for s in pd.unique(table["reason_signal"].to_numpy(dtype=object)[offered])
+               if isinstance(s, str) and s in table.columns and s not in wanted]
+    rows = table[wanted + signals].iloc[offered]  # only the columns an order needs, not the whole table
     n = len(rows)
     order_ids = np.char.add(f"{run_id}-", np.char.zfill(np.arange(1, n + 1).astype(str), 7)).astype(object)
     orders = pd.DataFrame({
