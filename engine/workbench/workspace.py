@@ -180,6 +180,7 @@ class Workspace:
         self.lock = threading.RLock()
         self.population = population  # policy set -> engine.policy.validate.Population, or None
         self.settings = settings
+        self._checks: dict[tuple[str, bool], Check] = {}  # content digest -> check (see check())
         self._copy_from_saved()
 
     # ------------------------------------------------------------------------------------------
@@ -261,9 +262,29 @@ class Workspace:
     def check(self, root: Path | None = None, *, warnings: bool = True) -> Check:
         """Load the working copy (or `root`, a scratch copy): every error, else every warning and the
         coverage line, on the workbench's population (the --input table, else a synthetic one)."""
-        from engine.policy import load_policy_set
 
         root = root or self.work
+        key = (self._digest(root), warnings)
+        with self.lock:
+            if key in self._checks:
+                return self._checks[key]
+        out = self._check(root, warnings)
+        with self.lock:
+            self._checks[key] = out
+            while len(self._checks) > 32:
+                self._checks.pop(next(iter(self._checks)))
+        return out
+
+    def _digest(self, root: Path) -> str:
+        """The content of every YAML file under `root` (messages are path-free, so equal content, equal check)."""
+        h = hashlib.sha256()
+        for rel in self._yaml_files(root):
+            h.update(rel.encode() + b"\0" + (root / rel).read_bytes() + b"\0")
+        return h.hexdigest()
+
+    def _check(self, root: Path, warnings: bool) -> Check:
+        from engine.policy import load_policy_set
+
         extra = (str(root),)
         try:
             ps = load_policy_set(root)
