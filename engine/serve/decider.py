@@ -173,6 +173,7 @@ class Recorder:
         self.store_url = store_url
         self.on_written = on_written
         self._queue: queue.Queue = queue.Queue()
+        self._store: Store | None = None
         self._thread = threading.Thread(target=self._run, name="retain-recorder", daemon=True)
         self.written_runs = 0
         self.written_decisions = 0
@@ -228,7 +229,9 @@ class Recorder:
         runs = [(d.run_date, d.run_id, items, c) for d, items, c in batch]
         for attempt in range(retries + 1):
             try:
-                store = open_store(self.settings, url=self.store_url)
+                if self._store is None:  # opened (and migrated) once, again after a failure
+                    self._store = open_store(self.settings, url=self.store_url)
+                store = self._store
                 assert store is not None
                 with store.transaction() as conn:
                     record_runs(store, conn, [d for d, _i, _c in batch])
@@ -242,6 +245,7 @@ class Recorder:
                     self.on_written(len(batch))
                 return
             except Exception as exc:  # noqa: BLE001 - keep the runs and retry; never lose them silently
+                self._store = None
                 self.failures += 1
                 self.last_error = str(exc).splitlines()[0]
                 log.error("recording %d decision run(s) failed (attempt %d): %s", len(batch), attempt + 1,
