@@ -26,3 +26,13 @@ def policies(tmp_path) -> Path:
     target = tmp_path / "policies"
     shutil.copytree(ROOT / "policies", target, ignore=shutil.ignore_patterns("README.md"))
     return target
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Say plainly, even under `pytest -q`, when the browser tests did not run and why."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", [])
+               if "tests/workbench/test_workbench_browser.py" in getattr(r, "nodeid", "")]
+    if skipped:
+        reason = skipped[0].longrepr[2] if isinstance(skipped[0].longrepr, tuple) else str(skipped[0].longrepr)
+        terminalreporter.write_line(f"workbench browser tests SKIPPED ({len(skipped)}): "
+                                    f"{reason.removeprefix('Skipped: ')}", yellow=True, bold=True)

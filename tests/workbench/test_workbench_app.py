@@ -314,3 +314,40 @@ def test_cli_refuses_an_open_host_without_token(monkeypatch, policies):
     assert "without a token" in res.output and "Traceback" not in res.output
     res = CliRunner().invoke(app, ["workbench", "--policies", str(policies / "missing")])
     assert res.exit_code == 2 and "does not exist" in res.output
+
+
+def test_offer_form_errors_and_apply(client, policies):
+    form = {"file": "offers.yaml", "index": "2", "id": "discount_15",
+            "description": "15% off the monthly fee for 6 months", "cost": "45", "value_kept": "55",
+            "acceptance": "{price: 0.4, competitor: 0.25, default: 0.12}",
+            "channels": "outbound_call, smss, app_popup", "elig-attr-0": "is_prepaid", "elig-value-0": "false",
+            "elig-attr-1": "tenur_months", "elig-value-1": "{min: 6}", "valid_from": "", "valid_to": ""}
+    r = post(client, "/edit/offers/check", data=form)
+    assert any("smss" in m for m in field_error(r.text, "channels"))
+    assert any("unknown attribute 'tenur_months'" in m for m in field_error(r.text, "elig-attr-1"))
+    form.update({"channels": "outbound_call, sms, app_popup", "elig-attr-1": "tenure_months", "cost": "40"})
+    r = post(client, "/edit/offers/check", data=form)
+    assert 'class="badge ok"' in r.text
+    r = post(client, "/edit/offers/apply", data=form)
+    assert "the set is valid" in r.text
+    text = client.app.state.wb.ws.read("offers.yaml")
+    original = (policies / "offers.yaml").read_text()
+    changed = [line for line in difflib.unified_diff(original.splitlines(), text.splitlines(), lineterm="")
+               if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+    assert changed == ["-    cost: 45", "+    cost: 40"]
+
+
+def test_messages_never_name_the_working_copy(policies):
+    from engine.workbench.workspace import Workspace
+
+    ws = Workspace(policies)
+    try:
+        (ws.work / VIP).write_text((ws.work / VIP).read_text().replace("risk_grade: high", "risk_grade: hihg"))
+        check = ws.check(warnings=False)
+        assert [p.file for p in check.problems] == [VIP]
+        assert check.problems[0].text.startswith("policies/rules/vip.yaml:11: rule 'vip-high-risk'")
+        assert str(ws.work) not in ws.scrub(f"cannot read {ws.work}/offers.yaml")
+        cand = ws.check_candidate({VIP: (policies / VIP).read_text()}, warnings=False)
+        assert cand.ok and ws.changed_files() == [VIP]
+    finally:
+        ws.close()
