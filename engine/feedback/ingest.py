@@ -230,6 +230,8 @@ def read_outcomes(path: str | Path) -> pd.DataFrame:
         bad = rev.isna() & raw["revenue_after"].notna() & (raw["revenue_after"].astype(str).str.strip() != "")
         if bad.any():
             _bad(source, "revenue_after", raw["revenue_after"], bad, "is not a number")
+        if (~np.isfinite(rev.fillna(0.0))).any():  # inf would turn every sum in the report into nothing
+            _bad(source, "revenue_after", raw["revenue_after"], ~np.isfinite(rev.fillna(0.0)), "is not a finite amount")
         if (rev < 0).any():
             _bad(source, "revenue_after", raw["revenue_after"], rev < 0, "is negative")
         out["revenue_after"] = rev.astype(float)

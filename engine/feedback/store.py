@@ -56,6 +56,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from engine.config import STORE_SCHEMES, check_store_uri
 from engine.data.io import sqlite_path
 from engine.errors import RetainError
 
@@ -411,6 +412,10 @@ def open_store(settings: Any = None, *, url: str | None = None, create: bool = T
     so read-only callers (`retain policy validate`) leave no empty database behind.
     """
     resolved = store_url(settings, url)
+    try:
+        check_store_uri(resolved, "decision store URL", STORE_SCHEMES)
+    except ValueError as exc:
+        raise StoreError(str(exc)) from None
     path = sqlite_path(resolved)
     if path is not None:
         if not path.exists() and not create:

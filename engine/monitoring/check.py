@@ -28,7 +28,7 @@ from pandas.api import types as ptypes
 from engine.config import Settings
 from engine.data.io import read_table, staged_outputs
 from engine.data.schema import DatasetConfig, validate_subscribers
-from engine.errors import ConfigError
+from engine.errors import ConfigError, DataError
 from engine.monitoring.drift import (
     PREDICTION,
     REPORT_HTML,
@@ -114,6 +114,10 @@ def validate_builtin(df: pd.DataFrame, *, source: str, target: str = TARGET) -> 
     return valid if outcomes is None else valid.assign(**{target: outcomes.to_numpy()})
 
 
+#: Fewer rows than this cannot tell drift from chance (every test would be noise); refused, not reported.
+MIN_ROWS = 30
+
+
 def run_drift_files(settings: Settings, *, current: str | Path, out: str | Path, reference: str | Path | None = None,
                     model: str | None = "champion", webhook: str | None = None, log: bool = True) -> DriftRun:
     """Check `current` against a reference and publish report.html, report.json and summary.json into `out`.
@@ -158,6 +162,10 @@ def run_drift_files(settings: Settings, *, current: str | Path, out: str | Path,
         if reference is not None:
             ref_df = validate_builtin(ref_df, source=str(reference), target=target)
     check_tables(ref_df, cur_df, numeric=numeric, categorical=categorical)
+    for name, frame in (("current", cur_df), ("reference", ref_df)):
+        if len(frame) < MIN_ROWS:
+            raise DataError(f"{name} table has {len(frame):,} row(s); a drift check needs at least {MIN_ROWS} to tell "
+                            f"drift from chance", hint="check a whole day or month of subscribers")
 
     # Sample before scoring: a 1 M-row month is scored only for the rows the check will use.
     cur_s, cur_sampling = sample_rows(cur_df, cfg.sample_rows, cfg.seed)

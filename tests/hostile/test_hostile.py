@@ -428,10 +428,6 @@ CASES = POLICY_CASES + CONFIG_CASES + DATA_CASES + MODEL_CASES + DECIDE_CASES + 
 
 #: Known gaps being fixed (each must start passing: strict xfail fails the suite when it does).
 KNOWN_GAPS = {
-    "decide boolean garbage": "boolean columns accept any text as true",
-    "drift one row": "a one-row table is checked instead of refused",
-    "ingest infinite revenue": "inf revenue is not refused before order matching",
-    "ingest garbage store": "a garbage SQLite store is a DatabaseError",
 }
 
 
