@@ -2,7 +2,14 @@
 
 Why aliases (not stages): MLflow 3 deprecates stages. `champion` is what `retain decide` uses by
 default, `challenger` a candidate under evaluation. Each alias move is recorded on the registered
-model (`alias_history.<alias>`) with who/why, so `rollback` can return to the previous champion.
+model (`alias_history.<alias>`) with who/why, whether it was a promotion or a rollback and what the gate
+said, so `rollback` can walk back through the versions the alias held (never forward again).
+
+Why the gate is fair: both versions are scored on the same rows, which neither was trained on. Training
+holds a row out by a hash of its subscriber id (`training.holdout`), so every version trained on one table
+(same `data_fingerprint`) holds out the same rows whatever its seed; `compare` intersects their logged
+hold-outs by row key. Versions trained on different tables share no such rows: then `--data` with an
+independent labelled table is required. `compare(a, b)` is exactly `-compare(b, a)`.
 """
 
 from __future__ import annotations
@@ -400,7 +407,7 @@ def rollback(settings: Settings, alias: str = "champion", reason: str = "rollbac
     stack.pop()  # the current holder
     if not stack:
         raise ModelError(f"alias '{alias}' held no version before version {current}; nothing to roll back to",
-                         hint="see the alias history with `retain models list`")
+                         hint=f"its moves are in the registered-model tag alias_history.{alias} (MLflow UI)")
     skipped: list[str] = []
     while stack and stack[-1]["refused"]:
         skipped.append(stack.pop()["version"])

@@ -15,6 +15,7 @@ import re
 import sqlite3
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import warnings
 from collections.abc import Iterator
@@ -122,7 +123,8 @@ def check_sqlite_file(path: Path, what: str) -> None:
         return
     problem = None
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as db:
+        ro = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
+        with contextlib.closing(sqlite3.connect(ro, uri=True, timeout=30)) as db:
             rows = db.execute("PRAGMA quick_check").fetchall()
         if rows[:1] != [("ok",)]:
             problem = "; ".join(str(r[0]) for r in rows[:2])
