@@ -710,13 +710,15 @@ def create_app(policies: str | Path = "policies", *, input_path: str | Path | No
             check = ws.check(warnings=False)
             diffs = ws.diff()
             saved = ws.saved_check()
+            tests = run_tests() if diffs and check.ok else None
         return page(request, "save.html", status=status, check=check, diffs=diffs, notice=notice, error=error,
+                    tests=tests,
                     saved_hash=saved.policy_set.content_hash if saved.ok else None,
                     new_hash=check.policy_set.content_hash if check.ok else None)
 
     @app.get("/save", response_class=HTMLResponse)
     async def save_page(request: Request, notice: str | None = None) -> Response:
-        return await run_in_threadpool(save_view, request, notice)
+        return await run_in_threadpool(save_view, request, one_line(notice)[:300] if notice else None)
 
     @app.post("/save")
     async def save(request: Request) -> Response:
@@ -752,7 +754,7 @@ def create_app(policies: str | Path = "policies", *, input_path: str | Path | No
 
     @app.get("/signoff", response_class=HTMLResponse)
     async def signoff_page(request: Request, notice: str | None = None) -> Response:
-        return await run_in_threadpool(signoff_view, request, notice)
+        return await run_in_threadpool(signoff_view, request, one_line(notice)[:300] if notice else None)
 
     @app.post("/signoff")
     async def signoff(request: Request) -> Response:
@@ -763,8 +765,9 @@ def create_app(policies: str | Path = "policies", *, input_path: str | Path | No
                 entry = ws.sign_off(form.get("name", ""), form.get("note", ""), form.get("policy_hash") or None)
             except WorkbenchError as exc:
                 return signoff_view(request, error=scrub(str(exc)), status=409)
-            return signoff_view(request, notice=f"signed off: {entry['name']} approved policy "
-                                                f"{entry['policy_hash'][:12]} at {entry['approved_at']}")
+            notice = (f"signed off: {entry['name']} approved policy {entry['policy_hash'][:12]} at "
+                      f"{entry['approved_at']}")
+            return RedirectResponse(f"/signoff?notice={quote(notice)}", status_code=303)
 
         return await run_in_threadpool(work)
 

@@ -131,6 +131,7 @@ def test_apply_edits_the_working_copy_only_and_save_keeps_comments(client, polic
     assert (policies / VIP).read_text() == original  # not saved yet
     page = get(client, "/save").text
     assert "+      risk_grade: [high, medium]" in unescape(page) and "-      risk_grade: high" in page
+    assert re.search(r'id="save-tests"[^>]*>test cases: \d+ passed, \d+ failed', page)
     r = post(client, "/save")
     assert r.status_code == 200 and "saved policies/rules/vip.yaml" in unescape(r.text)
     saved = (policies / VIP).read_text()
