@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -104,27 +105,81 @@ def write_text(text: str, path: str | Path) -> Path:
     return target
 
 
+FAILPOINT_ENV = "RETAIN_FAILPOINT"
+
+
+def failpoint(name: str) -> None:
+    """Die at once (SIGKILL, like a power cut) when RETAIN_FAILPOINT names this point: fault-injection tests
+    prove that whatever instant a run dies at, outputs and stores stay whole. Costs one dict lookup."""
+    if os.environ.get(FAILPOINT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+#: Suffixes of the hidden siblings a publication uses: the folder being written, and the one it replaced.
+STAGING, PREVIOUS, COMPLETE = ".staging-", ".previous", ".complete"
+
+
 @contextlib.contextmanager
 def staged_outputs(out_dir: str | Path) -> Iterator[Path]:
-    """Stage a set of output files and publish them into `out_dir` together.
+    """Stage a set of output files and publish them as the whole of `out_dir`, or not at all.
 
-    Files are written into a hidden staging folder inside `out_dir`; only when the block finishes are
-    they renamed into place (each rename is atomic). If the block fails, nothing in `out_dir` changes.
+    Why a whole folder: a call centre reads `work_orders/` next to `summary.json`; a run that writes fewer
+    files than the last one (no SMS orders today) must not leave yesterday's beside today's summary. The
+    files are written into a hidden sibling folder (`.NAME.staging-*`, same file system); when the block
+    succeeds the old folder is renamed to `.NAME.previous` (one generation is kept, so nothing the folder
+    held is lost) and the staging folder is renamed to NAME. Readers see the old complete run or the new
+    complete run, never a mix. A process killed in between leaves residue that the next publication into
+    the same folder resolves: a complete staging folder with no NAME is promoted, others are removed.
     """
-    out = Path(out_dir)
+    out = Path(out_dir).absolute()
     if out.exists() and not out.is_dir():
-        raise DataError(f"output '{out}' exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
+        raise DataError(f"output '{out_dir}' exists and is not a folder")
+    if out == Path.cwd() or out in Path.cwd().parents or out.parent == out:
+        raise DataError(f"output folder '{out_dir}' is the working folder or one of its parents",
+                        hint="name a folder of its own, e.g. out/decisions")
+    _make_parent(out, out_dir)
+    recover(out)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}{STAGING}", dir=out.parent))
     try:
         yield stage
-        for item in sorted(stage.rglob("*")):
-            if item.is_file():
-                dest = out / item.relative_to(stage)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(item, dest)
+        failpoint("publish:staged")
+        stage.with_name(stage.name + COMPLETE).touch()
+        previous = out.with_name(f".{out.name}{PREVIOUS}")
+        if out.exists():
+            shutil.rmtree(previous, ignore_errors=True)
+            os.replace(out, previous)
+        failpoint("publish:between-renames")
+        os.replace(stage, out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+        stage.with_name(stage.name + COMPLETE).unlink(missing_ok=True)
+
+
+def _make_parent(out: Path, shown: str | Path) -> None:
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in [out.parent, *out.parent.parents] if p.exists() and not p.is_dir()), out.parent)
+        raise DataError(f"cannot create output folder '{shown}': '{blocker}' is a file, not a folder") from None
+    except PermissionError:
+        raise DataError(f"cannot create output folder '{shown}': permission denied") from None
+
+
+def recover(out: Path) -> None:
+    """Finish or clean up a publication into `out` that a killed process left half done."""
+    complete = sorted(out.parent.glob(f".{out.name}{STAGING}*{COMPLETE}"), key=lambda p: p.stat().st_mtime)
+    if not out.exists() and complete:
+        newest = complete[-1].with_name(complete[-1].name.removesuffix(COMPLETE))
+        if newest.is_dir():
+            os.replace(newest, out)
+    for residue in out.parent.glob(f".{out.name}{STAGING}*"):
+        if residue.is_dir():
+            shutil.rmtree(residue, ignore_errors=True)
+        else:
+            residue.unlink(missing_ok=True)
+    previous = out.with_name(f".{out.name}{PREVIOUS}")
+    if not out.exists() and previous.is_dir():
+        os.replace(previous, out)  # killed between the two renames: the old complete run comes back
 
 
 def read_yaml_mapping(path: str | Path, *, what: str) -> dict[str, Any]:
