@@ -1,33 +1,41 @@
-"""Arbitration: among each subscriber's eligible offers, the one with the best expected return,
+"""Arbitration: among each subscriber's candidates, the one the policy set's `arbitration` mode picks,
 within the run's budget and each channel's capacity.
 
 Expected net value of sending offer o on channel c to subscriber s:
     P(churn_s) x P(accept | o, reason_s) x value_kept_o x horizon - cost_o - cost_c
+P(accept | o, reason): the rate learned from outcomes, else the offer's prior in offers.yaml for the
+reason, else its `default`, else the settings' `arbitration.acceptance_default`.
+
+Which candidates take part (`eligible`):
+- `first` (the decision table's reading, DMN's priority hit policy): every candidate. The
+  highest-priority candidate is sent whatever its estimated net value; later candidates are fallbacks
+  only for a winner whose channel is full or which the budget cannot pay. There is no `not_worth_it`.
+- `best_value`: only candidates with a positive net value; a subscriber with none is `not_worth_it`.
 
 Allocation, in rounds, over a flat candidates frame (one row per subscriber x candidate, with row,
-subscriber_id, channel, priority, rank, total_cost, net_value). Only candidates with a positive net
-value take part. Each round:
+subscriber_id, channel, priority, rank, total_cost, net_value). Each round:
 
 1. **Proposal.** Every subscriber not yet served proposes its best remaining candidate among those whose
-   channel has capacity left and whose cost alone fits the budget left. "Best" follows the policy set's
-   `arbitration` mode: `best_value`, the highest net value (ties: higher priority, then lower rank);
-   `first`, the lowest rank (the decision table's own order: the policy winner, then its fallbacks).
+   channel has capacity left and whose cost alone fits the budget left. "Best" follows the mode
+   (`preference_order`): `first`, the lowest rank (the policy winner, then its fallbacks in evaluation
+   order); `best_value`, the highest net value (ties: higher priority, then lower rank).
 2. **Order.** Proposals are ordered by value density, net_value / total_cost, highest first; ties by
-   subscriber_id (a stable key, the same on any machine and in any partitioning).
+   subscriber_id (a stable key, the same on any machine and in any partitioning). This only matters when
+   budget or a capacity binds: it decides who is funded first.
 3. **Capacity.** Per channel, the running count of proposals in that order is admitted while it stays
    within the channel's remaining capacity.
 4. **Budget.** Over the capacity-admitted proposals, in the same order, the running total cost is
    admitted while it stays within the remaining budget. Those are chosen: one offer per subscriber.
 5. Capacity and budget shrink by what was chosen. A subscriber refused for capacity falls back to its
    next candidate on a channel that still has room; one refused for budget proposes again (the same
-   candidate if it still fits the budget left, else a cheaper one).
+   candidate if it still fits the budget left, else the next one that does).
 
 Rounds end when nobody proposes (at most `MAX_ROUNDS`; the first proposal of a round is always chosen,
 so each round serves someone). A subscriber left with candidates is `over_capacity` when its best
-candidate's channel is full, else `over_budget`; one with no candidate of positive value is
-`not_worth_it`. Every step is a sort, a filter or a running sum, so the same algorithm runs in Spark with
-window functions: row_number over (partition by subscriber order by net_value desc, priority desc,
-rank) for the proposal, row_number over (partition by channel order by density desc, subscriber_id) for
+candidate's channel is full, else `over_budget`; under `best_value` one with no candidate of positive
+value is `not_worth_it`. Every step is a sort, a filter or a running sum, so the same algorithm runs in
+Spark with window functions: row_number over (partition by subscriber order by the mode's preference)
+for the proposal, row_number over (partition by channel order by density desc, subscriber_id) for
 capacity, and a running sum over (order by density desc, subscriber_id) for budget, with the rounds
 driven from the driver.
 
@@ -35,7 +43,7 @@ Why greedy by value density, not an exact solver: the problem is an assignment w
 (knapsack) and per-channel capacities. At 10^5-10^7 subscribers every single offer is tiny against the
 budget, where greedy by net value per unit of cost is within one offer's value of the LP optimum, runs
 in O(n log n) per round, and is explainable to a retention manager ("best value per euro first"). Each
-subscriber proposes its own best offer (by net value, or the marketer's order), not its densest one,
+subscriber proposes its own best offer (the marketer's order, or by net value), not its densest one,
 because when nothing binds the subscriber should get that offer; density only decides who goes first
 when something does.
 An exact MILP at this size would blow the nightly time budget for a gain smaller than rounding.
@@ -105,6 +113,14 @@ class Allocation:
     rounds: int
 
 
+def eligible(net_value: np.ndarray, prefer: str = "best_value") -> np.ndarray:
+    """Which candidates take part in arbitration: all under `first`, positive net value under `best_value`."""
+    net_value = np.asarray(net_value, dtype=float)
+    if prefer == "first":
+        return np.ones(len(net_value), dtype=bool)
+    return net_value > 0
+
+
 def preference_order(row: np.ndarray, rank: np.ndarray, priority: np.ndarray, net_value: np.ndarray,
                      prefer: str = "best_value") -> np.ndarray:
     """Candidates grouped by subscriber, each subscriber's best first (see `prefer` in the module docs)."""
@@ -152,8 +168,8 @@ def allocate_arrays(*, row: np.ndarray, key: np.ndarray, channel: np.ndarray, ch
                    dtype=np.int64)
     budget_left = np.inf if budget is None else float(budget)
     status = np.full(n_rows, "", dtype=object)
-    status[row] = NOT_WORTH
-    worth = np.flatnonzero(net_value > 0)
+    status[row] = NOT_WORTH  # under `first` every subscriber with a candidate is overwritten below
+    worth = np.flatnonzero(eligible(net_value, prefer))
     pref = worth[preference_order(row[worth], rank[worth], priority[worth], net_value[worth], prefer)]
     p_row, p_ch, p_cost = row[pref], channel[pref], total_cost[pref]
     p_density = net_value[pref] / np.maximum(p_cost, 1e-9)

@@ -33,7 +33,7 @@ import pandas as pd
 
 from engine.config import RiskGrades, Settings
 from engine.data.schema import ID, LABEL_COLUMNS
-from engine.decision.arbitration import acceptance_rate, preference_order
+from engine.decision.arbitration import acceptance_rate, eligible, preference_order
 from engine.decision.contact import blocked_reasons, read_history
 from engine.decision.validate import validate_rows
 from engine.model.churn import PROBABILITY
@@ -84,12 +84,12 @@ class Assessment:
     def best(self) -> np.ndarray:
         """Per row, the index (into `candidates`) of its best candidate before run-level constraints, or -1.
 
-        Among the contactable candidates with a positive expected net value: the highest net value (ties
-        by priority, then rank) under `arbitration: best_value`, the lowest rank under `first`. This is
-        what the subscriber gets when budget and capacity allow.
+        Among the contactable candidates: under `arbitration: first` the lowest rank, whatever its net value;
+        under `best_value` the highest positive net value (ties by priority, then rank). This is what the
+        subscriber gets when budget and capacity allow.
         """
         c = self.candidates
-        ok = np.flatnonzero(c["contactable"].to_numpy() & (c["net_value"].to_numpy() > 0))
+        ok = np.flatnonzero(c["contactable"].to_numpy() & eligible(c["net_value"].to_numpy(), self.prefer))
         out = np.full(len(self.scored), -1, dtype=np.int64)
         if len(ok) == 0:
             return out

@@ -156,10 +156,13 @@ def test_allocation_guarantees_hold_on_random_candidates(seed, prefer):
     for ch, cap in capacity.items():
         if cap is not None:
             assert (chosen["channel"] == ch).sum() <= cap
-    assert (chosen["net_value"] > 0).all()
-    worth = set(cands.loc[cands["net_value"] > 0, "row"])
     status = result.set_index("row")["arbitration"]
-    assert set(status[~status.index.isin(list(worth))]) <= {"not_worth_it"}
+    if prefer == "best_value":
+        assert (chosen["net_value"] > 0).all()
+        worth = set(cands.loc[cands["net_value"] > 0, "row"])
+        assert set(status[~status.index.isin(list(worth))]) <= {"not_worth_it"}
+    else:  # first: every candidate takes part, whatever its value; nobody is not_worth_it
+        worth = set(cands["row"])
     assert set(status[status.index.isin(list(worth))]) <= {CHOSEN, OVER_BUDGET, OVER_CAPACITY}
     assert (status == OVER_BUDGET).any() or (status == OVER_CAPACITY).any(), "constraints bind in this draw"
 
@@ -169,12 +172,25 @@ def test_without_constraints_everyone_gets_their_best_candidate():
     worth = cands[cands["net_value"] > 0]
     by_value = worth.sort_values(["row", "net_value", "priority"], ascending=[True, False, False])
     by_value = by_value.groupby("row").head(1)
-    by_rank = worth.sort_values(["row", "rank"]).groupby("row").head(1)
+    by_rank = cands.sort_values(["row", "rank"]).groupby("row").head(1)  # first: the winner whatever its value
     for prefer, expected in (("best_value", by_value), ("first", by_rank)):
         result = allocate(cands, budget=None, capacity={}, prefer=prefer)
         chosen = result[result["arbitration"] == CHOSEN].set_index("row")
         assert chosen.index.tolist() == sorted(expected["row"])
         assert (chosen["rank"] == expected.set_index("row")["rank"].reindex(chosen.index)).all(), prefer
+
+
+def test_first_mode_sends_the_winner_whatever_its_value_and_falls_back_only_when_blocked():
+    # S1's winner (rank 0) has a negative value: still sent under `first`, not_worth_it under best_value.
+    # S2's winner is on a full channel: its fallback (rank 1) is sent.
+    cands = pd.DataFrame({"row": [0, 0, 1, 1], "subscriber_id": ["S1", "S1", "S2", "S2"], "rank": [0, 1, 0, 1],
+                          "channel": ["sms", "app_popup", "outbound_call", "sms"], "priority": [9, 5, 9, 5],
+                          "total_cost": [1.0, 1.0, 5.0, 1.0], "net_value": [-2.0, 3.0, 10.0, -1.0]})
+    first = allocate(cands, budget=None, capacity={"outbound_call": 0}, prefer="first").set_index("row")
+    assert first.loc[0, "arbitration"] == CHOSEN and first.loc[0, "rank"] == 0
+    assert first.loc[1, "arbitration"] == CHOSEN and first.loc[1, "rank"] == 1
+    best = allocate(cands, budget=None, capacity={"outbound_call": 0}, prefer="best_value").set_index("row")
+    assert best.loc[0, "rank"] == 1 and best.loc[1, "arbitration"] == OVER_CAPACITY
 
 
 def test_density_ties_go_to_the_lower_subscriber_id_whatever_the_row_order():
