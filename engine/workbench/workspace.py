@@ -33,6 +33,7 @@ from typing import Any
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.constructor import RoundTripConstructor
 from ruamel.yaml.error import YAMLError
 
 from engine.errors import PolicyError, RetainError
@@ -48,9 +49,25 @@ class WorkbenchError(RetainError):
     """A refusal or mistake shown to the marketer as one line."""
 
 
+class _Constructor(RoundTripConstructor):
+    """Round-trip constructor that keeps a date-looking scalar which is no real date (2026-13-01) as text,
+    as the policy loader does, so its own check reports it on the field instead of the file not loading."""
+
+    def construct_yaml_timestamp(self, node: Any, values: Any = None) -> Any:
+        try:
+            return super().construct_yaml_timestamp(node, values)
+        except ValueError:
+            return self.construct_scalar(node)
+
+
+_Constructor.add_constructor("tag:yaml.org,2002:timestamp", _Constructor.construct_yaml_timestamp)
+
+
 def yaml_rt() -> YAML:
     """ruamel.yaml in round-trip mode, set up like the project's policy files (2-space maps, `  - ` lists)."""
     y = YAML(typ="rt")
+    y.Constructor = _Constructor
+    y.allow_duplicate_keys = True  # the policy loader reports them, with their line
     y.preserve_quotes = True
     y.width = 4096
     y.indent(mapping=2, sequence=4, offset=2)

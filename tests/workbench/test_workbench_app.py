@@ -120,6 +120,8 @@ def test_value_and_priority_errors_land_on_their_fields(client):
     assert any("unknown value 'hihg' for risk_grade" in m for m in field_error(r.text, "when-value-1"))
     assert any("field 'priority'" in m for m in field_error(r.text, "priority"))
     assert any("vip_manger" in m for m in field_error(r.text, "channel"))
+    r = post(client, "/edit/rules/check", data=vip_form(valid_to="2026-13-01", then_kind="suppression"))
+    assert any("field 'valid_to'" in m for m in field_error(r.text, "valid_to"))
     r = post(client, "/edit/rules/check", data=vip_form(**{"when-value-0": "[high, medium"}))
     assert any("not valid YAML" in m for m in field_error(r.text, "when-value-0"))
 
