@@ -176,6 +176,13 @@ def _guard(errors: dict[str, list[str]], name: str, fn: Any, *args: Any) -> Any:
         return None
 
 
+def _form_owns(item: Any, key: str, form: dict[str, str], prefix: str) -> bool:
+    """Whether the form's condition rows stand for `key`: not when the item holds something other than a
+    mapping there (only the YAML pane can show that) and the form gives no rows for it."""
+    value = item.get(key)
+    return value is None or isinstance(value, dict) or bool(_rows(form, prefix))
+
+
 def apply_form(kind: str, orig: Any, form: dict[str, str]) -> tuple[CommentedMap, dict[str, list[str]]]:
     """The item with the form's values (orig is changed in place; None: a new item) and the form's own
     errors (values that are not YAML, half-filled condition rows)."""
@@ -188,7 +195,8 @@ def apply_form(kind: str, orig: Any, form: dict[str, str]) -> tuple[CommentedMap
     if kind == "rules":
         _set(item, "priority", _number(f.get("priority", ""), integer=False), order)
         _set(item, "stage", f.get("stage", "").strip() or None, order)
-        _set(item, "when", _conditions(item.get("when"), f, "when", errors), order)
+        if _form_owns(item, "when", f, "when"):
+            _set(item, "when", _conditions(item.get("when"), f, "when", errors), order)
         then = item.get("then") if isinstance(item.get("then"), CommentedMap) else CommentedMap()
         if f.get("then_kind") == "suppression":
             for k in ("offer", "channel", "exclude_channels", "message"):
@@ -213,7 +221,8 @@ def apply_form(kind: str, orig: Any, form: dict[str, str]) -> tuple[CommentedMap
         _set(item, "acceptance", _guard(errors, "acceptance", parse_value, f.get("acceptance", ""), "acceptance"),
              order)
         _set(item, "channels", _guard(errors, "channels", _list, f.get("channels", ""), "channels"), order)
-        _set(item, "eligibility", _conditions(item.get("eligibility"), f, "elig", errors), order)
+        if _form_owns(item, "eligibility", f, "elig"):
+            _set(item, "eligibility", _conditions(item.get("eligibility"), f, "elig", errors), order)
     for key in ("valid_from", "valid_to"):
         _set(item, key, _guard(errors, key, _date, f.get(key, ""), key), order)
     return item, errors
