@@ -244,6 +244,11 @@ def _labelled(settings: Settings, first, second, data: str | None):
         from engine.data.labelled import load_training_table
 
         table = load_training_table(data, target=first.model.spec.get("target"))
+        for loaded in (first, second):
+            if _version_tags(settings, loaded).get("data_fingerprint") == table.fingerprint:
+                raise ModelError(f"{data} is the table version {loaded.version} was trained on, so it is not "
+                                 "independent", hint="pass --data with a labelled table neither version was "
+                                                     "trained on (e.g. a later month)")
         y = table.target.to_numpy()
         if len(set(y.tolist())) < 2:
             raise ModelError(f"{data}: the target holds one class only, so ROC AUC cannot rank the models",

@@ -40,6 +40,9 @@ def test_compare_needs_independent_data_when_versions_saw_different_tables(regis
     res = runner.invoke(app, ["models", "compare", "2", "1", "--json", "--rounds", "100", *registry.args()])
     assert res.exit_code == 2
     assert "different data" in res.output and "--data" in res.output and "Traceback" not in res.output
+    res = runner.invoke(app, ["models", "compare", "2", "1", "--rounds", "100",
+                              "--data", str(month_files["base"]), *registry.args()])
+    assert res.exit_code == 2 and "version 1 was trained on" in res.output and "not independent" in res.output
     res = runner.invoke(app, ["models", "compare", "2", "1", "--json", "--rounds", "100",
                               "--data", str(month_files["same"]), *registry.args()])
     assert res.exit_code == 0, res.output

@@ -8,12 +8,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_two_trainings_at_once_on_one_sqlite_store(store, month_files):
+def test_two_trainings_at_once_on_one_sqlite_store(store, month_files, tmp_path):
+    """A new store: both processes create MLflow's and Optuna's tables at once, then both write runs."""
+    small = tmp_path / "small.parquet"
+    pd.read_parquet(month_files["base"]).head(800).to_parquet(small)
     cmd = [sys.executable, "-c", "from engine.cli.main import app; app(prog_name='retain')", "train", "--data",
-           str(month_files["base"]), "--trials", "1", "--json", *store.args()]
+           str(small), "--trials", "1", "--json", *store.args()]
     env = {**os.environ, "RETAIN_TRAIN_LOCK_WAIT": "300"}
     env.pop("MLFLOW_TRACKING_URI", None)
     procs = [subprocess.Popen([*cmd, "--seed", str(seed)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
