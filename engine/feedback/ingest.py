@@ -38,7 +38,7 @@ import sqlalchemy as sa
 
 from engine.config import Settings
 from engine.data.flags import parse_flags
-from engine.data.io import read_table
+from engine.data.io import failpoint, read_table
 from engine.errors import DataError
 from engine.feedback.store import (
     OUTCOME_FLAGS,
@@ -416,6 +416,10 @@ def ingest(settings: Settings, file: str | Path, *, url: str | None = None, stri
     same = np.ones(len(merged), dtype=bool)
     for col in OUTCOME_VALUES:
         old = merged[f"{col}_old"]
+        # A file adds or corrects what it carries; what it leaves out (a 30-day file has no 90-day flag)
+        # keeps its stored value instead of erasing it.
+        old_typed = old.astype("boolean") if col in OUTCOME_FLAGS else old.astype(float)
+        merged[col] = merged[col].where(merged[col].notna(), old_typed)
         same &= _same(merged[col], old.astype("boolean") if col in OUTCOME_FLAGS else old.astype(float))
     changed = ~is_new & ~same
     write = merged[is_new | changed].copy()
@@ -425,6 +429,7 @@ def ingest(settings: Settings, file: str | Path, *, url: str | None = None, stri
         write[col] = write[col].astype(object).where(write[col].notna(), None)
     with store.transaction() as conn:
         store.delete_keys(conn, outcomes_table, merged.loc[changed, ["decision_run", "subscriber_id"]])
+        failpoint("ingest:in-transaction")
         store.insert_frame(conn, outcomes_table, write)
     cols = ["row", "order_id", "decision_run", "subscriber_id", "problem", "stored"]
     return IngestResult(file=str(file), rows=len(parsed), inserted=int(is_new.sum()), updated=int(changed.sum()),
