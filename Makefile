@@ -20,11 +20,11 @@ $(STAMP): requirements.lock pyproject.toml
 
 setup: $(STAMP)  ## create .venv and install the pinned dependencies
 
-test: setup  ## fast tests (slow ones are marked and skipped)
-	$(BIN)/pytest -q $(PYTEST_ARGS)
+test: setup  ## fast tests (slow ones are marked and skipped), on both cores
+	$(BIN)/pytest -q -n 2 --dist loadfile --durations=15 $(PYTEST_ARGS)
 
 test-all: setup  ## every test, slow ones included
-	$(BIN)/pytest -q -m "" $(PYTEST_ARGS)
+	$(BIN)/pytest -q -n 2 --dist loadfile -m "" $(PYTEST_ARGS)
 
 demo: setup  ## the whole loop on built-in data
 	$(BIN)/retain demo
