@@ -6,6 +6,7 @@ exit code 2, without a traceback, for every command and sub-command.
 
 from __future__ import annotations
 
+import enum
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,6 +19,13 @@ from engine.cli.common import ErrorGroup, err_console, rows_table, settings_for
 from engine.errors import RetainError
 
 console = Console()
+
+
+class Engine(enum.StrEnum):
+    """Where `retain decide` / `retain score` run."""
+
+    local = "local"
+    spark = "spark"
 
 
 app = typer.Typer(name="retain", cls=ErrorGroup, no_args_is_help=True, add_completion=False,
@@ -213,6 +221,11 @@ def decide(
     learned: Annotated[bool, typer.Option("--learned/--no-learned",
                                           help="Use acceptance rates learned from ingested outcomes "
                                                "(else the configured priors).")] = True,
+    engine: Annotated[Engine, typer.Option("--engine", help="local: this machine; spark: Apache Spark (input/output "
+                                                           "Parquet files or folders on any path Spark reads).")
+                      ] = Engine.local,
+    spark_master: Annotated[str | None, typer.Option("--spark-master", help="Spark master URL with --engine "
+                                                     "spark (default local[2], or the spark-submit master).")] = None,
     config: ConfigOpt = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
@@ -228,6 +241,10 @@ def decide(
     from engine.decision.run import decide_file
 
     settings = settings_for(config, tracking_uri)
+    if engine == Engine.spark:
+        _decide_spark(input, out, settings=settings, model=model, policies=policies, contact_history=contact_history,
+                      run_date=run_date, log_run=log_run, record=record, learned=learned, master=spark_master)
+        return
     with Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console) as bars:
         tasks: dict[str, Any] = {}
@@ -248,6 +265,56 @@ def decide(
     render_decision_summary(result.summary)
     console.print(f"decisions: {result.files['decisions']}")
     console.print(f"work orders: {Path(result.files['summary']).parent / 'work_orders'}")
+
+
+def _decide_spark(input: Path, out: Path, *, settings, model: str, policies: Path | None,
+                  contact_history: Path | None, run_date: str | None, log_run: bool, record: bool, learned: bool,
+                  master: str | None) -> None:
+    from engine.spark.decide import decide_spark
+
+    rates = None
+    if learned:
+        from engine.feedback.learning import learned_acceptance
+
+        rates = learned_acceptance(settings)
+    if record:
+        err_console.print("note: --engine spark does not record the run in the decision store (use --no-record)")
+    result = decide_spark(input, out, settings=settings, model=model, policy_dir=policies, master=master,
+                          contact_history=contact_history, run_date=_date(run_date), learned=rates, log_run=log_run)
+    render_decision_summary(result.summary)
+    console.print(f"decisions: {result.files['decisions']}")
+    console.print(f"work orders: {Path(str(result.files['summary'])).parent / 'work_orders'}")
+
+
+# ---------------------------------------------------------------------------------------------
+# score
+# ---------------------------------------------------------------------------------------------
+@app.command()
+def score(
+    input: Annotated[Path, typer.Option("--input", help="Subscriber table: .parquet/.csv (local) or Parquet file "
+                                                        "or folder (spark).")],
+    out: Annotated[Path, typer.Option("--out", help="Output: a .parquet file or folder (local: FOLDER/scores.parquet"
+                                                    "), a Parquet folder (spark).")],
+    model: Annotated[str, typer.Option(help="Model alias, version number or URI.")] = "champion",
+    engine: Annotated[Engine, typer.Option("--engine", help="local: the model in this process; spark: mlflow's "
+                                                           "spark_udf.")] = Engine.local,
+    spark_master: Annotated[str | None, typer.Option("--spark-master", help="Spark master URL with --engine "
+                                                     "spark (default local[2]).")] = None,
+    config: ConfigOpt = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Churn probability per subscriber with the registered model alone (no policies, no arbitration)."""
+    settings = settings_for(config, tracking_uri)
+    if engine == Engine.spark:
+        from engine.spark.score import score_spark
+
+        result = score_spark(input, out, settings=settings, model=model, master=spark_master)
+    else:
+        from engine.spark.score import score_local
+
+        result = score_local(input, out, settings=settings, model=model)
+    console.print(f"scored {result.rows:,} subscribers with {result.model_uri} (version {result.model_version}): "
+                  f"mean churn probability {result.mean_probability:.4f} -> {result.out}")
 
 
 def _date(text: str | None):
