@@ -39,12 +39,13 @@ PREFERRED_TO_CHANNEL = {"sms": "sms", "app": "app_popup", "call": "outbound_call
 STATUS_OFFER = "offer"  # an offer is sent on a channel (a work order)
 STATUS_CONTROL = "control"  # would have been sent, held back to measure uplift
 STATUS_NONE = "no_offer"  # no rule matched
+STATUS_SUPPRESSED = "suppressed"  # the first matching rule is a suppression (no_offer: true): nothing is sent
 STATUS_BLOCKED = "blocked"  # contact rules removed every candidate (see blocked_reason)
-STATUS_NOT_WORTH = "not_worth_it"  # no candidate has a positive expected net value
+STATUS_NOT_WORTH = "not_worth_it"  # arbitration best_value: no candidate has a positive expected net value
 STATUS_OVER_BUDGET = "over_budget"
 STATUS_OVER_CAPACITY = "over_capacity"
-STATUSES = (STATUS_OFFER, STATUS_CONTROL, STATUS_NONE, STATUS_BLOCKED, STATUS_NOT_WORTH, STATUS_OVER_BUDGET,
-            STATUS_OVER_CAPACITY)
+STATUSES = (STATUS_OFFER, STATUS_CONTROL, STATUS_NONE, STATUS_SUPPRESSED, STATUS_BLOCKED, STATUS_NOT_WORTH,
+            STATUS_OVER_BUDGET, STATUS_OVER_CAPACITY)
 
 #: The spellings of yes and no accepted in any input column that holds a flag (any case).
 TRUE_WORDS = frozenset({"yes", "y", "true", "t", "1", "1.0"})

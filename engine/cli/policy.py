@@ -34,6 +34,32 @@ DateOpt = Annotated[dt.datetime | None, typer.Option("--date", formats=["%Y-%m-%
                                                      help="Decision date for offer validity (default: today).")]
 InputOpt = Annotated[Path, typer.Option("--input", help="Decisions table (.parquet/.csv) with the policy "
                                                         "attributes, e.g. decisions.parquet of `retain decide`.")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Settings YAML, as for `retain decide` (arbitration, "
+                                                                 "channel costs and capacity, budget, control "
+                                                                 "group, contact rules).")]
+TrackingOpt = Annotated[str | None, typer.Option("--tracking-uri", envvar="MLFLOW_TRACKING_URI",
+                                                 help="MLflow store; its decision store gives learned "
+                                                      "acceptance rates.")]
+HistoryOpt = Annotated[Path | None, typer.Option("--contact-history", help="Contact history (.csv/.parquet), as "
+                                                                           "for `retain decide`: contact limits "
+                                                                           "and cool-downs (read only).")]
+LearnedOpt = Annotated[bool, typer.Option("--learned/--no-learned", help="Use acceptance rates learned from "
+                                                                         "ingested outcomes, as `retain decide` "
+                                                                         "does (else the priors).")]
+
+
+def _run_inputs(config: Path | None, tracking_uri: str | None, contact_history: Path | None, learned: bool):
+    """Settings, contact history and learned rates, read exactly as `retain decide` reads them."""
+    from engine.cli.common import settings_for
+    from engine.decision.contact import read_history
+
+    settings = settings_for(config, tracking_uri)
+    rates = None
+    if learned:
+        from engine.feedback.learning import learned_acceptance
+
+        rates = learned_acceptance(settings)
+    return settings, read_history(contact_history), rates
 
 
 def _day(date: dt.datetime | None) -> dt.date | None:
@@ -130,15 +156,19 @@ def validate(
 def test_cmd(
     policies: PoliciesOpt = Path("policies"),
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List passing cases too.")] = False,
+    config: ConfigOpt = None,
 ) -> None:
-    """Run the YAML test cases next to the policies (tests/*.yaml): pass/fail table, exit 1 on any failure."""
+    """Run the YAML test cases next to the policies (tests/*.yaml) through `retain decide`'s decision function:
+    pass/fail table, exit 1 on any failure."""
+    from engine.cli.common import settings_for
     from engine.policy import PolicyEngine
     from engine.policy.testing import load_cases, run_cases
 
     ps = _load(policies)
     engine = PolicyEngine(ps)
+    settings = settings_for(config, None)
     try:
-        cases = load_cases(policies, ps)
+        cases = load_cases(policies, ps, settings=settings)
     except PolicyError as exc:
         if len(exc.problems) > 1:
             for problem in exc.problems:
@@ -146,7 +176,7 @@ def test_cmd(
             err_console.print(f"[bold red]error:[/] {len(exc.problems)} problems in the test cases", highlight=False)
             raise typer.Exit(2) from None
         raise
-    results = run_cases(engine, cases)
+    results = run_cases(engine, cases, settings=settings)
     failed = [r for r in results if not r.passed]
     shown = results if verbose or len(results) <= 40 else failed
     table = Table(title=f"Policy tests ({policies})", title_justify="left")
@@ -169,8 +199,14 @@ def explain(
     subscriber: Annotated[str, typer.Option("--subscriber", help="subscriber_id to explain.")],
     policies: PoliciesOpt = Path("policies"),
     date: DateOpt = None,
+    config: ConfigOpt = None,
+    tracking_uri: TrackingOpt = None,
+    contact_history: HistoryOpt = None,
+    learned: LearnedOpt = True,
 ) -> None:
-    """Every rule for one subscriber: matched or not, the first failing condition, and the winner."""
+    """Every rule for one subscriber (matched or not, the first failing condition), then the arbitration step
+    of `retain decide` on the input table: each candidate's acceptance, expected value, cost and net value,
+    and why the winner won or why nothing was sent."""
     from engine.policy.explain import explain as run_explain
     from engine.policy.explain import find_subscriber
 
@@ -178,7 +214,9 @@ def explain(
     frame = _read(input)
     engine.policy_set.require_declared(frame.columns)
     record = find_subscriber(frame, subscriber, source=str(input))
-    ex = run_explain(engine, record, _day(date))
+    settings, history, rates = _run_inputs(config, tracking_uri, contact_history, learned)
+    ex = run_explain(engine, record, _day(date), frame=frame, settings=settings, history=history, learned=rates,
+                     source=str(input))
     d = ex.decision
     table = Table(title=f"Subscriber {ex.subscriber_id} - policy {ex.policy_hash[:12]}, decision date {ex.decided_on}"
                         f", arbitration {ex.arbitration}", title_justify="left")
@@ -193,24 +231,29 @@ def explain(
         table.add_row(str(v.position), v.rule_id, str(v.priority), v.stage, offer_cell, v.channel, v.dates, verdict,
                       escape(v.detail))
     console.print(table)
-    if ex.suppressed_by and d.get("rule_id") in (None, ex.suppressed_by) and not d.get("offer_id"):
-        note = f": {ex.note}" if ex.note else ""
-        console.print(f"suppressed: rule [bold]{ex.suppressed_by}[/] ends the candidates{escape(note)} - no offer",
-                      highlight=False)
-    elif d.get("rule_id"):
-        console.print(f"winner: rule [bold]{d['rule_id']}[/] -> offer [bold]{d['offer_id']}[/] via {d['channel']}"
-                      f" ({d['stage']}, priority {d['priority']})", highlight=False)
+    if ex.candidates:
+        arb = Table(title=f"Arbitration ({ex.arbitration}), as retain decide takes it", title_justify="left")
+        for col in ("#", "rule", "offer", "channel", "acceptance (prior / learned)", "expected value", "cost",
+                    "net value", "outcome"):
+            arb.add_column(col, overflow="fold")
+        for c in ex.candidates:
+            learned_text = "-" if c["p_learned"] is None else f"{c['p_learned']:.1%}"
+            arb.add_row(str(c["rank"]), c["rule_id"], c["offer_id"], c["channel"],
+                        f"{c['p_accept']:.1%} ({c['p_prior']:.1%} / {learned_text})", f"{c['expected_value']:,.2f}",
+                        f"{c['cost']:,.2f}", f"{c['net_value']:,.2f}", escape(c["outcome"]))
+        console.print(arb)
+    console.print(f"status: [bold]{ex.status or '-'}[/]", highlight=False)
+    if ex.why:
+        console.print(escape(ex.why), highlight=False)
+    if d.get("offer_id"):
         console.print(f"message: {d['message']}", highlight=False, markup=False)
-    else:
-        console.print("winner: none - no rule matches this subscriber", highlight=False)
     rec = ex.recorded
     if rec.get("policy_hash") and rec["policy_hash"] != ex.policy_hash:
         console.print(f"[yellow]note:[/] the input was decided with policy {str(rec['policy_hash'])[:12]}, "
                       f"explained with {ex.policy_hash[:12]}", highlight=False)
     if "offer_id" in rec and (rec["offer_id"] if rec["offer_id"] == rec["offer_id"] else None) != d.get("offer_id"):
         console.print(f"[yellow]note:[/] the input table records offer {rec['offer_id']!s} for this subscriber "
-                      f"(later stages such as opt-out, budget or capacity may change the policy's choice)",
-                      highlight=False)
+                      f"(decided then with its policy set, settings and date)", highlight=False)
 
 
 @app.command()
@@ -227,11 +270,14 @@ def simulate(
                                                          "line is one object whose offers, channels, status, cost "
                                                          "and expected_saves mean what they mean in decide's "
                                                          "summary.json.")] = False,
-    config: Annotated[Path | None, typer.Option("--config", help="Settings YAML (channel costs, acceptance "
-                                                                 "fallback).")] = None,
+    config: ConfigOpt = None,
+    tracking_uri: TrackingOpt = None,
+    contact_history: HistoryOpt = None,
+    learned: LearnedOpt = True,
 ) -> None:
-    """Reach, cost and expected saves per rule, offer, channel and segment; with --against, what changes."""
-    from engine.cli.common import settings_for
+    """What `retain decide` would do with this policy set on a decisions table (the same decision function:
+    arbitration, contact rules, control group, budget, capacity): reach, cost and expected saves per rule,
+    offer, channel and segment; with --against, what changes."""
     from engine.policy.simulate import simulate as run_simulation
     from engine.policy.simulate import write_report
 
@@ -239,14 +285,17 @@ def simulate(
     baseline = _engine(against, date) if against is not None else None
     frame = _read(input)
     engine.policy_set.require_declared(frame.columns)
-    sim = run_simulation(engine, frame, against=baseline, on=_day(date), settings=settings_for(config, None))
+    settings, history, rates = _run_inputs(config, tracking_uri, contact_history, learned)
+    sim = run_simulation(engine, frame, against=baseline, on=_day(date), settings=settings, history=history,
+                         learned=rates, source=str(input))
     paths = write_report(sim, out) if out is not None else None
     if as_json:
         typer.echo(json.dumps(sim.as_dict(), default=str))
         return
     t = sim.totals
     console.print(f"{sim.subscribers:,} subscribers, policy {sim.policy_hash[:12]}: {t['reached']:,} reached, "
-                  f"offer cost {t['cost']:,.2f}, expected saves {t['expected_saves']:,.2f}/month", highlight=False)
+                  f"cost {t['cost']:,.2f}, expected saves {t['expected_saves']:,.2f}/month", highlight=False)
+    console.print("status: " + ", ".join(f"{k} {v:,}" for k, v in sim.summary["status"].items()), highlight=False)
     console.print(_rows_table("Per offer", sim.by_offer.to_dict(orient="records")))
     console.print(_rows_table("Per rule", sim.by_rule.to_dict(orient="records")))
     console.print(_rows_table("Per channel", sim.by_channel.to_dict(orient="records")))
@@ -273,20 +322,28 @@ def match(
                                                            "(atomically).")] = None,
     limit: Annotated[int, typer.Option(min=0, help="Rows to show in the terminal.")] = 20,
     date: DateOpt = None,
+    config: ConfigOpt = None,
+    tracking_uri: TrackingOpt = None,
+    contact_history: HistoryOpt = None,
+    learned: LearnedOpt = True,
 ) -> None:
-    """Forward matching: the subscribers an offer suits (a rule giving it matches and the offer is eligible)."""
+    """Forward matching: the subscribers an offer suits (a rule giving it matches and the offer is eligible),
+    and those `retain decide` would actually send it to (arbitration, contact rules, control, budget, capacity)."""
     from engine.policy.match import match_offer
 
     engine = _engine(policies, date)
     frame = _read(input)
     engine.policy_set.require_declared(frame.columns)
-    audience = match_offer(engine, frame, offer, _day(date))
-    today = int(audience["gets_it_today"].sum())
-    console.print(f"offer '{offer}' suits {len(audience):,} of {len(frame):,} subscribers "
-                  f"({len(audience) / max(len(frame), 1):.1%}); {today:,} get it today", highlight=False)
+    settings, history, rates = _run_inputs(config, tracking_uri, contact_history, learned)
+    audience = match_offer(engine, frame, offer, _day(date), settings=settings, history=history, learned=rates,
+                           source=str(input))
+    receives = int(audience["receives"].sum())
+    console.print(f"offer '{offer}': {len(audience):,} of {len(frame):,} subscribers qualify "
+                  f"({len(audience) / max(len(frame), 1):.1%}); {receives:,} would receive it, "
+                  f"{len(audience) - receives:,} only qualify", highlight=False)
     if limit and len(audience):
-        shown = [c for c in ("subscriber_id", "matching_rules", "channel", "current_offer", "churn_probability",
-                             "risk_grade", "value_tier", "reason") if c in audience.columns]
+        shown = [c for c in ("subscriber_id", "matching_rules", "receives", "status", "channel", "current_offer",
+                             "churn_probability", "risk_grade", "value_tier", "reason") if c in audience.columns]
         console.print(_rows_table(f"Top {min(limit, len(audience))} (all columns in --out)",
                              audience.head(limit).to_dict(orient="records"), shown))
     if out is not None:

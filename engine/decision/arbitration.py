@@ -68,21 +68,39 @@ _UNLIMITED = np.iinfo(np.int64).max
 def acceptance_rate(offer_id: np.ndarray, reason: np.ndarray, cfg: Arbitration,
                     learned: Mapping[tuple[str, str], float] | None = None,
                     offer_priors: Mapping[str, Mapping[str, float]] | None = None) -> np.ndarray:
-    """P(accept | offer, reason): learned rates first, then the offer's own priors in the policy set
-    (`acceptance:` in offers.yaml, per reason then `default`), then the configured priors."""
-    out = cfg.prior_acceptance(offer_id, reason)
-    for offer, rates in (offer_priors or {}).items():
-        if not rates:
-            continue
-        is_offer = offer_id == offer
-        if "default" in rates:
-            out[is_offer] = rates["default"]
-        for r, rate in rates.items():
-            if r != "default":
-                out[is_offer & (reason == r)] = rate
+    """P(accept | offer, reason): the learned rate, else the offer's prior in the policy set (`acceptance:` in
+    offers.yaml, for the reason, else its `default`), else the settings' `acceptance_default`.
+
+    Without `offer_priors` (callers that have no policy set) the settings' per-offer table stands in for them.
+    """
+    return acceptance_rates(offer_id, reason, cfg, learned, offer_priors)[0]
+
+
+def acceptance_rates(offer_id: np.ndarray, reason: np.ndarray, cfg: Arbitration,
+                     learned: Mapping[tuple[str, str], float] | None = None,
+                     offer_priors: Mapping[str, Mapping[str, float]] | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(used, prior, learned) P(accept) per element (see `acceptance_rate`); learned is NaN where none is."""
+    offer_id = np.asarray(offer_id, dtype=object)
+    reason = np.asarray(reason, dtype=object)
+    if offer_priors is None:
+        prior = cfg.prior_acceptance(offer_id, reason)
+    else:
+        prior = np.full(len(offer_id), cfg.acceptance_default, dtype=float)
+        for offer, rates in offer_priors.items():
+            if not rates:
+                continue
+            is_offer = offer_id == offer
+            if "default" in rates:
+                prior[is_offer] = rates["default"]
+            for r, rate in rates.items():
+                if r != "default":
+                    prior[is_offer & (reason == r)] = rate
+    measured = np.full(len(offer_id), np.nan, dtype=float)
     for (offer, r), rate in (learned or {}).items():
-        out[(offer_id == offer) & (reason == r)] = rate
-    return out
+        measured[(offer_id == offer) & (reason == r)] = rate
+    used = np.where(np.isnan(measured), prior, measured)
+    return used, prior, measured
 
 
 def expected_net_value(cands: pd.DataFrame, cfg: Arbitration, channels: Mapping[str, Channel],

@@ -33,9 +33,9 @@ import pandas as pd
 
 from engine.config import RiskGrades, Settings
 from engine.data.schema import ID, LABEL_COLUMNS
-from engine.decision.arbitration import acceptance_rate, eligible, preference_order
+from engine.decision.arbitration import acceptance_rates, eligible, preference_order
 from engine.decision.contact import blocked_reasons, read_history
-from engine.decision.validate import validate_rows
+from engine.decision.validate import validate_declared, validate_rows
 from engine.model.churn import PROBABILITY
 from engine.model.registry import LoadedModel
 from engine.model.segments import is_prepaid, lifecycle_stage, need_group, value_tier
@@ -55,13 +55,17 @@ class Assessment:
 
     `scored`: one row per subscriber (positions 0..n-1, RangeIndex): inputs, derived signals, churn
     probability, risk grade, value tier, lifecycle stage, need group, prepaid flag, reason.
-    `candidates`: one row per (subscriber, considered rule), in (row, rank) order; rank 0 is the policy
-    winner. Columns: row, subscriber_id, rank, rule_id, offer_id, channel, stage, priority, offer_cost,
-    value_kept, p_accept, channel_cost, total_cost, expected_saved_value, net_value, contactable (False when
-    the channel is outbound and contact rules block the subscriber). This flat frame is what the run-level
-    step allocates over.
-    `matched_rules`: per row, the considered rule ids in evaluation order, comma-joined.
+    `candidates`: one row per (subscriber, candidate rule that can give an offer), in (row, rank) order;
+    rank 0 is the policy winner. Columns: row, subscriber_id, rank, rule_id, offer_id, channel, stage,
+    priority, offer_cost, value_kept, p_accept (the rate used), p_prior (the offer's prior for the reason),
+    p_learned (the learned rate, NaN when none), channel_cost, total_cost, expected_saved_value, net_value,
+    contactable (False when the channel is outbound and contact rules block the subscriber). This flat
+    frame is what the run-level step allocates over.
+    `matched_rules`: per row, the candidate list in evaluation order, comma-joined (with the suppression
+    that ends it, if any).
     `blocked`: per row, why outbound contact is not allowed today ('' when it is).
+    `suppressed_by`: per row, the position (evaluation order) of the suppression rule that is its first
+    matching rule, or -1. Such a subscriber has no candidate.
     """
 
     scored: pd.DataFrame
@@ -72,6 +76,7 @@ class Assessment:
     settings: Settings
     policy_engine: Any
     loaded: LoadedModel
+    suppressed_by: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.scored)
@@ -221,7 +226,8 @@ def rows_to_explain(scored: pd.DataFrame, policy_engine: Any, settings: Settings
 # Candidates and their value
 # ---------------------------------------------------------------------------------------------
 def _candidates(scored: pd.DataFrame, policy_engine: Any, settings: Settings, blocked: np.ndarray,
-                learned: Mapping[tuple[str, str], float] | None, run_date: dt.date) -> tuple[pd.DataFrame, np.ndarray]:
+                learned: Mapping[tuple[str, str], float] | None,
+                run_date: dt.date) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     fc = policy_engine.flat_candidates(scored, run_date)
     rules = policy_engine.rules
     offers = policy_engine.policy_set.offers
@@ -234,8 +240,10 @@ def _candidates(scored: pd.DataFrame, policy_engine: Any, settings: Settings, bl
         return pd.Categorical.from_codes(codes, categories=pd.Index(names, dtype=object), validate=False)
 
     rule_ids = [r.id for r in rules]
-    offer_names = list(dict.fromkeys(r.offer for r in rules))
-    offer_code_of_rule = np.array([offer_names.index(r.offer) for r in rules] + [0], dtype=np.int64)
+    offer_names = list(dict.fromkeys(r.offer for r in rules if r.offer is not None))
+    # a suppression is never a candidate (flat_candidates leaves it out): its codes below are placeholders
+    offer_code_of_rule = np.array([offer_names.index(r.offer) if r.offer is not None else 0 for r in rules] + [0],
+                                  dtype=np.int64)
     stage_names = list(dict.fromkeys(r.stage for r in rules))
     stage_code_of_rule = np.array([stage_names.index(r.stage) for r in rules] + [0], dtype=np.int64)
     offer_code = offer_code_of_rule[pos]
@@ -245,15 +253,20 @@ def _candidates(scored: pd.DataFrame, policy_engine: Any, settings: Settings, bl
     grid_offer = np.repeat(np.asarray(offer_names, dtype=object), len(reason_names))
     grid_reason = np.tile(np.asarray(reason_names, dtype=object), len(offer_names))
     priors = {name: getattr(offers[name], "acceptance", None) or {} for name in offer_names}
-    grid = acceptance_rate(grid_offer, grid_reason, settings.arbitration, learned, priors).reshape(
-        len(offer_names), max(len(reason_names), 1)) if len(reason_names) else np.zeros((len(offer_names), 1))
-    p_accept = grid[offer_code, reason_codes[rows]] if len(rows) else np.zeros(0)
+    shape = (len(offer_names), max(len(reason_names), 1))
+    if len(reason_names):
+        grids = [g.reshape(shape) for g in acceptance_rates(grid_offer, grid_reason, settings.arbitration, learned,
+                                                            priors)]
+    else:
+        grids = [np.zeros(shape) for _ in range(3)]
+    p_accept, p_prior, p_learned = ((g[offer_code, reason_codes[rows]] if len(rows) else np.zeros(0))
+                                    for g in grids)
 
     channel_cost_of = np.array([settings.channels[ch].cost if ch in settings.channels else 0.0
                                 for ch in fc.channel_names] + [0.0], dtype=float)
     channel_cost = channel_cost_of[fc.channel]
-    offer_cost = per_rule([offers[r.offer].cost for r in rules] + [0.0], float)
-    value_kept = per_rule([offers[r.offer].value_kept for r in rules] + [0.0], float)
+    offer_cost = per_rule([offers[r.offer].cost if r.offer else 0.0 for r in rules] + [0.0], float)
+    value_kept = per_rule([offers[r.offer].value_kept if r.offer else 0.0 for r in rules] + [0.0], float)
     total_cost = offer_cost + channel_cost
     saved = (scored[PROBABILITY].to_numpy(dtype=float)[rows] * p_accept * value_kept
              * settings.arbitration.horizon_months)
@@ -272,6 +285,8 @@ def _candidates(scored: pd.DataFrame, policy_engine: Any, settings: Settings, bl
         "offer_cost": offer_cost,
         "value_kept": value_kept,
         "p_accept": p_accept,
+        "p_prior": p_prior,
+        "p_learned": p_learned,
         "channel_cost": channel_cost,
         "total_cost": total_cost,
         "expected_saved_value": saved,
@@ -279,25 +294,42 @@ def _candidates(scored: pd.DataFrame, policy_engine: Any, settings: Settings, bl
         "contactable": contactable,
     })
     ev = fc.evaluation
-    matched_text = np.array([",".join(rule_ids[p] for p in c) for c in ev.considered] or [""], dtype=object)
+    listed = ev.listed or ev.considered
+    matched_text = np.array([",".join(rule_ids[p] for p in c) for c in listed] or [""], dtype=object)
     matched = matched_text[ev.classes] if ev.n_rows else np.zeros(0, dtype=object)
-    return cands, matched
+    suppressed_by = fc.suppressed_by if fc.suppressed_by is not None else np.full(len(scored), -1, dtype=np.int64)
+    return cands, matched, suppressed_by
 
 
 def assess_scored(scored: pd.DataFrame, *, loaded: LoadedModel, policy_engine: Any, settings: Settings,
                   run_date: dt.date, history: pd.DataFrame | None = None,
                   learned: Mapping[tuple[str, str], float] | None = None,
-                  progress: ProgressFn | None = None) -> Assessment:
-    """The rest of `assess` for rows already scored and graded (see `score_rows`)."""
+                  progress: ProgressFn | None = None, explain: bool = True, source: str = "input") -> Assessment:
+    """The rest of `assess` for rows already scored and graded (see `score_rows`).
+
+    `explain=False` keeps the reasons the rows already carry (a decisions table of an earlier run: what
+    `retain policy simulate / match / explain / test` start from); rows without a reason column get 'none'.
+    The policy set's declared attributes are checked and typed here (`validate_declared`).
+    """
     history = read_history(None) if history is None else history
-    explain_rows(scored, rows_to_explain(scored, policy_engine, settings, loaded, run_date), loaded,
-                 progress=progress)
+    declared = getattr(policy_engine.policy_set, "declared", None) or {}
+    if declared:
+        typed = validate_declared(scored, declared, source=source)
+        for name in declared:
+            scored[name] = typed[name]
+    if explain:
+        explain_rows(scored, rows_to_explain(scored, policy_engine, settings, loaded, run_date), loaded,
+                     progress=progress)
+    else:
+        for col, fill in (("reason", NO_REASON), ("reason_share", 0.0), ("reason_signal", "")):
+            if col not in scored.columns:
+                scored[col] = fill
     blocked = blocked_reasons(scored[ID], scored["opt_out"], history, run_date, settings.contact).to_numpy()
-    cands, matched = _candidates(scored, policy_engine, settings, blocked, learned, run_date)
+    cands, matched, suppressed_by = _candidates(scored, policy_engine, settings, blocked, learned, run_date)
     if progress:
         progress("policies", 1, 1)
     return Assessment(scored=scored, candidates=cands, matched_rules=matched, blocked=blocked, run_date=run_date,
-                      settings=settings, policy_engine=policy_engine, loaded=loaded)
+                      settings=settings, policy_engine=policy_engine, loaded=loaded, suppressed_by=suppressed_by)
 
 
 def assess(frame: pd.DataFrame, *, loaded: LoadedModel, policy_engine: Any, settings: Settings,
@@ -310,6 +342,9 @@ def assess(frame: pd.DataFrame, *, loaded: LoadedModel, policy_engine: Any, sett
     `state` is read only for capacity-based risk grades (its `risk_cutoffs`; see the module docs).
     """
     run_date = run_date or dt.date.today()
+    policy_set = getattr(policy_engine, "policy_set", None)
+    if policy_set is not None and getattr(policy_set, "declared", None):
+        policy_set.require_declared(frame.columns)  # before the slow part
     scored = score_rows(frame, loaded, settings, source=source, state=state, progress=progress)
     return assess_scored(scored, loaded=loaded, policy_engine=policy_engine, settings=settings, run_date=run_date,
-                         history=history, learned=learned, progress=progress)
+                         history=history, learned=learned, progress=progress, source=source)

@@ -28,7 +28,7 @@ from engine.decision.arbitration import allocate_arrays
 from engine.decision.assess import Assessment
 from engine.decision.contact import control_mask
 from engine.decision.orders import summarise, work_orders
-from engine.vocabulary import STATUS_BLOCKED, STATUS_CONTROL, STATUS_NONE, STATUS_OFFER
+from engine.vocabulary import STATUS_BLOCKED, STATUS_CONTROL, STATUS_NONE, STATUS_OFFER, STATUS_SUPPRESSED
 
 ProgressFn = Callable[[str, int, int], None]
 
@@ -83,11 +83,12 @@ def render_messages(policy_engine: Any, table: pd.DataFrame, positions: np.ndarr
 
     out = np.full(len(table), None, dtype=object)
     offers = policy_engine.policy_set.offers
+    vocabulary = getattr(policy_engine.policy_set, "vocabulary", None)
     for rule_id in pd.unique(rule_ids):
         rows = positions[rule_ids == rule_id]
         rule = policy_engine.policy_set.rule(rule_id)
         template = rule.action.message
-        out[rows] = render(template, table, rows) if template else offers[rule.offer].description
+        out[rows] = render(template, table, rows, vocabulary) if template else offers[rule.offer].description
     return out
 
 
@@ -125,6 +126,10 @@ def constrain(assessment: Assessment, state: RunState, *, progress: ProgressFn |
     status[rows] = STATUS_BLOCKED  # eligible, but every candidate removed by contact rules
     arbitrated = result.status != ""
     status[arbitrated] = result.status[arbitrated]
+    rules = a.policy_engine.rules if hasattr(a.policy_engine, "rules") else []
+    supp = a.suppressed_by if a.suppressed_by is not None else np.full(n, -1, dtype=np.int64)
+    suppressed = supp >= 0  # the first matching rule is a suppression: no candidate at all
+    status[suppressed] = STATUS_SUPPRESSED
     control = np.zeros(n, dtype=bool)
     control[pos] = control_mask(pd.Series(ids[pos]), state.control)  # held out from what would be sent
     status[control] = STATUS_CONTROL
@@ -137,14 +142,30 @@ def constrain(assessment: Assessment, state: RunState, *, progress: ProgressFn |
     table["matched_rules"] = a.matched_rules
     for col in ("offer_id", "channel", "rule_id", "stage"):
         table[col] = _take(cands[col].array, chosen, n, pos, None, object)
+    note = np.full(n, None, dtype=object)
+    supp_priority = np.zeros(n, dtype=float)
+    if suppressed.any():  # the suppression is the decision's rule, with its note
+        at = np.flatnonzero(suppressed)
+        by = supp[at]
+        rule_names = np.array([r.id for r in rules], dtype=object)
+        table["policy_rule"] = np.where(suppressed, rule_names[np.where(suppressed, supp, 0)], table["policy_rule"])
+        rule_col = table["rule_id"].to_numpy(dtype=object).copy()
+        stage_col = table["stage"].to_numpy(dtype=object).copy()
+        rule_col[at] = rule_names[by]
+        stage_col[at] = np.array([r.stage for r in rules], dtype=object)[by]
+        note[at] = np.array([r.action.note for r in rules], dtype=object)[by]
+        supp_priority[at] = np.array([r.priority for r in rules], dtype=float)[by]
+        table["rule_id"] = rule_col
+        table["stage"] = stage_col
     for col in ("priority", "p_accept", "offer_cost", "channel_cost", "expected_saved_value", "net_value"):
         values = _take(cands[col], chosen, n, pos, 0.0, float)
         if col in ("offer_cost", "channel_cost"):
             values[control] = 0.0  # nothing is spent on the control group
         table[col] = values
-    table["priority"] = table["priority"].astype(int)
+    table["priority"] = np.where(suppressed, supp_priority, table["priority"].to_numpy()).astype(int)
     table["status"] = status
     table["blocked_reason"] = np.where(status == STATUS_BLOCKED, a.blocked, "").astype(object)
+    table["note"] = note
     table["message"] = render_messages(a.policy_engine, table, pos, table["rule_id"].to_numpy()[pos])
     table["policy_hash"] = a.policy_engine.policy_set.content_hash
     table["model_version"] = a.loaded.version or a.loaded.uri

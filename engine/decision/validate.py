@@ -12,6 +12,9 @@ same values and dtypes (a test compares them).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -111,3 +114,68 @@ def validate_rows(frame: pd.DataFrame, *, source: str = "input") -> pd.DataFrame
         if frame[name].dtype != values.dtype:
             valid[name] = values
     return valid
+
+
+def validate_declared(frame: pd.DataFrame, declared: Mapping[str, Any], *, source: str = "input") -> pd.DataFrame:
+    """The policy set's declared attributes (attributes.yaml) checked and typed in `frame`.
+
+    A missing declared column is refused with the documented line (`PolicySet.missing_declared`). Booleans
+    are read with the shared yes/no words (engine.data.flags.parse_flags; empty cells stay missing);
+    numerics must be numbers within the declared min..max; categoricals one of the declared values. Any
+    other value is one DataError naming the column. Returns a shallow copy with the typed columns
+    (booleans as nullable boolean, numerics as float, categoricals as text objects); `frame` is untouched.
+    """
+    from engine.data.flags import parse_flags
+
+    for name, attr in sorted(declared.items()):
+        if name not in frame.columns:
+            raise DataError(f"input lacks declared attribute '{name}' (declared at {attr.source})",
+                            hint="add the column to the input, or remove the declaration from the policy set's "
+                                 "attributes.yaml")
+    if not declared:
+        return frame
+    out = frame.copy(deep=False)
+    where = " (declared at {})"
+    for name, attr in sorted(declared.items()):
+        s = frame[name]
+        if isinstance(s, pd.DataFrame):
+            raise DataError(f"{source}: column '{name}' appears more than once")
+        if attr.kind == "boolean":
+            out[name] = parse_flags(s, name, source)
+        elif attr.kind == "numeric":
+            if pd.api.types.is_bool_dtype(s.dtype):
+                raise DataError(f"{source}: column '{name}': wrong type, expected numbers (got true/false)"
+                                + where.format(attr.source))
+            if pd.api.types.is_numeric_dtype(s.dtype):
+                values = pd.to_numeric(s, errors="coerce")
+                bad = pd.Series(False, index=s.index)
+            else:
+                text = s.astype("string").str.strip()
+                values = pd.to_numeric(text.mask(text == ""), errors="coerce")
+                bad = (values.isna() & text.notna() & (text != "")).fillna(False)
+            if bad.any():
+                example = s[bad.to_numpy(dtype=bool)].astype(str).iloc[0]
+                raise DataError(f"{source}: column '{name}': wrong type, expected numbers (e.g. '{example}')"
+                                + where.format(attr.source))
+            values = values.astype(float)
+            finite = values[values.notna()]
+            lo, hi = getattr(attr, "minimum", None), getattr(attr, "maximum", None)
+            if lo is not None and len(finite) and (finite < lo).any():
+                raise DataError(f"{source}: column '{name}': {finite[finite < lo].iloc[0]:g} is below its minimum "
+                                f"{lo:g}" + where.format(attr.source))
+            if hi is not None and len(finite) and (finite > hi).any():
+                raise DataError(f"{source}: column '{name}': {finite[finite > hi].iloc[0]:g} is above its maximum "
+                                f"{hi:g}" + where.format(attr.source))
+            out[name] = values.to_numpy(dtype=float)
+        else:
+            missing = s.isna().to_numpy()
+            values = s.astype(object).to_numpy().copy()
+            values[~missing] = [str(v) for v in values[~missing]]
+            values[missing] = None
+            if attr.values is not None:
+                unknown = sorted({v for v in values[~missing]} - set(attr.values))
+                if unknown:
+                    raise DataError(f"{source}: column '{name}': unknown value(s) {unknown[:3]} (allowed: "
+                                    f"{', '.join(attr.values)})" + where.format(attr.source))
+            out[name] = values
+    return out

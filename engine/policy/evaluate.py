@@ -2,20 +2,23 @@
 
 Semantics (what a marketer can rely on):
 
-* **Matching.** A rule matches a subscriber when its `when` conditions hold *and* its offer is
-  eligible: the offer's `eligibility` conditions hold and the decision date lies within
-  `valid_from` .. `valid_to`. A rule whose offer is not eligible does not match (`retain policy
-  explain` shows which of the two failed).
+* **Matching.** A rule matches a subscriber on the decision date when its `when` conditions hold, the
+  date lies within the rule's own `valid_from` .. `valid_to`, and - for a rule with an offer - the offer
+  is eligible: its `eligibility` conditions hold and the date lies within the offer's dates. A rule
+  whose offer is not eligible does not match (`retain policy explain` shows which part failed).
 * **Evaluation order.** Rules are ordered by priority (higher first); ties by file order (files in
   sorted path order), then by position in the file (top to bottom).
-* **Winner.** Every matching rule is collected; the first in evaluation order wins and gives the
-  offer, channel, stage and message.
-* **stop.** `matched_rules` lists the matching rules in evaluation order - the candidates later
-  stages (budget, channel capacity) may fall back to. When a matching rule has `stop: true`, the list
-  ends with it: rules after it are not considered, not even as fallbacks. (The winner itself is
-  unaffected by `stop`: it is always the first matching rule.)
+* **Candidates.** The matching rules in evaluation order, ended by the first rule with `stop: true`
+  (kept) or the first **suppression** (`no_offer: true`). `Evaluation.listed` is that list
+  (`matched_rules` of a decision); `Evaluation.considered` is the same without the suppression: the
+  rules that can give an offer, first = the policy winner, the rest fallbacks (or rivals under
+  `arbitration: best_value`) for the decision engine's arbitration.
+* **Suppression.** When the first matching rule is a suppression, the subscriber has no candidate and
+  is suppressed (`Evaluation.suppressor`, the rule's `note`); a suppression further down only removes
+  the rules after it.
 * **Channel.** The rule's channel, or for `preferred` the subscriber's `preferred_channel` mapped by
-  `engine.data.attributes.PREFERRED_TO_CHANNEL` when the offer allows it, else the offer's first channel.
+  `engine.vocabulary.PREFERRED_TO_CHANNEL` when the offer allows it and the rule does not exclude it
+  (`exclude_channels`), else the first of the offer's channels the rule does not exclude.
   Opt-outs, budgets and contact limits are applied later by the decision engine, not here.
 * **Message.** The rule's template rendered with the subscriber's fields (numbers print whole when
   whole, else with 2 decimals, unless the template gives a format such as `{arpu_m0:.0f}`; true/false
@@ -34,13 +37,13 @@ from __future__ import annotations
 import datetime as dt
 import math
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from engine.data.attributes import DECISION_ATTRIBUTES
+from engine.data.attributes import DECISION_ATTRIBUTES, Attribute
 from engine.errors import DataError
 from engine.policy.conditions import Column, Condition, attributes_of, conjuncts, iter_tests, prepare_column
 from engine.policy.conditions import evaluate as evaluate_condition
@@ -55,7 +58,7 @@ from engine.policy.rules_engine import (
 )
 from engine.vocabulary import PREFERRED_TO_CHANNEL
 
-OUTPUT_COLUMNS = ["offer_id", "channel", "rule_id", "stage", "priority", "matched_rules", "message"]
+OUTPUT_COLUMNS = ["offer_id", "channel", "rule_id", "stage", "priority", "matched_rules", "message", "note"]
 _KEY_LIMIT = 2**62
 _MAX_FLOAT = float(np.finfo(float).max)
 
@@ -83,9 +86,16 @@ class Evaluation:
 
     classes: np.ndarray  # row -> class index
     matched: list[tuple[int, ...]]  # class -> matching rule positions, in evaluation order (before stop)
-    considered: list[tuple[int, ...]]  # class -> candidates after stop truncation (first = winner)
+    considered: list[tuple[int, ...]]  # class -> rules that can give an offer, after stop/suppression (first = winner)
     n_rows: int
     distinct_inputs: int = 0  # distinct combinations of rule-input classes, before don't-care merging
+    listed: list[tuple[int, ...]] = field(default_factory=list)  # class -> candidates incl. an ending suppression
+    suppressor: list[int] = field(default_factory=list)  # class -> suppression rule position, or -1
+
+    def suppressed_by(self) -> np.ndarray:
+        """Per row: the position of the suppression that is its first matching rule, or -1."""
+        table = np.array(self.suppressor or [-1], dtype=np.int64)
+        return table[self.classes] if self.n_rows else np.zeros(0, dtype=np.int64)
 
     @property
     def n_classes(self) -> int:
@@ -112,6 +122,7 @@ class FlatCandidates:
     channel: np.ndarray  # channel code into `channel_names`
     channel_names: list[str]
     n_rules: int
+    suppressed_by: np.ndarray | None = None  # per row: position of the suppression that ends it first, or -1
 
 
 class PolicyEngine:
@@ -128,12 +139,15 @@ class PolicyEngine:
         self._flags = flags
         expressions = {}
         for rule, cond in zip(self.rules, self._conditions, strict=True):
-            offer = policy_set.offers[rule.offer]
-            expressions[rule.id] = conjunction([compile_condition(cond),
-                                                *date_window(offer.valid_from, offer.valid_to)])
+            window = date_window(rule.valid_from, rule.valid_to)
+            if rule.offer is not None:
+                offer = policy_set.offers[rule.offer]
+                window += date_window(offer.valid_from, offer.valid_to)
+            expressions[rule.id] = conjunction([compile_condition(cond), *window])
         self._ruleset = DurableRuleset(expressions)
         self.position_of = {r.id: i for i, r in enumerate(self.rules)}
-        self._plans = _plans(self._conditions, policy_set.attributes)
+        self._vocabulary: dict[str, Attribute] = dict(policy_set.vocabulary)
+        self._plans = _plans(self._conditions, policy_set.attributes, self._vocabulary)
 
     # -----------------------------------------------------------------------------------------
     @property
@@ -147,6 +161,7 @@ class PolicyEngine:
         return on or self.decision_date or dt.date.today()
 
     def check_columns(self, frame: pd.DataFrame) -> None:
+        self.policy_set.require_declared(frame.columns)
         missing = sorted(self.policy_set.required_columns - set(frame.columns))
         if missing:
             raise DataError(f"the policy set needs column(s) {missing}, which the table does not have",
@@ -161,7 +176,7 @@ class PolicyEngine:
             return Evaluation(np.zeros(0, dtype=np.int64), [], [], 0)
         columns: dict[str, Column] = {}
         for plan in self._plans:
-            col = prepare_column(plan.name, frame[plan.name])
+            col = prepare_column(plan.name, frame[plan.name], self._vocabulary.get(plan.name))
             _check_numeric(plan, frame[plan.name], col)
             columns[plan.name] = col
         if per_row or n == 1:
@@ -199,8 +214,10 @@ class PolicyEngine:
         facts = facts_from_columns(values, len(first), self._flags, self._day(on))
         hits = self._ruleset.match(facts)
         matched = [tuple(sorted(self.position_of[k] for k in h)) for h in hits]
-        considered = [self._truncate(m) for m in matched]
-        return Evaluation(inverse, matched, considered, len(inverse), len(first))
+        listed = [self._truncate(m) for m in matched]
+        considered = [tuple(p for p in c if not self.rules[p].suppresses) for c in listed]
+        suppressor = [c[0] if c and self.rules[c[0]].suppresses else -1 for c in listed]
+        return Evaluation(inverse, matched, considered, len(inverse), len(first), listed, suppressor)
 
     def _dont_care(self, codes: list[np.ndarray], cards: list[int], reps: dict[str, Column],
                    n: int) -> tuple[list[np.ndarray], list[int]]:
@@ -245,8 +262,9 @@ class PolicyEngine:
         return out_codes, out_cards
 
     def _truncate(self, positions: tuple[int, ...]) -> tuple[int, ...]:
+        """The candidate list: ended (inclusive) by the first `stop: true` rule or suppression."""
         for i, p in enumerate(positions):
-            if self.rules[p].stop:
+            if self.rules[p].stop or self.rules[p].suppresses:
                 return positions[: i + 1]
         return positions
 
@@ -258,14 +276,17 @@ class PolicyEngine:
         ev = self.evaluate(frame, on, per_row=per_row)
         rules = self.rules
         n_rules = len(rules)
-        winner_of_class = np.array([c[0] if c else n_rules for c in ev.considered] or [n_rules], dtype=np.int64)
-        matched_text = np.array([",".join(rules[p].id for p in c) for c in ev.considered] or [""], dtype=object)
+        # the policy winner: the first rule that can give an offer, or the suppression that ends the list first
+        winner_of_class = np.array([c[0] if c else (s if s >= 0 else n_rules)
+                                    for c, s in zip(ev.considered, ev.suppressor, strict=True)] or [n_rules],
+                                   dtype=np.int64)
+        matched_text = np.array([",".join(rules[p].id for p in c) for c in ev.listed] or [""], dtype=object)
         win = winner_of_class[ev.classes] if ev.n_rows else np.zeros(0, dtype=np.int64)
         pick = _picker(win)
         offers = self.policy_set.offers
         messages = np.full(ev.n_rows, None, dtype=object)
         for p in np.unique(win):
-            if p == n_rules:
+            if p == n_rules or rules[p].suppresses:
                 continue
             rows = np.flatnonzero(win == p)
             rule = rules[p]
@@ -273,7 +294,7 @@ class PolicyEngine:
             if template is None:
                 messages[rows] = offers[rule.offer].description
             else:
-                messages[rows] = render(template, frame, rows)
+                messages[rows] = render(template, frame, rows, self._vocabulary)
         return pd.DataFrame({
             "offer_id": pick([r.offer for r in rules]),
             "channel": self.resolve_channels(frame, win),
@@ -282,6 +303,7 @@ class PolicyEngine:
             "priority": pd.array(pick([r.priority for r in rules]), dtype="Int64"),
             "matched_rules": matched_text[ev.classes] if ev.n_rows else np.zeros(0, dtype=object),
             "message": messages,
+            "note": pick([r.action.note if r.suppresses else None for r in rules]),
         }, index=frame.index)
 
     def decide_one(self, record: dict[str, Any], on: dt.date | None = None) -> dict[str, Any]:
@@ -307,7 +329,7 @@ class PolicyEngine:
         pos = flat[np.repeat(class_start[ev.classes], k) + rank] if total else np.zeros(0, dtype=np.int64)
         channels = self.channel_table(frame)
         channel = channels.table[pos, channels.row_code[rows]] if total else np.zeros(0, dtype=np.int64)
-        return FlatCandidates(ev, rows, rank, pos, channel, channels.names, n_rules)
+        return FlatCandidates(ev, rows, rank, pos, channel, channels.names, n_rules, ev.suppressed_by())
 
     def channel_table(self, frame: pd.DataFrame) -> ChannelTable:
         """The channel of every rule for every value of `preferred_channel`, and each row's value code.
@@ -334,13 +356,16 @@ class PolicyEngine:
             row_code = np.full(len(frame), len(prefs), dtype=np.int64)
         table = np.zeros((len(rules) + 1, len(prefs) + 1), dtype=np.int64)
         for p, rule in enumerate(rules):
-            offer = offers[rule.offer]
+            if rule.suppresses:  # never a candidate
+                table[p, :] = -1
+                continue
+            allowed = allowed_channels(rule, offers[rule.offer])
             for j in range(len(prefs) + 1):
                 if rule.action.channel != PREFERRED:
                     table[p, j] = code(rule.action.channel)
                     continue
                 mapped = PREFERRED_TO_CHANNEL[prefs[j]] if j < len(prefs) else None
-                table[p, j] = code(mapped if mapped in offer.channels else offer.channels[0])
+                table[p, j] = code(mapped if mapped in allowed else allowed[0])
         table[len(rules), :] = -1
         return ChannelTable(table, row_code, names)
 
@@ -360,7 +385,7 @@ class PolicyEngine:
         codes: list[np.ndarray] = []
         cards: list[int] = []
         for plan in others:
-            col = prepare_column(plan.name, frame[plan.name])
+            col = prepare_column(plan.name, frame[plan.name], self._vocabulary.get(plan.name))
             _check_numeric(plan, frame[plan.name], col)
             code, card = _codes(plan, col)
             codes.append(code)
@@ -373,7 +398,7 @@ class PolicyEngine:
         reps = frame.iloc[first][[c for c in needed if c in frame.columns]].reset_index(drop=True)
         trial = pd.concat([reps.assign(**{attribute: v}) for v in values], ignore_index=True)
         ev = self.evaluate(trial, on)
-        has_class = np.array([bool(c) for c in ev.considered] or [False], dtype=bool)
+        has_class = np.array([bool(c) for c in ev.considered] or [False], dtype=bool)  # suppressed: no candidate
         has = has_class[ev.classes].reshape(len(values), len(first)).any(axis=0)
         return has[inverse]
 
@@ -396,8 +421,8 @@ class PolicyEngine:
             "channel": channel_names[fc.channel],
             "stage": take([r.stage for r in rules]),
             "priority": np.asarray([r.priority for r in rules] + [0], dtype=np.int64)[pos],
-            "offer_cost": np.asarray([offers[r.offer].cost for r in rules] + [0.0])[pos],
-            "value_kept": np.asarray([offers[r.offer].value_kept for r in rules] + [0.0])[pos],
+            "offer_cost": np.asarray([offers[r.offer].cost if r.offer else 0.0 for r in rules] + [0.0])[pos],
+            "value_kept": np.asarray([offers[r.offer].value_kept if r.offer else 0.0 for r in rules] + [0.0])[pos],
         })
         if "subscriber_id" in frame.columns:
             out.insert(1, "subscriber_id", frame["subscriber_id"].to_numpy()[rows])
@@ -427,20 +452,26 @@ class PolicyEngine:
         out = np.full(len(positions), None, dtype=object)
         preferred: np.ndarray | None = None
         for p in np.unique(positions):
-            if p >= len(rules):
+            if p >= len(rules) or rules[p].suppresses:
                 continue
             rows = np.flatnonzero(positions == p)
             rule = rules[p]
-            offer = offers[rule.offer]
+            allowed = allowed_channels(rule, offers[rule.offer])
             if rule.action.channel != PREFERRED:
                 out[rows] = rule.action.channel
                 continue
             if preferred is None:
                 preferred = frame["preferred_channel"].map(PREFERRED_TO_CHANNEL).to_numpy(dtype=object)
             mapped = preferred[rows]
-            allowed = np.isin(mapped, np.array(offer.channels, dtype=object))
-            out[rows] = np.where(allowed, mapped, offer.channels[0])
+            ok = np.isin(mapped, np.array(allowed, dtype=object))
+            out[rows] = np.where(ok, mapped, allowed[0])
         return out
+
+
+def allowed_channels(rule: Rule, offer: Any) -> list[str]:
+    """The offer's channels this rule may use, in the offer's order (its `exclude_channels` removed)."""
+    excluded = set(rule.action.exclude_channels)
+    return [ch for ch in offer.channels if ch not in excluded]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -460,7 +491,9 @@ def _unique_rows(codes: list[np.ndarray], cards: list[int], n: int) -> tuple[np.
     return uniq, first, inverse.reshape(-1).astype(np.int64)
 
 
-def _plans(conditions: list[Condition], attributes: set[str]) -> list[_Plan]:
+def _plans(conditions: list[Condition], attributes: set[str],
+           vocabulary: dict[str, Attribute] | None = None) -> list[_Plan]:
+    vocabulary = vocabulary or DECISION_ATTRIBUTES
     left: dict[str, set[float]] = {a: set() for a in attributes}
     right: dict[str, set[float]] = {a: set() for a in attributes}
     cats: dict[str, set[str]] = {a: set() for a in attributes}
@@ -469,10 +502,10 @@ def _plans(conditions: list[Condition], attributes: set[str]) -> list[_Plan]:
             if t.op == "missing":
                 continue
             values = t.value if t.op in ("in", "not_in") else (t.value,)
-            if DECISION_ATTRIBUTES[t.attribute].kind == "categorical":
+            if vocabulary[t.attribute].kind == "categorical":
                 cats[t.attribute].update(str(v) for v in values)
                 continue
-            if DECISION_ATTRIBUTES[t.attribute].kind != "numeric":
+            if vocabulary[t.attribute].kind != "numeric":
                 continue
             for v in values:
                 if t.op in ("gte", "lt", "eq", "ne", "in", "not_in"):
@@ -481,7 +514,7 @@ def _plans(conditions: list[Condition], attributes: set[str]) -> list[_Plan]:
                     right[t.attribute].add(float(v))
     plans = []
     for name in sorted(attributes):
-        kind = DECISION_ATTRIBUTES[name].kind
+        kind = vocabulary[name].kind
         if kind == "numeric":
             plans.append(_Plan(name, kind, left=np.array(sorted(left[name]), dtype=float),
                                right=np.array(sorted(right[name]), dtype=float)))
@@ -562,15 +595,19 @@ def format_value(v: Any, spec: str, kind: str) -> str:
     return format(str(v), spec) if spec else str(v)
 
 
-def render(template: str, frame: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
-    """Render `template` for the given row positions of `frame`, vectorised per distinct field value."""
+def render(template: str, frame: pd.DataFrame, rows: np.ndarray,
+           attributes: dict[str, Attribute] | None = None) -> np.ndarray:
+    """Render `template` for the given row positions of `frame`, vectorised per distinct field value.
+
+    `attributes`: what each field is (the policy set's `vocabulary`, so declared attributes print by their
+    kind); the built-ins when not given."""
     out = np.full(len(rows), "", dtype=object)
     for literal, name, spec, _conv in string.Formatter().parse(template):
         if literal:
             out = out + literal
         if name is None:
             continue
-        attr = DECISION_ATTRIBUTES.get(name)
+        attr = (attributes or DECISION_ATTRIBUTES).get(name)
         kind = attr.kind if attr is not None else "categorical"
         values = frame[name].to_numpy()[rows]
         codes, uniques = pd.factorize(values, use_na_sentinel=True)

@@ -14,6 +14,13 @@ Each verdict also shows the rule's channel with the channels it excludes (`prefe
 validity dates. The verdicts come from the condition tree (the reference semantics of the policy
 language); when a compiled engine is given, its match (durable-rules, the path decisions take) is
 compared rule by rule and any disagreement is reported instead of hidden.
+
+Then, with a compiled engine, the **arbitration step** as `retain decide` takes it (the same decision
+function, on the whole input table when given, so budget and capacity are those of the run): per
+candidate its acceptance (the rate used, the offer's prior, the learned rate when there is one), expected
+saved value, cost (offer plus channel) and net value, whether contact rules allow its channel; the
+decision's status; and why the winner won or why nothing was sent (suppressed, opted out, contact limit,
+control group, budget, capacity, not worth it).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from engine.errors import DataError
@@ -67,6 +75,9 @@ class Explanation:
     arbitration: str = "first"
     suppressed_by: str | None = None  # the suppression rule that ended the candidates
     note: str | None = None  # its note
+    candidates: list[dict[str, Any]] = field(default_factory=list)  # the arbitration step (with an engine)
+    status: str | None = None  # decide's status for the subscriber
+    why: str = ""  # why the winner won, or why nothing was sent
 
     @property
     def winner(self) -> str | None:
@@ -90,15 +101,119 @@ def channel_words(rule: Rule) -> str:
     return rule.action.channel + (f", not {', '.join(ex)}" if ex else "")
 
 
-def explain(engine: Any, record: dict[str, Any], on: dt.date | None = None) -> Explanation:
-    """Explain with a compiled engine (engine.policy.evaluate.PolicyEngine): verdicts, cross-checked."""
+def explain(engine: Any, record: dict[str, Any], on: dt.date | None = None, *, frame: pd.DataFrame | None = None,
+            settings: Any = None, history: pd.DataFrame | None = None, learned: Any = None,
+            source: str = "input") -> Explanation:
+    """Explain with a compiled engine (engine.policy.evaluate.PolicyEngine): verdicts, cross-checked, and the
+    arbitration step of `retain decide`'s decision function.
+
+    `frame`: the whole scored table the record comes from; the run is decided on it (budget and capacity
+    are shared by everyone in a run). Without it, the record is decided alone.
+    """
+    from engine.decision.assess import assess_scored
+    from engine.decision.decide import scored_model, scored_rows
+    from engine.policy.simulate import _settings, decide_table
+
+    settings = _settings(settings)
     day = on or engine.decision_date or dt.date.today()
-    return explain_record(engine.policy_set, record, day, engine=engine)
+    one = pd.DataFrame([record])
+    table = decide_table(engine, frame if frame is not None else one, on=day, settings=settings, history=history,
+                         learned=learned, source=source).table
+    sid = str(record.get("subscriber_id", ""))
+    at = np.flatnonzero(table["subscriber_id"].astype(str).to_numpy() == sid) if frame is not None else [0]
+    row = table.iloc[int(at[0]) if len(at) else 0]
+    decision = {k: _plain(row.get(k)) for k in ("offer_id", "channel", "rule_id", "stage", "priority", "status",
+                                                "note", "message", "matched_rules", "blocked_reason", "p_accept",
+                                                "net_value")}
+    if decision["status"] not in ("offer", "control"):
+        for k in ("offer_id", "channel", "message"):
+            decision[k] = None
+    # the per-subscriber half again, for this row alone (pure per row: the same candidates as in the run)
+    assessment = assess_scored(scored_rows(one, source=source), loaded=scored_model(one), policy_engine=engine,
+                               settings=settings, run_date=day, history=history, learned=learned, explain=False,
+                               source=source)
+    ex = explain_record(engine.policy_set, record, day, engine=engine, decision=decision)
+    ex.candidates = _arbitration_lines(assessment.candidates, decision, engine.policy_set.arbitration)
+    ex.status = decision["status"]
+    ex.why = _why(ex, decision, settings, assessment)
+    return ex
+
+
+def _plain(v: Any) -> Any:
+    if v is None or v is pd.NA or (isinstance(v, float) and v != v):
+        return None
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _arbitration_lines(cands: pd.DataFrame, decision: dict[str, Any], mode: str) -> list[dict[str, Any]]:
+    out = []
+    sent_rule = decision.get("rule_id") if decision.get("status") in ("offer", "control") else None
+    for _, c in cands.iterrows():
+        learned = _plain(c["p_learned"])
+        if not c["contactable"]:
+            outcome = f"channel blocked ({decision.get('blocked_reason') or 'contact rules'})"
+        elif str(c["rule_id"]) == sent_rule:
+            outcome = "sent" if decision.get("status") == "offer" else "chosen, held out (control group)"
+        elif mode == "best_value" and c["net_value"] <= 0:
+            outcome = "not worth it (net value not above zero)"
+        else:
+            outcome = "not chosen"
+        out.append({
+            "rank": int(c["rank"]) + 1, "rule_id": str(c["rule_id"]), "offer_id": str(c["offer_id"]),
+            "channel": str(c["channel"]), "priority": int(c["priority"]),
+            "p_accept": round(float(c["p_accept"]), 4), "p_prior": round(float(c["p_prior"]), 4),
+            "p_learned": None if learned is None else round(float(learned), 4),
+            "expected_value": round(float(c["expected_saved_value"]), 2),
+            "cost": round(float(c["total_cost"]), 2), "net_value": round(float(c["net_value"]), 2),
+            "outcome": outcome,
+        })
+    return out
+
+
+def _why(ex: Explanation, decision: dict[str, Any], settings: Any, assessment: Any) -> str:
+    status = decision.get("status")
+    lines = ex.candidates
+    mode = ex.arbitration
+    if status == "suppressed":
+        note = f" ({decision['note']})" if decision.get("note") else ""
+        return f"suppressed: rule '{decision['rule_id']}' is the first matching rule{note} - no offer"
+    if status == "no_offer":
+        return "no offer: no rule matches this subscriber on the decision date"
+    if status == "blocked":
+        return f"no offer: every candidate is on an outbound channel, and {decision.get('blocked_reason')}"
+    if status == "not_worth_it":
+        return "no offer: no candidate has an expected net value above zero (arbitration best_value)"
+    if status == "over_budget":
+        return ("no offer: the run's budget was spent before this subscriber's turn (offers are funded in order "
+                "of expected net value per unit of cost), and no cheaper candidate fits what is left")
+    if status == "over_capacity":
+        return ("no offer: the channel of every remaining candidate is full (channel capacity; subscribers are "
+                "served in order of expected net value per unit of cost)")
+    chosen = next((c for c in lines if c["rule_id"] == decision.get("rule_id")), None)
+    if chosen is None:
+        return ""
+    ahead = [c for c in lines if c["rank"] < chosen["rank"]]
+    if mode == "first":
+        reason = ("it is the highest-priority candidate (arbitration first: sent whatever its expected net "
+                  "value)" if not ahead else "the candidates ranked above it could not be sent: " + "; ".join(
+                      f"{c['rule_id']}: {c['outcome'] if c['outcome'] != 'not chosen' else 'channel full or budget'}"
+                      for c in ahead))
+    else:
+        reason = ("it has the highest expected net value among the candidates (arbitration best_value)"
+                  if all(c["net_value"] <= chosen["net_value"] or c["outcome"] != "not chosen" for c in lines)
+                  else "candidates of higher value could not be sent (channel full or budget)")
+    text = f"winner: rule '{chosen['rule_id']}' -> {chosen['offer_id']} via {chosen['channel']}: {reason}"
+    if status == "control":
+        share = getattr(getattr(settings, "control_group", None), "share", None)
+        held = f" ({share:.0%} of subscribers)" if isinstance(share, float) else ""
+        text += f"; held out in the control group{held}: recorded, not sent"
+    return text
 
 
 def explain_record(policy_set: PolicySet, record: dict[str, Any], on: dt.date | None = None, *,
-                   engine: Any = None) -> Explanation:
-    """Every rule's verdict for one subscriber record; with `engine`, its decision and a cross-check."""
+                   engine: Any = None, decision: dict[str, Any] | None = None) -> Explanation:
+    """Every rule's verdict for one subscriber record; with `engine`, a cross-check of the match; `decision`:
+    what decide's function decided for the record (see `explain`), else the policy's choice on the tree."""
     ps = policy_set
     day = on or dt.date.today()
     frame = pd.DataFrame([record])
@@ -139,16 +254,16 @@ def explain_record(policy_set: PolicySet, record: dict[str, Any], on: dt.date | 
 
     # 3. the engine's match and decision, when there is an engine
     in_engine: set[int] | None = None
-    decision: dict[str, Any] = {}
     if engine is not None:
-        decision = engine.decide_one(record, day)
         ev = engine.evaluate(frame, day, per_row=True)
         in_engine = set(ev.matched[0])
-    if engine is None or not decision:
+    if decision is None:
         decision = _tree_decision(ps, record, considered, suppressor, day)
-    winner_id = decision.get("rule_id")
-    if winner_id is None and suppressor is None and offers_considered and ps.arbitration == "first":
-        winner_id = ps.rules[offers_considered[0]].id
+        winner_id = decision.get("rule_id")
+        if winner_id is None and suppressor is None and offers_considered and ps.arbitration == "first":
+            winner_id = ps.rules[offers_considered[0]].id
+    else:  # decide's: the rule whose offer was sent (or held out for control)
+        winner_id = decision.get("rule_id") if decision.get("status") in ("offer", "control") else None
 
     verdicts = []
     for p, rule in enumerate(ps.rules):

@@ -1,14 +1,19 @@
 """Forward matching: start from a retention product and find the subscribers it suits.
 
-A subscriber suits offer X when at least one rule that gives X matches them - its conditions hold and
-X is eligible and valid on the decision date - whether or not that rule wins today. The result says
-which offer they get today, so a product manager sees both the audience and what the offer would
+A subscriber **qualifies** for offer X when at least one rule that gives X matches them - its conditions
+hold, the rule and X are valid on the decision date and X is eligible - whether or not that rule wins.
+Whether they would **receive** X is what `retain decide` would do: the same decision function (arbitration,
+contact rules, control group, budget and capacity) is run on the table, and `receives` is true for the
+subscribers it would send X to (status `offer`). The result also says what each qualifying subscriber gets
+instead (`current_offer`, `status`), so a product manager sees both the audience and what the offer would
 replace.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,8 +25,17 @@ from engine.policy.evaluate import PolicyEngine
 CONTEXT = ("churn_probability", "risk_grade", "value_tier", "reason", "need_group")
 
 
-def match_offer(engine: PolicyEngine, frame: pd.DataFrame, offer_id: str, on: dt.date | None = None) -> pd.DataFrame:
-    """The subscribers `offer_id` suits, most at risk first."""
+def match_offer(engine: PolicyEngine, frame: pd.DataFrame, offer_id: str, on: dt.date | None = None, *,
+                settings: Any = None, history: pd.DataFrame | None = None,
+                learned: Mapping[tuple[str, str], float] | None = None, decisions: pd.DataFrame | None = None,
+                source: str = "input") -> pd.DataFrame:
+    """The subscribers `offer_id` suits (qualify), with whether decide would send it to them, most at risk first.
+
+    `decisions`: the decision table of `engine.policy.simulate.decide_table` on `frame`, when the caller
+    already has it (else it is computed here with `settings`, `history` and `learned`).
+    """
+    from engine.policy.simulate import decide_table
+
     ps = engine.policy_set
     if offer_id not in ps.offers:
         near = closest(offer_id, list(ps.offers), n=1)
@@ -31,20 +45,29 @@ def match_offer(engine: PolicyEngine, frame: pd.DataFrame, offer_id: str, on: dt
         raise PolicyError(f"offer '{offer_id}' is not given by any rule, so it suits nobody",
                           hint="add a rule whose `then.offer` is this offer")
     day = on or engine.decision_date or dt.date.today()
+    table = decisions if decisions is not None else decide_table(engine, frame, on=day, settings=settings,
+                                                                 history=history, learned=learned,
+                                                                 source=source).table
     suits = engine.matches_offer(frame, offer_id, day)["offer_rules"].to_numpy(dtype=object)
     rows = np.flatnonzero(suits != "")
     sub = frame.iloc[rows]
-    today = engine.decide(sub, day)
+    status = table["status"].to_numpy(dtype=object)[rows]
+    sent = table["offer_id"].to_numpy(dtype=object)[rows]
+    receives = (status == "offer") & (sent == offer_id)
     first_rule = [s.split(",")[0] for s in suits[rows]]
     positions = np.array([engine.position_of[r] for r in first_rule], dtype=np.int64)
+    channel = engine.resolve_channels(sub, positions)
+    channel = np.where(receives, table["channel"].to_numpy(dtype=object)[rows], channel)
     out = pd.DataFrame({
         "subscriber_id": sub["subscriber_id"].to_numpy() if "subscriber_id" in sub.columns else rows,
         "offer_id": offer_id,
         "matching_rules": suits[rows],
-        "channel": engine.resolve_channels(sub, positions),
-        "current_offer": today["offer_id"].to_numpy(),
-        "current_rule": today["rule_id"].to_numpy(),
-        "gets_it_today": (today["offer_id"].to_numpy(dtype=object) == offer_id),
+        "channel": channel,
+        "receives": receives,
+        "status": status,
+        "current_offer": np.where(status == "offer", sent, None),
+        "current_rule": table["rule_id"].to_numpy(dtype=object)[rows],
+        "gets_it_today": receives,
     })
     for col in CONTEXT:
         if col in sub.columns:

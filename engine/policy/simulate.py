@@ -1,24 +1,27 @@
 """What a policy set would do to a population: `retain policy simulate`.
 
-Figures, per rule, offer, channel and segment (risk_grade x value_tier):
-- **reach**: subscribers whose winning rule gives them an offer;
-- **cost**: sum of the offers' unit `cost` over the reached subscribers (every offer taken up; channel
-  cost, opt-outs, budgets and contact limits are applied later by the decision run, not here);
-- **expected saves**: sum over reached subscribers of `churn_probability x value_kept` of their offer -
-  the monthly revenue at risk that the offers address, if every offer kept its subscriber (no
-  acceptance rate; use it to compare policies, not as a forecast).
+Simulate runs the decision function of `retain decide` (`engine.decision.decide.decide_frame` on scored
+rows: the table's churn probability, grades, segments and reasons are kept) with the policy set, the
+decision date and the settings: candidates, arbitration (`first` or `best_value`), contact rules (opt-out,
+and contact limits / cool-downs when a contact history is given), the control group, the budget and
+channel capacity. So on the same input, date and settings, its counts per offer, channel and status are
+decide's.
 
-With a baseline (`--against`), each subscriber is decided by both sets: how many change offer (including
+Figures, per rule, offer, channel and segment (risk_grade x value_tier):
+- **reach**: subscribers sent an offer (status `offer`; the control group is counted apart);
+- **cost**: offer cost plus channel cost of the offers sent (decide's budget_used);
+- **expected saves**: sum over the offers sent of `churn_probability x value_kept` - the monthly revenue
+  at risk that the offers address, if every offer kept its subscriber (use it to compare policies);
+  `summary["expected_saves"]` is decide's: churn probability x P(accept), summed.
+Per rule also: how many subscribers it suppressed, and how many it would have sent to the control group.
+
+With a baseline (`--against`), the same table is decided with both sets: how many change offer (including
 to or from no offer), and the change in cost and in expected saves (this set minus the baseline).
 
 `summary` has the keys and meaning of `retain decide`'s summary.json (`--json` prints it, merged into the
 figures, as the last line): offers (count per offer_id with status offer), channels (offers per channel),
-status (count per status: offer, no_offer, suppressed), cost (offer cost plus the configured channel cost
-of the offers, decide's budget_used) and expected_saves (sum over offers of churn probability x P(accept):
-the offer's acceptance prior from offers.yaml for the subscriber's reason, else the configured prior).
-Until simulate runs the shared decide function, contact rules, the control group, budget, capacity and
-value arbitration are not applied here, so decide's blocked / control / not_worth_it / over_budget /
-over_capacity statuses do not appear.
+status (count per status), cost (budget_used: offer plus channel cost of the offers sent) and
+expected_saves (sum over offers sent of churn probability x P(accept)).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import base64
 import datetime as dt
 import html
 import io
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +39,6 @@ import numpy as np
 import pandas as pd
 
 from engine.data.io import staged_outputs
-from engine.errors import DataError
 from engine.policy.evaluate import PolicyEngine
 
 NONE = "(none)"
@@ -57,6 +60,7 @@ class Simulation:
     baseline_by_offer: pd.DataFrame | None = None
     notes: list[str] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)  # decide's summary.json keys (see module docs)
+    table: pd.DataFrame | None = None  # the decision table (decide's columns), one row per subscriber
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -76,62 +80,61 @@ class Simulation:
 SUMMARY_KEYS = ("offers", "channels", "status", "cost", "expected_saves")
 
 
-def _suppressed(engine: PolicyEngine, decided: pd.DataFrame) -> np.ndarray:
-    if "status" in decided.columns:
-        return (decided["status"] == "suppressed").to_numpy()
-    ids = {r.id for r in engine.policy_set.rules if r.suppresses}
-    return (decided["rule_id"].isin(ids) & decided["offer_id"].isna()).to_numpy()
+def acceptance(offer_ids: np.ndarray, reasons: np.ndarray, policy_set: Any, settings: Any,
+               learned: Mapping[tuple[str, str], float] | None = None) -> np.ndarray:
+    """P(accept | offer, reason) as decide uses it: learned rate, else the offer's prior in offers.yaml (for
+    the reason, else its default), else the settings' acceptance_default."""
+    from engine.decision.arbitration import acceptance_rate
+
+    priors = {k: o.acceptance or {} for k, o in policy_set.offers.items()}
+    return acceptance_rate(np.asarray(offer_ids, dtype=object), np.asarray(reasons, dtype=object),
+                           settings.arbitration, learned, priors)
 
 
-def acceptance(offer_ids: np.ndarray, reasons: np.ndarray, policy_set: Any, settings: Any) -> np.ndarray:
-    """P(accept | offer, reason): the offer's prior in offers.yaml (per reason, then its default), else the
-    configured prior (engine.config Arbitration.prior_acceptance)."""
-    out = settings.arbitration.prior_acceptance(offer_ids, reasons)
-    for offer_id, offer in policy_set.offers.items():
-        rates = offer.acceptance
-        if not rates:
-            continue
-        is_offer = offer_ids == offer_id
-        if "default" in rates:
-            out[is_offer] = rates["default"]
-        for reason, rate in rates.items():
-            if reason != "default":
-                out[is_offer & (reasons == reason)] = rate
-    return out
+def summary_of(decide_summary: Mapping[str, Any]) -> dict[str, Any]:
+    """simulate --json's summary object from decide's summary.json (same values, simulate's key names)."""
+    return {"offers": dict(decide_summary["offers"]), "channels": dict(decide_summary["offers_per_channel"]),
+            "status": dict(decide_summary["status"]), "cost": decide_summary["budget_used"],
+            "expected_saves": decide_summary["expected_saves"]}
 
 
-def summary(engine: PolicyEngine, frame: pd.DataFrame, decided: pd.DataFrame, settings: Any) -> dict[str, Any]:
-    """decide's summary.json figures for what the policy set decides (see the module docs)."""
-    offered = decided["offer_id"].notna().to_numpy()
-    status = np.where(offered, "offer", np.where(_suppressed(engine, decided), "suppressed", "no_offer"))
+def decide_table(engine: PolicyEngine, frame: pd.DataFrame, *, on: dt.date | None = None, settings: Any = None,
+                 history: pd.DataFrame | None = None, learned: Mapping[tuple[str, str], float] | None = None,
+                 source: str = "input", state: Any = None) -> Any:
+    """`retain decide`'s decision function on an already-scored table (see the module docs): `Decisions`."""
+    from engine.decision.decide import decide_frame
 
-    def counts(values: Any) -> dict[str, int]:
-        return {str(k): int(v) for k, v in pd.Series(values).value_counts().items()}
+    settings = _settings(settings)
+    day = on or engine.decision_date or dt.date.today()
+    engine.check_columns(frame)  # the policy set's own columns first, in its words
+    return decide_frame(frame, policy_engine=engine, settings=settings, run_date=day, history=history,
+                        learned=learned, source=source, state=state, scored=True, run_id="simulation")
 
+
+def _settings(settings: Any) -> Any:
+    if settings is not None:
+        return settings
+    from engine.config import load_settings
+
+    return load_settings()
+
+
+def _outcome(table: pd.DataFrame, engine: PolicyEngine) -> pd.DataFrame:
     offers = engine.policy_set.offers
-    ids = decided["offer_id"].to_numpy(dtype=object)[offered]
-    channels = decided["channel"].to_numpy(dtype=object)[offered]
-    offer_cost = np.array([offers[i].cost for i in ids], dtype=float)
-    channel_cost = np.array([settings.channels[c].cost if c in settings.channels else 0.0 for c in channels],
-                            dtype=float)
-    reasons = (frame["reason"].to_numpy(dtype=object)[offered] if "reason" in frame.columns
-               else np.full(len(ids), "none", dtype=object))
-    prob = pd.to_numeric(frame["churn_probability"], errors="coerce").fillna(0.0).to_numpy(dtype=float)[offered]
-    p_accept = acceptance(ids, reasons, engine.policy_set, settings)
-    return {
-        "offers": counts(ids), "channels": counts(channels), "status": counts(status),
-        "cost": round(float((offer_cost + channel_cost).sum()), 2),
-        "expected_saves": round(float((prob * p_accept).sum()), 1),
-    }
-
-
-def _outcome(engine: PolicyEngine, frame: pd.DataFrame, on: dt.date) -> pd.DataFrame:
-    decided = engine.decide(frame, on)
-    offers = engine.policy_set.offers
-    cost = decided["offer_id"].map({k: o.cost for k, o in offers.items()}).astype(float).fillna(0.0)
-    kept = decided["offer_id"].map({k: o.value_kept for k, o in offers.items()}).astype(float).fillna(0.0)
-    prob = pd.to_numeric(frame["churn_probability"], errors="coerce").fillna(0.0).astype(float)
-    return decided.assign(cost=cost.to_numpy(), expected_saves=(prob * kept).to_numpy())
+    sent = (table["status"] == "offer").to_numpy()
+    kept = table["offer_id"].map({k: o.value_kept for k, o in offers.items()}).astype(float).fillna(0.0)
+    prob = pd.to_numeric(table["churn_probability"], errors="coerce").fillna(0.0).astype(float)
+    cost = (table["offer_cost"].astype(float) + table["channel_cost"].astype(float)).to_numpy()
+    return pd.DataFrame({
+        "offer_id": table["offer_id"].where(sent, None).to_numpy(dtype=object),
+        "channel": table["channel"].where(sent, None).to_numpy(dtype=object),
+        "rule_id": table["rule_id"].to_numpy(dtype=object),
+        "status": table["status"].to_numpy(dtype=object),
+        "cost": np.where(sent, cost, 0.0),
+        "expected_saves": np.where(sent, (prob * kept).to_numpy(), 0.0),
+        "risk_grade": table["risk_grade"].to_numpy(dtype=object),
+        "value_tier": table["value_tier"].to_numpy(dtype=object),
+    })
 
 
 def _group(out: pd.DataFrame, by: str | list[str], n: int) -> pd.DataFrame:
@@ -143,31 +146,36 @@ def _group(out: pd.DataFrame, by: str | list[str], n: int) -> pd.DataFrame:
 
 
 def simulate(engine: PolicyEngine, frame: pd.DataFrame, *, against: PolicyEngine | None = None,
-             on: dt.date | None = None, settings: Any = None) -> Simulation:
-    """Figures of what `engine`'s policy set decides for `frame`; `settings` (default load_settings())
-    gives the channel costs and acceptance fallback of `summary`."""
-    if settings is None:
-        from engine.config import load_settings
+             on: dt.date | None = None, settings: Any = None, history: pd.DataFrame | None = None,
+             learned: Mapping[tuple[str, str], float] | None = None, source: str = "input") -> Simulation:
+    """Figures of what `retain decide` would do with `engine`'s policy set on the scored table `frame`.
 
-        settings = load_settings()
-    for need in ("churn_probability", "risk_grade", "value_tier"):
-        if need not in frame.columns:
-            raise DataError(f"simulate needs column '{need}'", hint="simulate on a scored decisions table")
+    `settings` (default load_settings()): arbitration, channel costs and capacity, budget, control group and
+    contact rules, as in decide; `history`: the contact history for contact limits; `learned`: learned
+    acceptance rates (as `retain decide --learned`).
+    """
+    settings = _settings(settings)
     day = on or engine.decision_date or dt.date.today()
     n = len(frame)
-    out = _outcome(engine, frame, day)
+    decisions = decide_table(engine, frame, on=day, settings=settings, history=history, learned=learned,
+                             source=source)
+    table = decisions.table
+    out = _outcome(table, engine)
     ps = engine.policy_set
     by_rule = _group(out, "rule_id", n)
     rules = pd.DataFrame({"rule_id": [r.id for r in ps.rules], "priority": [r.priority for r in ps.rules],
-                          "stage": [r.stage for r in ps.rules], "offer_id": [r.offer for r in ps.rules]})
+                          "stage": [r.stage for r in ps.rules],
+                          "offer_id": [r.offer if r.offer is not None else "(suppression)" for r in ps.rules]})
     by_rule = rules.merge(by_rule, on="rule_id", how="left").fillna({"reach": 0, "cost": 0.0,
                                                                       "expected_saves": 0.0, "share": 0.0})
     by_rule["reach"] = by_rule["reach"].astype(int)
+    for status, col in (("suppressed", "suppressed"), ("control", "control")):
+        counts = out.loc[out["status"] == status, "rule_id"].value_counts()
+        by_rule[col] = by_rule["rule_id"].map(counts).fillna(0).astype(int)
     by_offer = _group(out, "offer_id", n).sort_values("reach", ascending=False, kind="stable")
     by_channel = _group(out, "channel", n).sort_values("reach", ascending=False, kind="stable")
-    seg = out.assign(risk_grade=frame["risk_grade"].to_numpy(), value_tier=frame["value_tier"].to_numpy())
-    sizes = seg.groupby(["risk_grade", "value_tier"], observed=True).size().rename("subscribers").reset_index()
-    by_segment = sizes.merge(_group(seg, ["risk_grade", "value_tier"], n).drop(columns="share"),
+    sizes = out.groupby(["risk_grade", "value_tier"], observed=True).size().rename("subscribers").reset_index()
+    by_segment = sizes.merge(_group(out, ["risk_grade", "value_tier"], n).drop(columns="share"),
                              on=["risk_grade", "value_tier"], how="left").fillna(0)
     by_segment["reach"] = by_segment["reach"].astype(int)
     by_segment["reach_share"] = by_segment["reach"] / by_segment["subscribers"].clip(lower=1)
@@ -178,11 +186,15 @@ def simulate(engine: PolicyEngine, frame: pd.DataFrame, *, against: PolicyEngine
         "expected_saves": round(float(out["expected_saves"].sum()), 2),
         "cost_per_expected_save": round(float(out["cost"].sum() / out["expected_saves"].sum()), 4)
         if out["expected_saves"].sum() > 0 else None,
+        "status": {str(k): int(v) for k, v in out["status"].value_counts().items()},
     }
-    sim = Simulation(n, ps.content_hash, ps.root, day, totals, by_rule, by_offer, by_channel, by_segment)
-    sim.summary = summary(engine, frame, out, settings)
+    sim = Simulation(n, ps.content_hash, ps.root, day, totals, by_rule, by_offer, by_channel, by_segment,
+                     table=table)
+    sim.summary = summary_of(decisions.summary)
     if against is not None:
-        base = _outcome(against, frame, day)
+        base_table = decide_table(against, frame, on=day, settings=settings, history=history, learned=learned,
+                                  source=source).table
+        base = _outcome(base_table, against)
         a = out["offer_id"].astype(object).where(out["offer_id"].notna(), NONE)
         b = base["offer_id"].astype(object).where(base["offer_id"].notna(), NONE)
         changed = (a.to_numpy() != b.to_numpy())
@@ -293,9 +305,10 @@ def report_html(sim: Simulation) -> str:
         parts.append(f"<p>Compared with baseline <code>{esc(sim.comparison['against'])}</code> (hash "
                      f"<code>{sim.comparison['against_hash'][:12]}</code>); changes are this set minus the "
                      f"baseline.</p>")
-    parts.append("<p>Cost: offers' unit cost over reached subscribers (before channel cost, opt-outs, budget and "
-                 "contact limits). Expected saves: sum of churn probability x offer value kept per month, "
-                 "assuming every offer is accepted.</p>")
+    parts.append("<p>Decided as <code>retain decide</code> decides (arbitration, contact rules, control group, "
+                 "budget, capacity). Cost: offer plus channel cost of the offers sent. Expected saves: sum of churn "
+                 "probability x offer value kept per month over the offers sent, assuming every offer is "
+                 "accepted.</p>")
     for title, png in _charts(sim):
         parts.append(f"<h2>{esc(title)}</h2><img alt='{esc(title)}' src='data:image/png;base64,{png}'>")
     for title, df in (("Per rule", sim.by_rule), ("Per offer", sim.by_offer), ("Per channel", sim.by_channel),

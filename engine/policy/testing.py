@@ -334,22 +334,30 @@ def _check_subscriber(raw: Any, display: str, context: str, line: int,
     return out
 
 
-def run_cases(engine: PolicyEngine, cases: list[LoadedCase]) -> list[CaseResult]:
-    """Decide for every case (batched per decision date) and compare with what it expects."""
-    results: list[CaseResult | None] = [None] * len(cases)
+def run_cases(engine: PolicyEngine, cases: list[LoadedCase], *, settings: Any = None,
+              learned: Any = None) -> list[CaseResult]:
+    """Decide every case as `retain decide` would decide that one subscriber, and compare with what it expects.
+
+    Each case goes alone through decide's function (`engine.policy.simulate.decide_table`: arbitration,
+    contact rules - a case with `opt_out: true` is not contacted on outbound channels -, budget and capacity
+    with the settings' daily allowances). A case whose subscriber falls in the control group is compared
+    with the offer decide records for it (the one it would have been sent).
+    """
+    from engine.policy.simulate import _settings, decide_table
+
+    settings = _settings(settings)
     vocabulary = engine.policy_set.vocabulary
-    by_date: dict[dt.date | None, list[int]] = {}
-    for i, lc in enumerate(cases):
-        by_date.setdefault(lc.case.date, []).append(i)
-    for day, idx in by_date.items():
-        frame = pd.DataFrame([cases[i].record for i in idx])
+    results: list[CaseResult] = []
+    for lc in cases:
+        frame = pd.DataFrame([lc.record])
         for col in frame.columns:
             if vocabulary.get(col) is not None and vocabulary[col].kind == "numeric":
                 frame[col] = pd.to_numeric(frame[col], errors="coerce").astype(float)
-        out = engine.decide(frame, day)
-        for k, i in enumerate(idx):
-            results[i] = _compare(cases[i], {c: _plain(out[c].iloc[k]) for c in out.columns}, engine.policy_set)
-    return [r for r in results if r is not None]
+        table = decide_table(engine, frame, on=lc.case.date, settings=settings, learned=learned,
+                             source=lc.where).table
+        got = {c: _plain(table[c].iloc[0]) for c in table.columns}
+        results.append(_compare(lc, got, engine.policy_set))
+    return results
 
 
 def _plain(v: Any) -> Any:
@@ -407,8 +415,11 @@ def _compare(lc: LoadedCase, got: dict[str, Any], policy_set: PolicySet | None =
         if e.message_contains not in (got.get("message") or ""):
             failures.append(f"message: '{e.message_contains}' not in '{got.get('message') or ''}'")
     rule = got.get("rule_id") or "-"
+    status = got.get("status")
     if suppressed:
         actual = f"suppressed{': ' + note if note else ''} (rule {rule})"
     else:
         actual = f"offer {got.get('offer_id') or '(none)'} via {got.get('channel') or '-'} (rule {rule})"
+        if status and status not in ("offer", "suppressed"):
+            actual += f", status {status}" + (" (held out, would be sent)" if status == "control" else "")
     return CaseResult(lc.case.name, lc.where, not failures, "; ".join(expected), actual, failures)
