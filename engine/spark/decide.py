@@ -430,8 +430,11 @@ def decide_spark(input_path: str | Path, out_dir: str | Path, *, settings: Setti
     from pyspark.sql import functions as F
 
     from engine.model.registry import load_model
+    from engine.spark.java import ensure_java
     from engine.spark.session import spark_session
 
+    if spark is None:
+        ensure_java()  # first: one line saying what to install, before any other work
     policies = Path(policy_dir or settings.policy_dir)
     engine = load_policy_engine(policies)  # fail fast, before heavy work
     history = read_history(contact_history)

@@ -63,8 +63,11 @@ def score_spark(input_path: str | Path, out: str | Path, *, settings: Settings, 
     from engine.model.registry import _resolve_version, connect, model_uri
     from engine.spark.decide import _as_uri, _read_input, _run
     from engine.spark.executor import SEQ
+    from engine.spark.java import ensure_java
     from engine.spark.session import spark_session
 
+    if spark is None:
+        ensure_java()  # first: one line saying what to install, before any other work
     client = connect(settings)
     uri = model_uri(settings, model)
     version = _resolve_version(client, settings, uri)
