@@ -44,7 +44,8 @@ def run_demo(settings: Settings, *, rows: int, trials: int, out: Path, console: 
                   f"{result.roc_auc:.3f}, PR AUC {result.pr_auc:.3f}, log loss {result.log_loss:.3f}")
 
     try:
-        _, verdict = promote(settings, str(result.model_version), "champion", reason="retain demo")
+        _, verdict = promote(settings, str(result.model_version), "champion", reason="retain demo",
+                             data=str(paths["same"]))
         console.print(f"[green]3/5[/] promoted version {result.model_version} to alias 'champion' ({verdict})")
     except ModelError as exc:  # a re-run whose new version is worse than the champion: keep the champion
         console.print(f"[yellow]3/5[/] kept the current champion: {exc}")

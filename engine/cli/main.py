@@ -146,8 +146,9 @@ def models_promote(
     reason: Annotated[str, typer.Option(help="Why; recorded with the alias history (required with --force).")] = "",
     tolerance: Annotated[float | None, typer.Option(help="Allowed ROC AUC shortfall vs the current holder "
                                                          "(default: governance.auc_tolerance).")] = None,
-    data: Annotated[str | None, typer.Option(help="Labelled table to compare on (default: the candidate's "
-                                                  "hold-out).")] = None,
+    data: Annotated[str | None, typer.Option(
+        help="Independent labelled table to compare on (required when the candidate and the current holder were "
+             "trained on different data; default: the rows both held out).")] = None,
     config: ConfigOpt = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
@@ -168,13 +169,16 @@ def models_promote(
 def models_compare(
     a: Annotated[str, typer.Argument(help="First version, alias or URI (e.g. 4 or challenger).")],
     b: Annotated[str, typer.Argument(help="Second version, alias or URI (e.g. champion).")],
-    data: Annotated[str | None, typer.Option(help="Labelled table to score both on (default: B's hold-out).")] = None,
+    data: Annotated[str | None, typer.Option(
+        help="Labelled table neither version was trained on (required when they were trained on different data; "
+             "default: the rows both held out).")] = None,
     rounds: Annotated[int, typer.Option(min=50, help="Bootstrap rounds for the AUC interval.")] = 500,
     as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON.")] = False,
     config: ConfigOpt = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
-    """Score two versions on the same hold-out: AUCs, difference and a paired bootstrap 95% interval."""
+    """Score two versions on the same rows neither was trained on: AUCs, difference and a paired bootstrap 95%
+    interval (compare B A gives the same difference with the opposite sign)."""
     from engine.model.governance import compare
 
     cmp = compare(settings_for(config, tracking_uri), a, b, data=data, rounds=rounds)
@@ -196,11 +200,14 @@ def models_rollback(
     config: ConfigOpt = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
-    """Return an alias to the version it pointed at before its last promotion."""
+    """Move an alias back to the version it held before the current one (repeat to go further back); versions
+    forced in over a gate refusal are skipped."""
     from engine.model.governance import rollback
 
-    current, previous = rollback(settings_for(config, tracking_uri), alias, reason)
-    console.print(f"alias '{alias}': version {current} -> version {previous}")
+    result = rollback(settings_for(config, tracking_uri), alias, reason)
+    console.print(f"alias '{alias}': version {result.from_version} -> version {result.to_version}")
+    if result.skipped:
+        err_console.print(f"[yellow]note:[/] {result.note}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -287,7 +287,8 @@ def test_webhook_posts_summary_and_unreachable_one_publishes_nothing(model, refe
 
     with pytest.raises(WebhookError, match=r"webhook http://127\.0\.0\.1:\d+/hook is unreachable"):
         publish(result, Settings(), tmp_path / "bad", webhook=closed_port_url(), log=False)
-    assert list((tmp_path / "bad").iterdir()) == []  # no partial report, not even a staging folder
+    assert not (tmp_path / "bad").exists()  # no partial report
+    assert list(tmp_path.glob(".bad*")) == []  # not even a staging folder
 
 
 # ---------------------------------------------------------------------------------------------
