@@ -8,17 +8,23 @@ subscribers treated with that offer (by original assignment, like the report's u
 feature, reach differs by channel). tau is the difference of the two predictions.
 
 **Shrinkage toward a prior effect per offer.** A per-offer model fitted on a few hundred rows is mostly
-noise, so each offer's model effect is pulled toward a configured prior effect (offers.yaml `effect:`):
+noise, so each offer's model effect is pulled toward a prior effect:
 
     tau(x, o) = w_o x tau_model(x, o) + (1 - w_o) x prior_o,    w_o = n_o / (n_o + k)
 
 with n_o = 1 / (1 / treated_o + 1 / control_o) the effective size of the randomised comparison behind
 offer o (treated_o: subscribers treated with o, control_o: control-group subscribers who would have had
-o; the variance of a difference of two rates scales with 1 / treated + 1 / control) and k the prior
-strength (`PRIOR_STRENGTH`, in subscribers). With k = 200: 50 treated vs 50 control (n = 25) keep 89% of
-the prior; 2,000 vs 200 (n = 182) about half; 20,000 vs 2,000 (n = 1,818) 90% model. Offers with fewer
-than `MIN_TREATED` treated subscribers or no control subscriber get no model (w = 0: the prior alone),
-as does everything when the no-contact arm has fewer than `MIN_CONTROL` rows.
+o; the variance of a difference of two rates scales with 1 / treated + 1 / control). This is the posterior
+mean of a normal prior around prior_o: k = sigma^2 / s^2 with sigma^2 ~ 0.2 the variance of a churn outcome
+and s = 0.05 the prior's standard deviation (an offer's effect is believed within about +-0.1 of its
+prior), so k = 80 (`PRIOR_STRENGTH`, in subscribers). With k = 80: 50 treated vs 50 control (n = 25) keep
+76% of the prior; 2,000 vs 200 (n = 182) 31%; 20,000 vs 2,000 (n = 1,818) 4%.
+
+prior_o is the offer's configured effect (offers.yaml `effect:`) when it has one, else the pooled effect of
+all offers measured on the control group (control churn - treated churn over every logged offer: empirical
+Bayes, an unknown offer is taken to work like the average one), else `DEFAULT_PRIOR_EFFECT` (0). Offers
+with fewer than `MIN_TREATED` treated subscribers or no control subscriber get no model (w = 0: the prior
+alone), as does everything when the no-contact arm has fewer than `MIN_CONTROL` rows.
 
 **Using it.** `incremental_effect(loaded_or_None, frame, offer_ids, priors)` gives tau per candidate row;
 with no uplift model it returns the priors, and `effect_note(None)` is the line the output should carry.
@@ -37,7 +43,7 @@ from engine.model.portable.features import FeaturePipeline
 from engine.uplift.portable.model import CHANNEL_FEATURE, UpliftModel
 
 #: k: how many subscribers' worth of evidence an offer's prior effect counts for.
-PRIOR_STRENGTH = 200.0
+PRIOR_STRENGTH = 80.0
 #: An offer needs this many treated subscribers (and one control subscriber) for a model of its own.
 MIN_TREATED = 50
 #: The no-contact arm needs this many rows, else every offer gets its prior.
@@ -57,9 +63,10 @@ def shrinkage_weight(treated: float, control: float, k: float = PRIOR_STRENGTH) 
     return float(n / (n + k)) if k > 0 else 1.0
 
 
-def priors_from_offers(offers: Iterable[Any] | Mapping[str, Any], default: float = DEFAULT_PRIOR_EFFECT
+def priors_from_offers(offers: Iterable[Any] | Mapping[str, Any], default: float | None = None
                        ) -> dict[str, float]:
-    """offer id -> prior effect, from the policy set's offers (`effect:` in offers.yaml; `default` when unset).
+    """offer id -> prior effect, from the policy set's offers (`effect:` in offers.yaml). Offers without one
+    are left out (the model's pooled prior applies to them), or get `default` when it is given.
 
     Accepts offer objects (attributes `id`, `effect`), a mapping id -> offer, or id -> number.
     """
@@ -69,6 +76,8 @@ def priors_from_offers(offers: Iterable[Any] | Mapping[str, Any], default: float
         value = o if isinstance(o, int | float) else getattr(o, "effect", None)
         if isinstance(o, Mapping):
             value = o.get("effect")
+        if value is None and default is None:
+            continue
         out[str(oid)] = float(default if value is None else value)
     return out
 
@@ -80,7 +89,7 @@ def _booster(seed: int, threads: int, params: Mapping[str, Any] | None) -> CatBo
 
 def fit_uplift(frame: pd.DataFrame, *, offer_id: Any, treated: Any, churned: Any, pipeline: FeaturePipeline,
                channel: Any = None, randomised_control: Any = None, priors: Mapping[str, float] | None = None,
-               prior_default: float = DEFAULT_PRIOR_EFFECT, prior_strength: float = PRIOR_STRENGTH,
+               prior_default: float | None = None, prior_strength: float = PRIOR_STRENGTH,
                min_treated: int = MIN_TREATED, min_control: int = MIN_CONTROL, seed: int = 0, threads: int = 1,
                params: Mapping[str, Any] | None = None, extra_spec: Mapping[str, Any] | None = None) -> UpliftModel:
     """Fit the T-learner of the module docs on logged rows.
@@ -112,6 +121,9 @@ def fit_uplift(frame: pd.DataFrame, *, offer_id: Any, treated: Any, churned: Any
         b.fit(Pool(feats.iloc[no_contact], y[no_contact], cat_features=cat))
         boosters["control"] = b
     prior_of = dict(priors or {})
+    pooled = pooled_effect(y, t, ctrl, has_offer)
+    if prior_default is None:
+        prior_default = pooled if pooled is not None else DEFAULT_PRIOR_EFFECT
     offers: dict[str, dict[str, Any]] = {}
     for o in sorted(set(offer[has_offer])):
         rows = np.flatnonzero(t & (offer == o))
@@ -130,10 +142,21 @@ def fit_uplift(frame: pd.DataFrame, *, offer_id: Any, treated: Any, churned: Any
     for o, p in prior_of.items():  # offers in the catalogue but never logged: their prior
         offers.setdefault(o, {"fitted": False, "weight": 0.0, "prior": float(p), "n_treated": 0, "n_control": 0,
                               "default_channel": None, "channels": []})
-    spec = {"offers": offers, "prior_default": float(prior_default), "prior_strength": float(prior_strength),
+    spec = {"offers": offers, "prior_default": float(prior_default), "pooled_effect": pooled,
+            "prior_strength": float(prior_strength),
             "min_treated": min_treated, "min_control": min_control, "no_contact_rows": int(len(no_contact)),
             "control_fitted": bool(control_ok), "thread_count": threads, **(extra_spec or {})}
     return UpliftModel.from_parts(pipeline, boosters, spec)
+
+
+def pooled_effect(churned: np.ndarray, treated: np.ndarray, control: np.ndarray, has_offer: np.ndarray,
+                  min_rows: int = 20) -> float | None:
+    """Control churn - treated churn over every logged offer (None with fewer than `min_rows` in an arm)."""
+    t = treated & has_offer
+    c = control & has_offer
+    if t.sum() < min_rows or c.sum() < min_rows:
+        return None
+    return float(churned[c].mean() - churned[t].mean())
 
 
 def _model_of(loaded: Any) -> UpliftModel | None:

@@ -66,7 +66,7 @@ def test_shrinkage_toward_prior_when_data_is_thin():
         if info[o]["fitted"]:
             w = info[o]["weight"]
             assert w == pytest.approx(shrinkage_weight(info[o]["n_treated"], info[o]["n_control"]))
-            assert w < 0.25
+            assert w < 0.4
             tau = model.effect(frame, np.full(len(frame), o))
             assert np.all(np.abs(tau - priors[o]) <= w * 1.0 + 1e-12)  # |model tau - prior| <= 1
     # too few treated: the prior exactly, and a changed prior is followed
@@ -74,7 +74,10 @@ def test_shrinkage_toward_prior_when_data_is_thin():
                        min_treated=10_000)
     assert np.allclose(model.effect(frame, np.full(len(frame), "a")), 0.1)
     assert np.allclose(model.effect(frame, np.full(len(frame), "a"), priors={"a": 0.3}), 0.3)
-    assert np.allclose(model.effect(frame, np.full(len(frame), "new")), 0.0)
+    # an offer it never saw: the pooled effect of all offers on the control group (empirical Bayes)
+    pooled = churned[~treated].mean() - churned[treated].mean()
+    assert model.spec["pooled_effect"] == pytest.approx(pooled)
+    assert np.allclose(model.effect(frame, np.full(len(frame), "new")), pooled)
 
 
 def test_incremental_effect_without_a_model_uses_priors():
@@ -87,5 +90,6 @@ def test_incremental_effect_without_a_model_uses_priors():
         def __init__(self, id, effect=None):
             self.id, self.effect = id, effect
 
-    assert priors_from_offers([Offer("a", 0.05), Offer("b")]) == {"a": 0.05, "b": 0.0}
+    assert priors_from_offers([Offer("a", 0.05), Offer("b")]) == {"a": 0.05}  # b: the model's pooled prior
+    assert priors_from_offers([Offer("a", 0.05), Offer("b")], default=0.0) == {"a": 0.05, "b": 0.0}
     assert priors_from_offers({"a": {"effect": 0.1}, "b": 0.2}) == {"a": 0.1, "b": 0.2}
