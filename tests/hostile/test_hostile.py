@@ -250,6 +250,9 @@ MODEL_CASES = [
     Case("promote forced without reason", lambda c: _models(c, "promote", "1", "--alias", "champion", "--force"),
          "reason"),
     Case("compare unknown alias", lambda c: _models(c, "compare", "1", "nosuch"), "nosuch"),
+    Case("rollback alias with path", lambda c: _models(c, "rollback", "--alias", "../x"), "alias"),
+    Case("tracking store truncated", lambda c: ["models", "list", "--tracking-uri", "sqlite:///{}".format(
+        c.write("t.db", Path(c.store.uri.removeprefix("sqlite:///")).read_bytes()[:8192]))], "t.db"),
     Case("rollback with no history", lambda c: _models(c, "rollback", "--alias", "challenger"), "challenger"),
 ]
 
