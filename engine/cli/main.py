@@ -6,8 +6,11 @@ exit code 2, without a traceback, for every command and sub-command.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -385,8 +388,25 @@ def demo(
         run_loop_demo(settings, rows=rows, trials=trials, out=out, console=console)
 
 
-def main() -> None:  # pragma: no cover - console-script entry point
-    app()
+def main() -> None:
+    """The console-script entry: run the command, then leave with exactly the exit code it chose.
+
+    Native libraries (CatBoost, Evidently's numeric stack, durable-rules) keep threads that can abort the
+    interpreter's own shutdown ("terminate called without an active exception", exit 134), which a
+    scheduler would read as a crash. So once the command is done and its output flushed, the process exits
+    at once with the command's code. The `retain serve` and `retain workbench` servers return normally
+    from uvicorn before this point, after their own graceful shutdown.
+    """
+    code = 0
+    try:
+        app()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover
