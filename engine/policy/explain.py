@@ -133,7 +133,8 @@ def explain(engine: Any, record: dict[str, Any], on: dt.date | None = None, *, f
                                settings=settings, run_date=day, history=history, learned=learned, explain=False,
                                source=source)
     ex = explain_record(engine.policy_set, record, day, engine=engine, decision=decision)
-    ex.candidates = _arbitration_lines(assessment.candidates, decision, engine.policy_set.arbitration)
+    blocked = str(assessment.blocked[0]) if len(assessment.blocked) else ""
+    ex.candidates = _arbitration_lines(assessment.candidates, decision, engine.policy_set.arbitration, blocked)
     ex.status = decision["status"]
     ex.why = _why(ex, decision, settings, assessment)
     return ex
@@ -145,13 +146,14 @@ def _plain(v: Any) -> Any:
     return v.item() if isinstance(v, np.generic) else v
 
 
-def _arbitration_lines(cands: pd.DataFrame, decision: dict[str, Any], mode: str) -> list[dict[str, Any]]:
+def _arbitration_lines(cands: pd.DataFrame, decision: dict[str, Any], mode: str,
+                       blocked: str = "") -> list[dict[str, Any]]:
     out = []
     sent_rule = decision.get("rule_id") if decision.get("status") in ("offer", "control") else None
     for _, c in cands.iterrows():
         learned = _plain(c["p_learned"])
         if not c["contactable"]:
-            outcome = f"channel blocked ({decision.get('blocked_reason') or 'contact rules'})"
+            outcome = f"channel blocked ({blocked or 'contact rules'})"
         elif str(c["rule_id"]) == sent_rule:
             outcome = "sent" if decision.get("status") == "offer" else "chosen, held out (control group)"
         elif mode == "best_value" and c["net_value"] <= 0:

@@ -483,3 +483,85 @@ def test_guide_care_message_threshold_follows_the_priors():
         threshold = (care.cost + s.channels[channel].cost) / (rate * care.value_kept * s.arbitration.horizon_months)
         assert f"{threshold:.2f}" == shown
     assert "about 0.17 by SMS or 0.10 in the app" in GUIDE.read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# one decision path: explain's arbitration step and test cases go through decide's function
+# ---------------------------------------------------------------------------------------------
+def _declared_table() -> pd.DataFrame:
+    ps = load_policy_set(DECLARED)
+    given = [
+        {"subscriber_id": "A", "bill_dispute": True, "open_complaint": True, "value_tier": "high"},
+        {"subscriber_id": "B", "open_complaint": True, "value_tier": "high", "opt_out": True,
+         "preferred_channel": "app"},
+        {"subscriber_id": "C", "open_complaint": True, "value_tier": "high", "preferred_channel": "sms"},
+    ]
+    return pd.DataFrame([subscriber_record(g, declared=ps.declared) for g in given])
+
+
+def test_explain_shows_the_arbitration_step_of_decide():
+    from engine.policy import PolicyEngine
+    from engine.policy.explain import explain
+
+    engine = PolicyEngine(load_policy_set(DECLARED))
+    frame = _declared_table()
+    no_control = Settings(control_group={"share": 0.0})
+    rec = frame.iloc[0].to_dict()
+    ex = explain(engine, rec, DAY, frame=frame, settings=no_control)
+    assert ex.status == "suppressed" and ex.candidates == [] and "bill-dispute-hold" in ex.why
+    assert "bill dispute open" in ex.why
+    # opted out: the winner's call is blocked, the care message falls back to the app
+    ex = explain(engine, frame.iloc[1].to_dict(), DAY, frame=frame, settings=no_control)
+    assert ex.status == "offer" and ex.decision["offer_id"] == "care_message"
+    first, second = ex.candidates
+    assert first["rule_id"] == "complaint-no-sms" and first["channel"] == "outbound_call"
+    assert first["outcome"] == "channel blocked (opted out)" and second["outcome"] == "sent"
+    assert first["p_prior"] == 0.08 and first["p_learned"] is None  # recovery_call's default prior
+    assert first["net_value"] == pytest.approx(first["expected_value"] - first["cost"], abs=0.011)
+    assert "complaint-no-sms: channel blocked (opted out)" in ex.why
+    by_rule = {v.rule_id: v.status for v in ex.verdicts}
+    assert by_rule["everyone-else"] == WINNER
+    # arbitration first: the call is sent although its estimated net value is below zero
+    ex = explain(engine, frame.iloc[2].to_dict(), DAY, frame=frame, settings=no_control,
+                 learned={("recovery_call", "none"): 0.5})
+    assert ex.decision["offer_id"] == "recovery_call" and ex.decision["channel"] == "outbound_call"
+    assert ex.candidates[0]["p_learned"] == 0.5 and ex.candidates[0]["p_accept"] == 0.5
+    assert "highest-priority candidate" in ex.why
+    low = explain(engine, frame.iloc[2].to_dict(), DAY, frame=frame, settings=no_control)
+    assert low.candidates[0]["net_value"] < 0 and low.status == "offer"
+    # the control group: chosen, recorded, not sent
+    ex = explain(engine, frame.iloc[2].to_dict(), DAY, frame=frame, settings=Settings(control_group={"share": 0.999}))
+    assert ex.status == "control" and "control group" in ex.why
+
+
+def test_explain_cli_prints_the_arbitration_step(tmp_path):
+    from engine.cli.policy import app
+
+    path = tmp_path / "decisions.parquet"
+    _declared_table().to_parquet(path)
+    res = CliRunner().invoke(app, ["explain", "--input", str(path), "--subscriber", "B", "--policies", str(DECLARED),
+                                   "--date", "2026-06-01", "--no-learned"])
+    assert res.exit_code == 0, res.output
+    assert "Arbitration (first)" in res.output and "channel blocked (opted out)" in res.output
+    assert "status:" in res.output
+
+
+def test_test_cases_expect_what_decide_sends(tmp_path):
+    """An opted-out case is not called: the case's expectation is decide's, not the policy's first choice."""
+    from engine.policy import PolicyEngine
+    from engine.policy.testing import run_cases
+
+    folder = tmp_path / "p"
+    shutil.copytree(DECLARED, folder)
+    (folder / "tests" / "cases.yaml").write_text("""\
+tests:
+  - name: an opted-out complainer who prefers the app gets the care message there
+    subscriber: {open_complaint: true, value_tier: high, opt_out: true, preferred_channel: app}
+    expect: {offer: care_message, channel: app_popup, matched: [complaint-no-sms, everyone-else]}
+  - name: the policy's first choice is not what decide sends
+    subscriber: {open_complaint: true, value_tier: high, opt_out: true, preferred_channel: app}
+    expect: {offer: recovery_call}
+""")
+    ps = load_policy_set(folder)
+    results = run_cases(PolicyEngine(ps), load_cases(folder, ps, settings=Settings()), settings=Settings())
+    assert [r.passed for r in results] == [True, False]
