@@ -102,3 +102,35 @@ def evaluate_cmd(
                              else str(v)))
     console.print(f"effective sample size {ev.result.ess:,.1f} of the target's {ev.result.changed:,} contacts "
                   f"({ev.result.matched:,} logged decisions agree); DR reward model: {ev.reward_model}")
+
+
+@app.command("emp")
+def emp_cmd(
+    data: Annotated[Path, typer.Option("--data", help="Labelled subscriber table (with the churn column).")],
+    model: Annotated[str, typer.Option(help="Churn model alias, version number or URI.")] = "champion",
+    clv: Annotated[float | None, typer.Option(help="Customer lifetime value (default: mean arpu_m0 x "
+                                                   "horizon).")] = None,
+    incentive: Annotated[float | None, typer.Option(help="Cost of the retention incentive (default: median "
+                                                         "offer cost).")] = None,
+    contact: Annotated[float | None, typer.Option(help="Cost of one contact (default: median channel cost).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    config: ConfigOpt = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Expected maximum profit (EMP, Verbraken et al. 2013) of the churn model and the contact share it implies."""
+    from dataclasses import asdict
+
+    from engine.data.io import read_table
+    from engine.model.registry import load_model
+    from engine.uplift.emp import churn_model_emp
+
+    settings = settings_for(config, tracking_uri)
+    out = churn_model_emp(settings, load_model(settings, model), read_table(data, what="labelled table"), clv=clv,
+                          incentive=incentive, contact=contact)
+    if as_json:
+        typer.echo(json.dumps(asdict(out), default=str))
+        return
+    r = out.result
+    console.print(f"EMP {r.emp:,.2f} per subscriber ({out.rows:,} rows, churn rate {r.churn_rate:.1%}; CLV "
+                  f"{out.clv:,.2f}, incentive {out.incentive:,.2f}, contact {out.contact:,.2f}, acceptance ~ "
+                  f"Beta(6, 14)): contact the top {r.contact_share:.1%} (churn probability >= {r.threshold:.3f})")

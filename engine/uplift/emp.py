@@ -88,3 +88,47 @@ def emp(y, score, *, clv: float = 200.0, incentive: float = 10.0, contact: float
     k = int(round(share * len(s)))
     threshold = float(ranked[k - 1]) if k > 0 else float("inf")
     return EMPResult(emp=float(profit.sum()), contact_share=share, threshold=threshold, churn_rate=pi0)
+
+
+@dataclass
+class ChurnModelEMP:
+    result: EMPResult
+    clv: float
+    incentive: float
+    contact: float
+    rows: int
+
+
+def churn_model_emp(settings, loaded, frame, *, target: str = "churn", clv: float | None = None,
+                    incentive: float | None = None, contact: float | None = None, policy_dir=None,
+                    alpha: float = 6.0, beta: float = 14.0) -> ChurnModelEMP:
+    """EMP of a churn model (anything with `predict_proba(frame)`) on labelled rows, with the operator's figures.
+
+    Defaults: CLV = mean monthly ARPU (arpu_m0) x the arbitration horizon; incentive = median offer cost of
+    the policy set's offers; contact = median channel cost of the configured channels.
+    """
+    import pandas as pd
+
+    from engine.errors import DataError
+
+    if target not in frame.columns:
+        raise DataError(f"the table has no '{target}' column: EMP needs labelled rows",
+                        hint="pass a labelled table (e.g. a simulated month from retain data generate)")
+    y = pd.to_numeric(frame[target], errors="coerce").to_numpy(dtype=float)
+    if np.isnan(y).any():
+        raise DataError(f"column '{target}' has missing or non-numeric labels")
+    if clv is None:
+        arpu = frame["arpu_m0"] if "arpu_m0" in frame.columns else None
+        if arpu is None:
+            raise DataError("no arpu_m0 column to derive the customer lifetime value from", hint="pass --clv")
+        clv = float(pd.to_numeric(arpu, errors="coerce").mean()) * settings.arbitration.horizon_months
+    if incentive is None:
+        from engine.policy import load_policy_set
+
+        offers = load_policy_set(policy_dir or settings.policy_dir).offers
+        incentive = float(np.median([o.cost for o in offers.values()])) if offers else 0.0
+    if contact is None:
+        costs = [c.cost for c in settings.channels.values()]
+        contact = float(np.median(costs)) if costs else 0.0
+    result = emp(y, loaded.predict_proba(frame), clv=clv, incentive=incentive, contact=contact, alpha=alpha, beta=beta)
+    return ChurnModelEMP(result=result, clv=clv, incentive=incentive, contact=contact, rows=len(frame))

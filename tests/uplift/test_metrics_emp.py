@@ -79,6 +79,7 @@ def test_emp_perfect_classifier_closed_form():
     assert r.threshold == 1.0
 
 
+@pytest.mark.filterwarnings("ignore::scipy.integrate.IntegrationWarning")  # the brute force's kinks, not EMP's
 def test_emp_matches_brute_force_and_random_is_worth_little():
     rng = np.random.default_rng(1)
     y = (rng.random(3000) < 0.2).astype(float)
@@ -95,3 +96,25 @@ def test_emp_matches_brute_force_and_random_is_worth_little():
 def test_emp_refuses_one_class():
     with pytest.raises(ValueError):
         emp(np.ones(10), np.arange(10.0))
+
+
+def test_churn_model_emp_uses_the_operator_figures():
+    import pandas as pd
+
+    from engine.config import load_settings
+    from engine.uplift.emp import churn_model_emp
+
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame({"churn": (rng.random(2000) < 0.25).astype(int), "arpu_m0": 40.0})
+    scores = frame["churn"].to_numpy() * 0.5 + rng.random(len(frame)) * 0.6
+
+    class Model:  # anything with predict_proba
+        def predict_proba(self, df):
+            return scores
+
+    settings = load_settings()
+    out = churn_model_emp(settings, Model(), frame, incentive=10.0, contact=1.0)
+    assert out.clv == pytest.approx(40.0 * settings.arbitration.horizon_months)
+    direct = emp(frame["churn"], Model().predict_proba(frame), clv=out.clv, incentive=10.0, contact=1.0)
+    assert out.result.emp == pytest.approx(direct.emp) and out.incentive == 10.0 and out.contact == 1.0
+    assert out.result.emp > 0 and 0 < out.result.contact_share < 1
