@@ -39,12 +39,11 @@ from engine.model.portable.features import FeaturePipeline
 from engine.uplift.data import logged_frame, training_arrays
 from engine.uplift.effect import PRIOR_STRENGTH, fit_uplift, priors_from_offers
 from engine.uplift.explore import stable_uniforms
-from engine.uplift.metrics import uplift_metrics
 from engine.uplift.portable.model import CHANNEL, OFFER, UpliftModel
 from engine.uplift.registry import UPLIFT_EXPERIMENT, UPLIFT_MODEL_NAME
+from engine.uplift.report import evaluate_uplift
 
 MODULE_PREFIX = "retain_uplift_"
-MIN_EVAL = 20
 REQUIREMENTS = ("mlflow-skinny", "cloudpickle", "catboost", "pandas", "numpy")
 
 
@@ -62,33 +61,6 @@ class UpliftTrainResult:
 
     def summary(self) -> dict[str, Any]:
         return asdict(self)
-
-
-# ---------------------------------------------------------------------------------------------
-# evaluation
-# ---------------------------------------------------------------------------------------------
-def evaluate_uplift(model: UpliftModel, frame: pd.DataFrame) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Qini, AUUC and uplift@k on logged rows with an offer (treated and control), overall and per offer."""
-    rows = frame[frame[OFFER].notna() & frame["status"].isin(["offer", "control"])]
-    if len(rows) == 0:
-        return {}, []
-    tau = model.effect(rows, rows[OFFER].to_numpy(dtype=object), rows[CHANNEL].to_numpy(dtype=object))
-    y = 1 - rows["churned"].to_numpy()
-    t = rows["treated"].to_numpy(dtype=float)
-    overall = uplift_metrics(y, t, tau)
-    per_offer = []
-    offer = rows[OFFER].to_numpy(dtype=object)
-    for o in sorted(set(offer)):
-        m = offer == o
-        n_t, n_c = int(t[m].sum()), int(m.sum() - t[m].sum())
-        entry: dict[str, Any] = {"offer_id": o, "treated": n_t, "control": n_c, "mean_tau": float(tau[m].mean()),
-                                 "observed_uplift": float(y[m][t[m] == 1].mean() - y[m][t[m] == 0].mean())
-                                 if n_t and n_c else float("nan")}
-        if n_t >= MIN_EVAL and n_c >= MIN_EVAL:
-            entry.update({k: v for k, v in uplift_metrics(y[m], t[m], tau[m]).items()
-                          if k not in ("n", "treated", "control")})
-        per_offer.append(entry)
-    return overall, per_offer
 
 
 # ---------------------------------------------------------------------------------------------

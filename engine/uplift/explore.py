@@ -63,6 +63,12 @@ def stable_uniforms(keys: np.ndarray, seed: int | str, streams: int = 2) -> np.n
     return out
 
 
+def explored_mask(keys: np.ndarray, epsilon: float = DEFAULT_EPSILON, seed: int | str = 0) -> np.ndarray:
+    """Which subscribers `explore` explores (the same draw), known before allocation: an allocation can take
+    the explored subscribers' random actions off the budget first, then allocate the rest."""
+    return stable_uniforms(np.asarray(keys), seed)[0] < epsilon
+
+
 @dataclass
 class Exploration:
     """Per subscriber: the action (candidate index, or NO_CONTACT), its propensity, whether it was explored,

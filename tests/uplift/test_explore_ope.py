@@ -136,3 +136,12 @@ def test_refuses_when_overlap_is_poor():
     with pytest.raises(OverlapError, match="could not have"):
         estimate(ACTIONS[act], prop, np.full(n, "a|sms", dtype=object), {"stayed": stayed},
                  support=x > 0.5, min_ess=1)
+
+
+def test_explored_mask_is_the_draw_explore_uses():
+    from engine.uplift.explore import explored_mask
+
+    n = 3000
+    row, greedy, keys, _ = _cands(n)
+    e = explore(row, n, greedy, keys, epsilon=0.1, seed="r")
+    assert np.array_equal(explored_mask(keys, 0.1, "r"), e.explored)

@@ -126,6 +126,22 @@ def test_evaluate_a_policy_on_logged_decisions_and_refuse_poor_overlap(logged):
         evaluate_policy(settings, target_actions=everyone_offer_b_on_sms, runs=["RUN1"])
 
 
+def test_report_helpers_qini_per_offer_and_cost_without_effect(logged):
+    from engine.uplift.registry import load_uplift
+    from engine.uplift.report import cost_without_effect, qini_per_offer
+
+    settings, _, _ = logged
+    table = qini_per_offer(settings, ["RUN1"], load_uplift(settings))
+    assert set(table["offer_id"]) == {"offer_a", "offer_b"}
+    a = table.set_index("offer_id")
+    assert a.loc["offer_a", "observed_uplift"] > a.loc["offer_b", "observed_uplift"]
+    assert a.loc["offer_a", "qini"] == a.loc["offer_a", "qini"]  # computed (enough rows in both arms)
+    report = pd.DataFrame({"offer_id": ["x", "y", "z"], "uplift": [0.1, 0.0, -0.01], "ci_low": [0.05, -0.02, -0.03],
+                           "ci_high": [0.15, 0.03, 0.01], "cost": [100.0, 40.0, 2.5]})
+    total, groups = cost_without_effect(report)
+    assert total == 42.5 and list(groups["offer_id"]) == ["y", "z"]
+
+
 def test_cli_uplift_train_and_evaluate_errors(logged, runner):
     from engine.cli.main import app
 
