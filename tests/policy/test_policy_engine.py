@@ -216,3 +216,42 @@ def test_one_million_subscribers_within_ten_seconds(sample):
     elapsed = time.perf_counter() - start
     assert len(out) == 1_000_000 and out["offer_id"].notna().all()
     assert elapsed <= 10, f"{elapsed:.1f} s"
+
+
+SUPPRESSION_SET = """\
+offers:
+  - {id: a, description: A, cost: 1, value_kept: 10, channels: [sms, app_popup, outbound_call]}
+  - {id: b, description: B, cost: 2, value_kept: 20, channels: [outbound_call, sms]}
+rules:
+  - {id: top, description: T, priority: 90, stage: intervention, when: {risk_grade: high},
+     then: {offer: b, channel: preferred, exclude_channels: [sms]}}
+  - {id: hush, description: H, priority: 80, stage: intervention, when: {reason: price},
+     then: {no_offer: true, note: price hold}}
+  - {id: dated-hush, description: D, priority: 85, stage: intervention, when: {reason: network},
+     valid_from: 2027-01-01, then: {no_offer: true}}
+  - {id: rest, description: R, priority: 10, stage: preventive, then: {offer: a, channel: preferred}}
+"""
+
+
+def test_suppressions_exclusions_and_rule_dates_in_the_engine(tmp_path):
+    (tmp_path / "p.yaml").write_text(SUPPRESSION_SET)
+    engine = PolicyEngine(load_policy_set(tmp_path))
+    frame = pd.DataFrame([subscriber(risk_grade="low", reason="price"),            # suppressed
+                          subscriber(risk_grade="high", reason="price"),           # top, then cut by hush
+                          subscriber(risk_grade="low", reason="network"),          # dated hush not yet valid
+                          subscriber(risk_grade="high", reason="none", preferred_channel="sms")])
+    for per_row in (False, True):
+        out = engine.decide(frame, TODAY, per_row=per_row)
+        assert out["rule_id"].tolist() == ["hush", "top", "rest", "top"]
+        assert out["offer_id"].tolist() == [None, "b", "a", "b"]
+        assert out["note"].tolist() == ["price hold", None, None, None]
+        assert out["matched_rules"].tolist() == ["hush", "top,hush", "rest", "top,rest"]
+        assert out["channel"].tolist()[3] == "outbound_call"  # prefers sms, the rule excludes it
+    fc = engine.flat_candidates(frame, TODAY)
+    assert fc.suppressed_by.tolist() == [2, -1, -1, -1]  # hush is third in evaluation order; row 0 only
+    assert [engine.rules[p].id for p in fc.positions] == ["top", "rest", "top", "rest"]
+    later = engine.decide(frame, dt.date(2027, 1, 2))
+    assert later["rule_id"].tolist()[2] == "dated-hush" and later["offer_id"].tolist()[2] is None
+    # reachable: a suppressed row has no candidate under any reason it could have
+    reach = engine.reachable(frame.drop(columns=["reason"]), "reason", ["price"], TODAY)
+    assert reach.tolist() == [False, True, False, True]
