@@ -41,12 +41,28 @@ def read_table(path: str | Path, *, what: str = "input table") -> pd.DataFrame:
         df = pd.read_csv(p, low_memory=False) if suffix == ".csv" else pd.read_parquet(p)
     except pd.errors.EmptyDataError:
         raise DataError(f"{what} '{p}' is empty") from None
+    except pd.errors.ParserError as exc:
+        raise DataError(f"{what} '{p}' cannot be read: {_csv_problem(str(exc))}",
+                        hint="every line needs the header's number of fields; quote values holding commas "
+                             "and close every quote") from None
     except Exception as exc:  # pyarrow/pandas raise many types for corrupt files
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"{what} '{p}' cannot be read: {first_line}") from None
     if len(df) == 0:
         raise DataError(f"{what} '{p}' has no rows")
     return df
+
+
+def _csv_problem(message: str) -> str:
+    """pandas' tokenizer messages in a table owner's words, with the file's line number (header = line 1)."""
+    fields = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", message)
+    if fields:
+        want, line, got = fields.groups()
+        return f"line {line} has {got} fields where the header has {want}"
+    quote = re.search(r"EOF inside string starting at row (\d+)", message)
+    if quote:
+        return f"a quote opened on line {int(quote.group(1)) + 1} is never closed"
+    return message.strip().splitlines()[0].removeprefix("Error tokenizing data. C error: ")
 
 
 def sqlite_path(url: str | None) -> Path | None:

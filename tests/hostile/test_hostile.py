@@ -276,6 +276,12 @@ def _broken_quotes(c: Ctx) -> list[str]:
     return _decide(c, c.write("in.csv", "\n".join(lines) + "\n"))
 
 
+def _extra_fields(c: Ctx) -> list[str]:
+    lines = c.frame().head(50).to_csv(index=False).splitlines()
+    lines[5] += ",extra,cells"
+    return _decide(c, c.write("in.csv", "\n".join(lines) + "\n"))
+
+
 def _missing_column(c: Ctx) -> list[str]:
     return _decide(c, c.csv("in.csv", c.frame().drop(columns=["tenure_months"])))
 
@@ -339,7 +345,8 @@ def _broken_policy_for_decide(c: Ctx) -> list[str]:
 DECIDE_CASES = [
     Case("decide missing input", lambda c: _decide(c, c.tmp / "none.parquet"), "does not exist"),
     Case("decide boolean garbage", _bool_words, "opt_out"),
-    Case("decide csv broken quoting", _broken_quotes, "in.csv"),
+    Case("decide csv broken quoting", _broken_quotes, "a quote opened on line 11 is never closed"),
+    Case("decide csv extra fields", _extra_fields, "line 6 has 28 fields where the header has 26"),
     Case("decide missing column", _missing_column, "tenure_months"),
     Case("decide text in numeric column", _text_in_numeric, "tenure_months"),
     Case("decide negative arpu", _negative_arpu, "arpu_m0"),
