@@ -32,6 +32,31 @@ def _runs(text: str | None) -> list[str] | None:
     return [r.strip() for r in text.split(",") if r.strip()] if text else None
 
 
+def decide_target(settings, policy_dir: Path, model: str = "champion"):
+    """The target policy's actions for `evaluate_policy`: the shared decide function with the policy set in
+    `policy_dir` on the logged rows; the action is the policy's choice before the control group is held back.
+    (Wiring, not logic: it may move to engine.decision.run when the arbitration is wired.)"""
+    import numpy as np
+    import pandas as pd
+
+    def target_actions(frame: pd.DataFrame) -> pd.DataFrame:
+        from engine.decision.decide import decide_frame
+        from engine.decision.run import load_policy_engine
+        from engine.model.registry import load_model
+
+        loaded = load_model(settings, model)
+        raw = frame[[c for c in [*loaded.input_columns, "subscriber_id"] if c in frame.columns]]
+        table = decide_frame(raw, loaded=loaded, policy_engine=load_policy_engine(policy_dir), settings=settings,
+                             source="logged decisions").table
+        table = table.assign(subscriber_id=table["subscriber_id"].astype(str)).set_index("subscriber_id")
+        table = table.reindex(frame["subscriber_id"].astype(str).to_numpy())
+        chosen = table["status"].isin(["offer", "control"]).to_numpy()
+        return pd.DataFrame({"offer_id": np.where(chosen, table["offer_id"].to_numpy(dtype=object), None),
+                             "channel": np.where(chosen, table["channel"].to_numpy(dtype=object), None)})
+
+    return target_actions
+
+
 def _cell(value, column: str = "") -> str:
     if value is None:
         return ""
@@ -86,7 +111,7 @@ def evaluate_cmd(
 ) -> None:
     """Estimate what a changed policy set would have achieved on logged decisions: IPS, self-normalised IPS and
     doubly robust saves, cost and net value with bootstrap 95% intervals; refused when overlap is too poor."""
-    from engine.uplift.evaluate import decide_target, evaluate_policy
+    from engine.uplift.evaluate import evaluate_policy
     from engine.uplift.registry import load_uplift
 
     settings = settings_for(config, tracking_uri)
@@ -122,11 +147,13 @@ def emp_cmd(
 
     from engine.data.io import read_table
     from engine.model.registry import load_model
+    from engine.policy import load_policy_set
     from engine.uplift.emp import churn_model_emp
 
     settings = settings_for(config, tracking_uri)
+    costs = None if incentive is not None else [o.cost for o in load_policy_set(settings.policy_dir).offers.values()]
     out = churn_model_emp(settings, load_model(settings, model), read_table(data, what="labelled table"), clv=clv,
-                          incentive=incentive, contact=contact)
+                          incentive=incentive, contact=contact, offer_costs=costs)
     if as_json:
         typer.echo(json.dumps(asdict(out), default=str))
         return

@@ -11,6 +11,7 @@
 - `evaluate`: `retain uplift evaluate`: a changed policy set judged on logged runs.
 - `emp`: expected maximum profit of the churn model and the contact share it implies.
 
-Nothing here imports engine.decision (arbitration calls in, not the other way), except `evaluate`'s default
-target-policy wiring, which imports it lazily.
+Nothing here imports engine.decision or engine.policy: the decision core calls in (incremental_effect,
+explore), so the other direction would be an import cycle (tests/test_layout.py). The target policy of
+`retain uplift evaluate` is wired in the CLI (engine.cli.uplift.decide_target).
 """

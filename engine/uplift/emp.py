@@ -100,12 +100,13 @@ class ChurnModelEMP:
 
 
 def churn_model_emp(settings, loaded, frame, *, target: str = "churn", clv: float | None = None,
-                    incentive: float | None = None, contact: float | None = None, policy_dir=None,
+                    incentive: float | None = None, contact: float | None = None, offer_costs=None,
                     alpha: float = 6.0, beta: float = 14.0) -> ChurnModelEMP:
     """EMP of a churn model (anything with `predict_proba(frame)`) on labelled rows, with the operator's figures.
 
-    Defaults: CLV = mean monthly ARPU (arpu_m0) x the arbitration horizon; incentive = median offer cost of
-    the policy set's offers; contact = median channel cost of the configured channels.
+    Defaults: CLV = mean monthly ARPU (arpu_m0) x the arbitration horizon; incentive = median of `offer_costs`
+    (the policy set's offer costs; the CLI passes them) or the paper's 10; contact = median channel cost of the
+    configured channels.
     """
     import pandas as pd
 
@@ -123,10 +124,7 @@ def churn_model_emp(settings, loaded, frame, *, target: str = "churn", clv: floa
             raise DataError("no arpu_m0 column to derive the customer lifetime value from", hint="pass --clv")
         clv = float(pd.to_numeric(arpu, errors="coerce").mean()) * settings.arbitration.horizon_months
     if incentive is None:
-        from engine.policy import load_policy_set
-
-        offers = load_policy_set(policy_dir or settings.policy_dir).offers
-        incentive = float(np.median([o.cost for o in offers.values()])) if offers else 0.0
+        incentive = float(np.median(list(offer_costs))) if offer_costs else 10.0
     if contact is None:
         costs = [c.cost for c in settings.channels.values()]
         contact = float(np.median(costs)) if costs else 0.0

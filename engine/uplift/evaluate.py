@@ -2,9 +2,11 @@
 
 Logged rows come from the decision store with their outcomes and propensities (engine.uplift.data). The
 target policy's action per row comes from a callback, `target_actions(frame) -> DataFrame[offer_id, channel]`
-(one row per logged row, same order; no offer = no contact). `decide_target` builds the default callback:
-the shared decide function run with the new policy set on the logged subscribers' raw rows, the action being
-the policy's choice before the control group is held back. The arbitration wiring may swap in its own.
+(one row per logged row, same order; no offer = no contact). The CLI's default callback
+(engine.cli.uplift.decide_target) runs the shared decide function with the new policy set on the logged
+subscribers' raw rows, the action being the policy's choice before the control group is held back. It lives
+above engine.decision, not here, because the decision core imports engine.uplift (incremental_effect):
+engine.uplift never imports engine.decision.
 
 Rewards per row: stayed (1 - churned within the window), cost (channel cost per contact + offer cost per
 acceptance, as the report counts it) and net value = stayed x value - cost with value = arpu x horizon
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,28 +42,6 @@ class PolicyEvaluation:
     def as_dict(self) -> dict[str, Any]:
         return {"runs": self.runs, "window": self.window, "reward_model": self.reward_model, "logged": self.logged,
                 **self.result.as_dict()}
-
-
-def decide_target(settings: Settings, policy_dir: str | Path, model: str = "champion") -> TargetActionsFn:
-    """The default target: the shared decide function with the policy set in `policy_dir` (lazy imports: the
-    decision core calls into engine.uplift, not the other way round)."""
-
-    def target_actions(frame: pd.DataFrame) -> pd.DataFrame:
-        from engine.decision.decide import decide_frame
-        from engine.decision.run import load_policy_engine
-        from engine.model.registry import load_model
-
-        loaded = load_model(settings, model)
-        raw = frame[[c for c in loaded.input_columns + ["subscriber_id"] if c in frame.columns]]
-        table = decide_frame(raw, loaded=loaded, policy_engine=load_policy_engine(policy_dir), settings=settings,
-                             source="logged decisions").table
-        table = table.assign(subscriber_id=table["subscriber_id"].astype(str)).set_index("subscriber_id")
-        table = table.reindex(frame["subscriber_id"].astype(str).to_numpy())
-        chosen = table["status"].isin(["offer", "control"]).to_numpy()
-        return pd.DataFrame({"offer_id": np.where(chosen, table["offer_id"].to_numpy(dtype=object), None),
-                             "channel": np.where(chosen, table["channel"].to_numpy(dtype=object), None)})
-
-    return target_actions
 
 
 def _mean_by_action(keys: np.ndarray, values: np.ndarray) -> dict[str, float]:
