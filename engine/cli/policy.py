@@ -300,6 +300,9 @@ def simulate(
     console.print(_rows_table("Per rule", sim.by_rule.to_dict(orient="records")))
     console.print(_rows_table("Per channel", sim.by_channel.to_dict(orient="records")))
     console.print(_rows_table("Per segment", sim.by_segment.to_dict(orient="records")))
+    if sim.acceptance is not None and len(sim.acceptance):
+        console.print(_rows_table("Acceptance of the offers sent (prior from offers.yaml, learned from outcomes)",
+                                  sim.acceptance.to_dict(orient="records")))
     if sim.comparison:
         c = sim.comparison
         console.print(_rows_table(f"Against {c['against']} ({c['against_hash'][:12]})", [

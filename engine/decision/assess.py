@@ -342,9 +342,9 @@ def assess(frame: pd.DataFrame, *, loaded: LoadedModel, policy_engine: Any, sett
     `state` is read only for capacity-based risk grades (its `risk_cutoffs`; see the module docs).
     """
     run_date = run_date or dt.date.today()
-    policy_set = getattr(policy_engine, "policy_set", None)
-    if policy_set is not None and getattr(policy_set, "declared", None):
-        policy_set.require_declared(frame.columns)  # before the slow part
+    declared = getattr(getattr(policy_engine, "policy_set", None), "declared", None)
+    if declared:  # the operator's own columns: present and well typed, before the slow part
+        frame = validate_declared(frame, declared, source=source)
     scored = score_rows(frame, loaded, settings, source=source, state=state, progress=progress)
     return assess_scored(scored, loaded=loaded, policy_engine=policy_engine, settings=settings, run_date=run_date,
                          history=history, learned=learned, progress=progress, source=source)

@@ -61,6 +61,7 @@ class Simulation:
     notes: list[str] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)  # decide's summary.json keys (see module docs)
     table: pd.DataFrame | None = None  # the decision table (decide's columns), one row per subscriber
+    acceptance: pd.DataFrame | None = None  # per (offer, reason) sent: the prior, the learned rate, the rate used
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -71,6 +72,9 @@ class Simulation:
             "by_channel": self.by_channel.to_dict(orient="records"),
             "by_segment": self.by_segment.to_dict(orient="records"),
         }
+        if self.acceptance is not None:
+            out["acceptance"] = self.acceptance.astype(object).where(self.acceptance.notna(), None).to_dict(
+                orient="records")
         if self.comparison is not None:
             out["comparison"] = self.comparison
             out["transitions"] = self.transitions.to_dict(orient="records") if self.transitions is not None else []
@@ -89,6 +93,25 @@ def acceptance(offer_ids: np.ndarray, reasons: np.ndarray, policy_set: Any, sett
     priors = {k: o.acceptance or {} for k, o in policy_set.offers.items()}
     return acceptance_rate(np.asarray(offer_ids, dtype=object), np.asarray(reasons, dtype=object),
                            settings.arbitration, learned, priors)
+
+
+def acceptance_used(table: pd.DataFrame, policy_set: Any, settings: Any,
+                    learned: Mapping[tuple[str, str], float] | None = None) -> pd.DataFrame:
+    """Per (offer, reason) of the offers sent: how many, the offer's prior, the learned rate (when there is
+    one) and the rate decide used - learned rates beside the priors of offers.yaml."""
+    from engine.decision.arbitration import acceptance_rates
+
+    sent = table[table["status"] == "offer"]
+    cols = ["offer_id", "reason", "offers", "prior", "learned", "used"]
+    if len(sent) == 0:
+        return pd.DataFrame(columns=cols)
+    pairs = sent.groupby(["offer_id", "reason"], observed=True).size().rename("offers").reset_index()
+    priors = {k: o.acceptance or {} for k, o in policy_set.offers.items()}
+    used, prior, measured = acceptance_rates(pairs["offer_id"].to_numpy(dtype=object),
+                                             pairs["reason"].to_numpy(dtype=object), settings.arbitration, learned,
+                                             priors)
+    pairs["prior"], pairs["learned"], pairs["used"] = prior, measured, used
+    return pairs.sort_values(["offers"], ascending=False, kind="stable").reset_index(drop=True)[cols]
 
 
 def summary_of(decide_summary: Mapping[str, Any]) -> dict[str, Any]:
@@ -189,7 +212,7 @@ def simulate(engine: PolicyEngine, frame: pd.DataFrame, *, against: PolicyEngine
         "status": {str(k): int(v) for k, v in out["status"].value_counts().items()},
     }
     sim = Simulation(n, ps.content_hash, ps.root, day, totals, by_rule, by_offer, by_channel, by_segment,
-                     table=table)
+                     table=table, acceptance=acceptance_used(table, ps, settings, learned))
     sim.summary = summary_of(decisions.summary)
     if against is not None:
         base_table = decide_table(against, frame, on=day, settings=settings, history=history, learned=learned,

@@ -382,6 +382,14 @@ def test_simulate_json_last_line_has_decides_summary_keys(tmp_path):
     p_accept = acceptance(ids, frame["reason"].to_numpy(dtype=object)[sent], ps, settings)
     saves = float((frame["churn_probability"].to_numpy()[sent] * p_accept).sum())
     assert last["expected_saves"] == pytest.approx(round(saves, 1))
+    # learned rates beside the priors: none here, so decide used the priors
+    assert sum(r["offers"] for r in last["acceptance"]) == last["status"]["offer"]
+    assert all(r["learned"] is None and r["used"] == r["prior"] for r in last["acceptance"])
+    from engine.policy.simulate import simulate
+
+    sim = simulate(PolicyEngine(ps), frame, on=DAY, settings=settings, learned={("care_message", "none"): 0.5})
+    care = sim.acceptance.set_index(["offer_id", "reason"]).loc[("care_message", "none")]
+    assert care["learned"] == care["used"] == 0.5 and care["prior"] == ps.offers["care_message"].acceptance["default"]
 
 
 def test_acceptance_priors_come_from_offers_yaml_and_match_todays_config():
