@@ -53,6 +53,7 @@ from engine.model.churn import ChurnModel  # noqa: E402
 from engine.model.features import FeaturePipeline  # noqa: E402
 from engine.model.registry import LoadedModel  # noqa: E402
 from engine.uplift.effect import fit_uplift, incremental_effect  # noqa: E402
+from engine.uplift.emp import churn_model_emp  # noqa: E402
 from engine.uplift.explore import NO_CONTACT, explore, stable_uniforms, with_control  # noqa: E402
 from engine.uplift.metrics import uplift_metrics  # noqa: E402
 from engine.uplift.ope import OverlapError, action_keys, estimate  # noqa: E402
@@ -220,6 +221,11 @@ def main() -> None:
         print(f"month 2, {name:<11} arbitration: {n:,} offers, cost {cost:,.0f}, true saves {saves:,.1f}, "
               f"saves per 1,000 spent {1000 * saves / max(cost, 1e-9):.2f}; top offers {top}")
     print(f"true saves per unit cost, incremental / acceptance: {ratio:.2f}x (target >= 1.3x)")
+    costs = [o.cost for o in engine.policy_set.offers.values()]
+    emp_out = churn_model_emp(settings, loaded.model, m2, offer_costs=costs)
+    print(f"EMP of the churn model on month 2: {emp_out.result.emp:,.2f} per subscriber (CLV {emp_out.clv:,.0f}, "
+          f"incentive {emp_out.incentive:g}, contact {emp_out.contact:g}): contact the top "
+          f"{emp_out.result.contact_share:.1%} (P(churn) >= {emp_out.result.threshold:.3f})")
 
     # ---- OPE: month 2 logged under acceptance arbitration; the incremental policy estimated from it
     log2 = log_month(c2, acc, m2, settings, args.epsilon, "month-2", SEEDS["outcomes_2"])
@@ -253,7 +259,8 @@ def main() -> None:
                       **{k: v for k, v in ope_fields.items() if k != "ope_ess"}, "ope_truth": round(saves_i, 2),
                       "saves_per_cost_ratio": round(ratio, 3), "ope_ess": ope_fields["ope_ess"],
                       "epsilon": args.epsilon, "budget": round(budget, 2), "rows": args.rows,
-                      "uplift_holdout_qini": round(quality["qini"], 4)}))
+                      "uplift_holdout_qini": round(quality["qini"], 4), "emp": round(emp_out.result.emp, 3),
+                      "emp_contact_share": round(emp_out.result.contact_share, 4)}))
 
 
 if __name__ == "__main__":
