@@ -91,7 +91,11 @@ class Drift(_Strict):
                                                           "that raises an alert")
     risk_mix_threshold: float = Field(0.1, gt=0, description="Risk-grade mix shift (PSI) that raises an alert")
     seed: int = Field(0, description="Seed of the row sample taken above sample_rows")
-    webhook_timeout: float = Field(10.0, gt=0, description="Seconds to wait for a --webhook receiver")
+    top_features: int = Field(5, ge=0, description="Alert when any of the model's k most important inputs "
+                                                   "drifts (0: share rule only)")
+    webhook_timeout: float = Field(10.0, gt=0, description="Seconds a --webhook connect or single read may take")
+    webhook_deadline_seconds: float = Field(10.0, gt=0, description="Seconds the whole --webhook delivery may "
+                                                                    "take, however slowly the receiver answers")
     experiment: str = Field("monitoring", min_length=1, description="MLflow experiment of the monitoring runs")
 
 

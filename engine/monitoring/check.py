@@ -28,7 +28,7 @@ from pandas.api import types as ptypes
 from engine.config import Settings
 from engine.data.io import read_table, staged_outputs
 from engine.data.schema import DatasetConfig, validate_subscribers
-from engine.errors import ConfigError, DataError
+from engine.errors import ConfigError, DataError, mask_secrets
 from engine.monitoring.drift import (
     PREDICTION,
     REPORT_HTML,
@@ -142,12 +142,14 @@ def run_drift_files(settings: Settings, *, current: str | Path, out: str | Path,
         loaded = load_model(settings, model_ref)
     if reference is not None:
         ref_df = read_table(reference, what="reference table")
-        ref_source = str(reference)
+        ref_source = mask_secrets(str(reference))
+        ref_tag = Path(str(reference)).name
     elif loaded is not None:
         from engine.model.registry import reference_sample
 
         ref_df = reference_sample(settings, loaded)
         ref_source = f"reference sample logged with {loaded.uri} (training run {loaded.run_id})"
+        ref_tag = f"hold-out of {loaded.name} v{loaded.version}"
     else:
         raise ConfigError("--model none needs --reference FILE", hint="or name a model whose reference sample to use")
 
@@ -167,6 +169,15 @@ def run_drift_files(settings: Settings, *, current: str | Path, out: str | Path,
             raise DataError(f"{name} table has {len(frame):,} row(s); a drift check needs at least {MIN_ROWS} to tell "
                             f"drift from chance", hint="check a whole day or month of subscribers")
 
+    ref_fingerprint = fingerprint(ref_df)
+    from engine.monitoring import importance as imp
+
+    if loaded is not None:
+        importance, importance_note = imp.of_model(loaded), None
+        if importance is None:
+            importance_note = f"model {loaded.uri} exposes no feature importance"
+    else:
+        importance, importance_note = imp.of_champion(settings)
     # Sample before scoring: a 1 M-row month is scored only for the rows the check will use.
     cur_s, cur_sampling = sample_rows(cur_df, cfg.sample_rows, cfg.seed)
     ref_s, ref_sampling = sample_rows(ref_df, cfg.sample_rows, cfg.seed)
@@ -191,18 +202,38 @@ def run_drift_files(settings: Settings, *, current: str | Path, out: str | Path,
     context: dict[str, Any] = {
         "model": None if loaded is None else {"name": loaded.name, "version": loaded.version, "uri": loaded.uri,
                                               "run_id": loaded.run_id},
-        "reference_source": ref_source, "current_source": str(current), "report_dir": str(out.resolve()),
+        "reference_source": ref_source, "current_source": mask_secrets(str(current)),
+        "report_dir": str(out.resolve()),
+        "reference": {"fingerprint": ref_fingerprint, "tag": mask_secrets(ref_tag), "rows": int(ref_sampling.rows)},
     }
     result = run_drift_check(ref_s, cur_s, numeric=numeric, categorical=categorical, prediction=prediction,
                              target=target, settings=cfg, risk_grades=settings.risk_grades,
                              presampled={"current": cur_sampling, "reference": ref_sampling},
-                             quality_baseline=baseline, quality_baseline_source=baseline_source, context=context)
+                             quality_baseline=baseline, quality_baseline_source=baseline_source, context=context,
+                             importance=importance, importance_note=importance_note)
     if baseline_note:
         result.notes.append(baseline_note)
     if loaded is None:
         result.notes.append("no model: feature drift only" + ("" if prediction else
                                                                " (no churn_probability on both sides)"))
+    if result.important is not None:
+        result.notes.append(f"feature alert rule: {result.rules()[0]['detail']}")
     return publish(result, settings, out, webhook=webhook, log=log)
+
+
+def fingerprint(frame: pd.DataFrame) -> str:
+    """A short content hash of a table (column names, order-independent; row values), e.g. 'a1b2c3d4e5f6'.
+
+    Why content and not the path: `drift history` must keep checks against different reference data sets
+    apart (two data sets, one path over time) and keep one data set together (copied or renamed).
+    """
+    import hashlib
+
+    cols = sorted(map(str, frame.columns))
+    digest = hashlib.sha256("\x1f".join(cols).encode())
+    rows = pd.util.hash_pandas_object(frame[cols].astype("string").fillna("\x00"), index=False).to_numpy()
+    digest.update(rows.tobytes())
+    return digest.hexdigest()[:12]
 
 
 def _holdout_quality(settings: Settings, loaded: Any, target: str) -> tuple[dict | None, str | None, str | None]:
@@ -225,25 +256,58 @@ def _holdout_quality(settings: Settings, loaded: Any, target: str) -> tuple[dict
     return metrics, f"training hold-out ({int(labelled.sum()):,} rows logged with {loaded.uri})", None
 
 
+class _Probe(Exception):
+    pass
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an unusable `--out` before anything is logged or announced, with `staged_outputs`' own errors.
+
+    Why a probe and not a copy of its checks: entering `staged_outputs` validates the folder, creates its
+    parent and clears residue of a killed run; leaving it with an exception publishes nothing.
+    """
+    try:
+        with staged_outputs(out):
+            raise _Probe
+    except _Probe:
+        pass
+
+
 def publish(result: DriftResult, settings: Settings, out: str | Path, *, webhook: str | None = None,
             log: bool = True) -> DriftRun:
-    """Stage the files, record the MLflow run, POST the webhook, then publish; all or nothing."""
+    """Write the files, record the MLflow run, POST the webhook, then publish; all or nothing.
+
+    Why the files are written in a private temporary folder and copied into `staged_outputs` only after the
+    webhook answered: the webhook is the one step whose time depends on someone else. A receiver that
+    drips bytes is cut off at `drift.webhook_deadline_seconds`, and even a process killed while waiting
+    leaves nothing beside `--out` (no `.NAME.staging-*` folder); the staged publish itself takes milliseconds.
+    """
+    import shutil
+    import tempfile
+
     from engine.monitoring import tracking
     from engine.monitoring.webhook import post_json
 
     out = Path(out)
     run_id: str | None = None
     status_code: int | None = None
-    with staged_outputs(out) as stage:
+    cfg = settings.drift
+    _check_out(out)
+    with tempfile.TemporaryDirectory(prefix="retain-drift-") as tmp:
+        built = Path(tmp)
         try:
             if log:
                 run_id = tracking.start_run(settings, result)
                 result.context["mlflow_run_id"] = run_id
-            write_report(result, stage)
+            write_report(result, built)
             if log and run_id:
-                tracking.finish_run(settings, run_id, result, stage)
+                tracking.finish_run(settings, run_id, result, built)
             if webhook:
-                status_code = post_json(webhook, result.summary(), timeout=settings.drift.webhook_timeout)
+                status_code = post_json(webhook, result.summary(), timeout=cfg.webhook_timeout,
+                                        deadline=cfg.webhook_deadline_seconds)
+            with staged_outputs(out) as stage:
+                for name in (REPORT_HTML, REPORT_JSON, SUMMARY_JSON):
+                    shutil.copyfile(built / name, stage / name)
         except BaseException:
             if run_id:
                 tracking.discard_run(settings, run_id)

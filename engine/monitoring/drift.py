@@ -11,8 +11,14 @@ thresholds of `engine.config.Drift`.
 Four signals, each with its own threshold:
 - **features**: Evidently's per-column drift test, chosen by Evidently per type and reference size
   (reference > 1,000 rows: Wasserstein distance for numbers, Jensen-Shannon for categories; smaller
-  references: KS / chi-square / z p-values). Alert when the share of drifted features reaches
-  `drift_share`, as Evidently's own "share of drifted columns" test does.
+  references: KS / chi-square / z p-values). Two rules, either alerts:
+  - `important_features`: any of the `top_features` most important inputs (the model's own importance,
+    `engine.monitoring.importance`) drifted. Without importances (no model and no champion to borrow them
+    from) every feature counts as important: rule `any_feature`, any flagged feature alerts.
+  - `features`: the share of drifted features reaches `drift_share` (Evidently's own "share of drifted
+    columns" rule; its "Dataset Drift" verdict in the HTML uses only this rule and is relabelled so).
+  Why both: a campaign that moves 5 of 23 inputs stays under a 30% share, yet one of them is the
+  model's second strongest signal.
 - **score**: the churn-probability distribution, always by normed Wasserstein distance. Why fixed: it
   is a single alarm, so a size-independent effect size keeps the false-alarm rate of a nightly job low
   whatever the batch size (a p-value test fires on trivial shifts at 200 k rows and 5% of nights at 800).
@@ -31,6 +37,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -45,6 +52,7 @@ from engine.config import Drift, RiskGrades
 from engine.data.flags import parse_flags
 from engine.errors import DataError
 from engine.model.metrics import auc_standard_error, calibration_table, clip_probabilities, probability_metrics
+from engine.monitoring.importance import Importance
 
 Status = Literal["healthy", "drift", "decay"]
 SUMMARY_SCHEMA = "retain.drift.summary/1"
@@ -101,12 +109,14 @@ class DriftResult:
     prediction: dict[str, Any] | None          # score drift: method, score, threshold, drifted, means
     risk_mix: dict[str, Any] | None            # grade shares on both sides, PSI, drifted
     quality: dict[str, Any] | None             # current / reference metrics, auc_drop, decayed
-    alerts: list[str]                          # which signals tripped: features, score, risk_mix, auc
+    alerts: list[str]                          # which rules tripped: important_features | any_feature,
+                                               # features (share), score, risk_mix, auc
     thresholds: dict[str, Any]
     reference_sampling: Sampling
     current_sampling: Sampling
     notes: list[str] = field(default_factory=list)
     context: dict[str, Any] = field(default_factory=dict)   # model, sources, mlflow run: set by callers
+    important: dict[str, Any] | None = None    # importance rule: source, k, top features, drifted among them
     snapshot: Any = None                       # evidently.core.report.Snapshot
     seconds: float = 0.0
     checked_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
@@ -136,7 +146,16 @@ class DriftResult:
         """`DRIFT: 5/23 features drifted (22%, alert at 30%); score drift 0.61 (alert at 0.10); ...`."""
         t = self.thresholds
         n = len(self.features)
-        parts = [f"{len(self.drifted_features)}/{n} features drifted ({self.drifted_share:.0%}, "
+        parts = []
+        imp = self.important or {}
+        if imp.get("drifted"):
+            if imp["rule"] == "any_feature":
+                parts.append(f"rule any_feature fired (no importances, every feature counts): "
+                             f"{', '.join(imp['drifted'][:6])}{' ...' if len(imp['drifted']) > 6 else ''} drifted")
+            else:
+                parts.append(f"rule important_features fired: top-{imp['k']} input(s) "
+                             f"{', '.join(imp['drifted'])} drifted ({imp['source_short']})")
+        parts += [f"{len(self.drifted_features)}/{n} features drifted ({self.drifted_share:.0%}, "
                  f"alert at {t['drift_share']:.0%})"
                  + (f": {', '.join(self.drifted_features[:6])}{' ...' if len(self.drifted_features) > 6 else ''}"
                     if self.drifted_features else "")]
@@ -154,6 +173,29 @@ class DriftResult:
                 parts.append(sampling.note(side))
         return f"{self.status.upper()}: " + "; ".join(parts)
 
+    def rules(self) -> list[dict[str, Any]]:
+        """Every alert rule, whether it fired, and the features or values behind it (summary.json `rules`)."""
+        t = self.thresholds
+        out = []
+        imp = self.important
+        if imp is not None:
+            out.append({"rule": imp["rule"], "fired": imp["rule"] in self.alerts, "features": imp["drifted"],
+                        "detail": (f"any flagged feature (no importances: {imp['source']})"
+                                   if imp["rule"] == "any_feature" else
+                                   f"any of the top {imp['k']} inputs by {imp['source']}: {', '.join(imp['top'])}")})
+        out.append({"rule": "features", "fired": "features" in self.alerts, "features": self.drifted_features,
+                    "detail": f"share of drifted features {self.drifted_share:.0%} (alert at {t['drift_share']:.0%})"})
+        if self.prediction:
+            out.append({"rule": "score", "fired": "score" in self.alerts, "features": [],
+                        "detail": f"score drift {self.prediction['score']:.3f} (alert at {t['score_threshold']})"})
+        if self.risk_mix:
+            out.append({"rule": "risk_mix", "fired": "risk_mix" in self.alerts, "features": [],
+                        "detail": f"risk-mix PSI {self.risk_mix['score']:.3f} (alert at {t['risk_mix_threshold']})"})
+        if self.quality and self.quality.get("auc_drop") is not None:
+            out.append({"rule": "auc", "fired": "auc" in self.alerts, "features": [],
+                        "detail": f"ROC AUC drop {self.quality['auc_drop']:.3f} (alert at {t['auc_drop']})"})
+        return out
+
     def summary(self) -> dict[str, Any]:
         """The JSON status contract (see README 'Scheduled checks'); stable keys, JSON-able values."""
         return _jsonable({
@@ -168,9 +210,12 @@ class DriftResult:
                                                  "mlflow_run_id")},
             "thresholds": self.thresholds,
             "sampling": {"current": self.current_sampling.to_dict(), "reference": self.reference_sampling.to_dict()},
+            "rules": self.rules(),
             "features": {"count": len(self.features), "drifted_count": len(self.drifted_features),
                          "drifted_share": self.drifted_share, "drifted": self.drifted_features,
-                         "alert": "features" in self.alerts, "columns": self.features},
+                         "alert": bool({"features", "important_features", "any_feature"} & set(self.alerts)),
+                         "share_alert": "features" in self.alerts, "important": self.important,
+                         "columns": self.features},
             "prediction": self.prediction,
             "risk_mix": self.risk_mix,
             "quality": self.quality,
@@ -316,7 +361,8 @@ def run_drift_check(reference: pd.DataFrame, current: pd.DataFrame, *, numeric: 
                     settings: Drift | None = None, risk_grades: RiskGrades | None = None,
                     risk_grade_column: str = RISK_GRADE, presampled: dict[str, Sampling] | None = None,
                     quality_baseline: dict[str, Any] | None = None, quality_baseline_source: str | None = None,
-                    context: dict[str, Any] | None = None) -> DriftResult:
+                    context: dict[str, Any] | None = None, importance: Importance | None = None,
+                    importance_note: str | None = None) -> DriftResult:
     """Compare `current` with `reference`: feature drift, score drift, risk-mix shift and, with outcomes, decay.
 
     `numeric` / `categorical` are the model's raw input features (booleans count as categorical).
@@ -327,7 +373,10 @@ def run_drift_check(reference: pd.DataFrame, current: pd.DataFrame, *, numeric: 
     `presampled` records sampling a caller already did (to score fewer rows); it is reported as such.
     `quality_baseline` (a `quality_metrics` dict) replaces the reference table as the yardstick for decay:
     the service passes the model's training hold-out, so a reference *file* (possibly in-sample training
-    data, whose AUC is optimistic) never decides decay.
+    data, whose AUC is optimistic) never decides decay; Evidently's classification section (which could
+    only compare with the reference table) is then left out of the HTML, whose headline shows the baseline.
+    `importance` (`engine.monitoring.importance`) ranks the inputs for the `important_features` rule; without
+    it every feature counts as important (`any_feature`); `importance_note` says why there is none.
     """
     from evidently import BinaryClassification, DataDefinition, Dataset, Report
     from evidently.metrics import ValueDrift
@@ -426,17 +475,20 @@ def run_drift_check(reference: pd.DataFrame, current: pd.DataFrame, *, numeric: 
                    "auc_drop_noise": noise, "decayed": decayed}
         # Evidently's classification section needs fully labelled tables on both sides; its ROC AUC test
         # uses the same floor as the status (baseline AUC minus auc_drop).
+        # With a separate baseline (the training hold-out) Evidently could only chart the reference *table*'s
+        # quality, e.g. in-sample training rows: figures that contradict summary.json. Left out then; the
+        # headline shows current vs baseline.
         quality_in_report = bool(cur_quality and ref_quality and labelled.all() and ref_labelled
-                                 and len(np.unique(y_ref)) == 2)
+                                 and len(np.unique(y_ref)) == 2 and quality_baseline is None)
         if quality_in_report:
             ev_cur[target] = y_cur.astype(int).to_numpy()
             ev_ref[target] = y_ref.astype(int).to_numpy()
             cat_cols.append(target)
             classification = [BinaryClassification(target=target, prediction_probas=prediction, pos_label=1)]
-            if quality_baseline is not None:
-                notes.append(f"the HTML's classification charts compare with the reference table; the decay test "
-                             f"(ROC AUC >= {ref_quality['roc_auc'] - cfg.auc_drop:.3f}) uses the "
-                             f"{ref_quality_source}")
+        elif cur_quality and quality_baseline is not None:
+            notes.append(f"quality is compared with the {ref_quality_source} (figures in the headline); "
+                         "Evidently's classification charts are left out because they could only compare with "
+                         "the reference table")
         elif cur_quality:
             notes.append("the HTML report has no classification section (outcomes partly missing or reference "
                          "unlabelled); summary.json carries the quality numbers")
@@ -485,7 +537,10 @@ def run_drift_check(reference: pd.DataFrame, current: pd.DataFrame, *, numeric: 
         risk_row = {**r, "source": grade_source,
                     "reference": _shares(ev_ref[RISK_GRADE], levels), "current": _shares(ev_cur[RISK_GRADE], levels)}
 
+    important = _important_rule(features, drifted, importance, importance_note, cfg.top_features)
     alerts = []
+    if important and important["drifted"]:
+        alerts.append(important["rule"])
     if share >= cfg.drift_share:
         alerts.append("features")
     if prediction_row and prediction_row["drifted"]:
@@ -495,7 +550,8 @@ def run_drift_check(reference: pd.DataFrame, current: pd.DataFrame, *, numeric: 
     if quality and quality["decayed"]:
         alerts.append("auc")
     status: Status = "decay" if "auc" in alerts else ("drift" if alerts else "healthy")
-    thresholds = {"drift_share": cfg.drift_share, "feature_threshold": cfg.feature_threshold,
+    thresholds = {"drift_share": cfg.drift_share, "top_features": cfg.top_features,
+                  "feature_threshold": cfg.feature_threshold,
                   "feature_method": "Evidently default per column type and reference size",
                   "score_method": SCORE_METHOD, "score_threshold": cfg.score_threshold,
                   "risk_mix_method": RISK_MIX_METHOD, "risk_mix_threshold": cfg.risk_mix_threshold,
@@ -503,8 +559,31 @@ def run_drift_check(reference: pd.DataFrame, current: pd.DataFrame, *, numeric: 
     return DriftResult(status=status, features=feature_rows, drifted_features=drifted, drifted_share=share,
                        prediction=prediction_row, risk_mix=risk_row, quality=quality, alerts=alerts,
                        thresholds=thresholds, reference_sampling=ref_sampling, current_sampling=cur_sampling,
-                       notes=notes, context=dict(context or {}), snapshot=snapshot,
+                       notes=notes, context=dict(context or {}), snapshot=snapshot, important=important,
                        seconds=time.perf_counter() - started)
+
+
+def _important_rule(features: list[str], drifted: list[str], importance: Importance | None, note: str | None,
+                    k: int) -> dict[str, Any] | None:
+    """The importance rule: top-k inputs by importance, or every feature when there are no importances.
+
+    None when disabled (`top_features: 0`). Importances that cover none of the checked columns (a foreign
+    table checked with a champion's importances) count as no importances.
+    """
+    if k <= 0:
+        return None
+    ranked = importance.ranked(features) if importance is not None else []
+    if ranked:
+        top = ranked[:k]
+        return {"rule": "important_features", "k": k, "source": importance.source,
+                "source_short": importance.short or importance.source,
+                "model_version": importance.model_version,
+                "top": top, "shares": {c: round(importance.shares[c], 4) for c in top},
+                "drifted": [c for c in top if c in drifted]}
+    why = note or ("no importances given" if importance is None else
+                   f"{importance.source} covers none of the checked columns")
+    return {"rule": "any_feature", "k": len(features), "source": why, "source_short": why, "model_version": None,
+            "top": list(features), "shares": {}, "drifted": list(drifted)}
 
 
 def _shares(values: pd.Series, levels: list[str]) -> dict[str, float]:
@@ -532,13 +611,65 @@ def _value_drift(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------
 # Outputs
 # ---------------------------------------------------------------------------------------------
+_EVIDENTLY_VERDICT = re.compile(r'"value": "Dataset Drift", "label": "Dataset Drift is (NOT )?detected\. '
+                                r'Dataset drift detection threshold is ([0-9.]+)"')
+
+
+def relabel_evidently_verdict(page: str, result: DriftResult) -> str:
+    """Evidently's "Dataset Drift is (NOT) detected" counter, reworded as the one rule it is.
+
+    Why: Evidently's dataset verdict applies only the share-of-columns rule, so under a DRIFT headline (an
+    important input drifted) it said "Dataset Drift is NOT detected". The counter now names its rule and
+    points at the verdict that sets the exit code.
+    """
+    def words(match: re.Match[str]) -> str:
+        met = "not met" if match.group(1) else "met"
+        label = (f"Evidently's share-of-columns rule (alert at {float(match.group(2)):.0%} of columns): {met}. "
+                 f"Check status (exit code {result.exit_code}): {result.status.upper()}, see the headline.")
+        return json.dumps({"value": "Share of drifted columns"})[1:-1] + ", " + json.dumps({"label": label})[1:-1]
+
+    page = _EVIDENTLY_VERDICT.sub(words, page)
+    # Should Evidently lay the counter out differently, its words still must not contradict the headline.
+    return (page.replace("Dataset Drift is NOT detected", "Evidently's share-of-columns rule is not met")
+            .replace("Dataset Drift is detected", "Evidently's share-of-columns rule is met"))
+
+
+def _quality_table(result: DriftResult) -> str:
+    """Current vs baseline quality, the numbers of summary.json (the baseline may be the training hold-out)."""
+    q = result.quality or {}
+    cur, ref = q.get("current") or {}, q.get("reference") or {}
+    if not cur:
+        return ""
+    rows = []
+    for key, label in (("roc_auc", "ROC AUC"), ("pr_auc", "PR AUC"), ("log_loss", "log loss"), ("brier", "Brier"),
+                       ("ece", "calibration error (ECE)")):
+        r = ref.get(key)
+        rows.append(f"<tr><td>{label}</td><td>{cur[key]:.3f}</td><td>{'-' if r is None else f'{r:.3f}'}</td></tr>")
+    source = html.escape(str(q.get("reference_source") or "no labelled reference"))
+    return ('<table id="retain-quality" style="border-collapse:collapse;margin-top:6px;font-size:13px">'
+            f"<tr><th align=left>quality</th><th align=left>current ({cur['rows']:,} labelled rows)</th>"
+            f"<th align=left>baseline: {source}</th></tr>" + "".join(rows) + "</table>")
+
+
 def banner_html(result: DriftResult) -> str:
-    """A status header for the top of Evidently's HTML: status, thresholds and sampling in words."""
+    """The headline of the HTML: our status (the exit code's), the rules that fired, quality, sampling."""
     colour = {"healthy": "#1b7f3b", "drift": "#b36b00", "decay": "#b00020"}[result.status]
     ctx = result.context
     model = ctx.get("model") or {}
     detail = result.one_line.split(": ", 1)[-1]
-    lines = [f"<b>retain drift check: {html.escape(result.status.upper())}</b> &mdash; {html.escape(detail)}"]
+    fired = [r for r in result.rules() if r["fired"]]
+    lines = [f'<span id="retain-verdict" style="font-size:20px"><b>{html.escape(result.status.upper())}</b> '
+             f"(exit code {result.exit_code})</span> &mdash; retain drift check",
+             html.escape(detail)]
+    if fired:
+        lines.append("rules that fired: " + "; ".join(
+            html.escape(f"{r['rule']} ({r['detail']})" + (f": {', '.join(r['features'])}" if r["features"] else ""))
+            for r in fired))
+    else:
+        lines.append("no alert rule fired: " + html.escape("; ".join(r["detail"] for r in result.rules())))
+    lines.append("This headline is the check's verdict. Evidently's own \"share of drifted columns\" counter "
+                 "below applies only the share rule; an important input drifting alerts even when that share "
+                 "stays under its threshold.")
     if model:
         lines.append(f"model: {html.escape(str(model.get('uri') or model.get('name')))} "
                      f"(version {html.escape(str(model.get('version')))})")
@@ -550,7 +681,7 @@ def banner_html(result: DriftResult) -> str:
     lines += [html.escape(n) for n in result.notes]
     return (f'<div id="retain-status" style="font-family:sans-serif;padding:12px 18px;margin:0 0 8px 0;'
             f'border-left:8px solid {colour};background:#f6f6f6">'
-            + "<br>".join(lines) + "</div>")
+            + "<br>".join(lines) + _quality_table(result) + "</div>")
 
 
 def write_report(result: DriftResult, folder: str | Path) -> dict[str, Path]:
@@ -562,7 +693,7 @@ def write_report(result: DriftResult, folder: str | Path) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"html": folder / REPORT_HTML, "json": folder / REPORT_JSON, "summary": folder / SUMMARY_JSON}
     page = result.snapshot.get_html_str(as_iframe=False)
-    page = page.replace("<body>", "<body>\n" + banner_html(result), 1)
+    page = relabel_evidently_verdict(page, result).replace("<body>", "<body>\n" + banner_html(result), 1)
     paths["html"].write_text(page, encoding="utf-8")
     result.snapshot.save_json(str(paths["json"]))
     paths["summary"].write_text(json.dumps(result.summary(), indent=2) + "\n", encoding="utf-8")

@@ -1,4 +1,7 @@
-"""`retain drift history`: past checks per model version as a table and a trend chart (one HTML file).
+"""`retain drift history`: past checks per model version and reference data set, as a table and a trend chart.
+
+One line per series: a model version judged against one reference data set (identified by a fingerprint of
+its content, logged with every check). Checks of unrelated data sets are separate lines, never one trend.
 
 Why a chart and not only the table: a slow decay (the score drifting 0.02 a month, AUC slipping a point
 at a time) is invisible check by check and obvious as a line approaching its threshold. The page is a
@@ -38,11 +41,11 @@ def trend_png(frame: pd.DataFrame, settings: Settings) -> bytes:
         (axes[2], [("roc_auc", "ROC AUC"), ("reference_roc_auc", "reference ROC AUC")], []),
     ]
     for ax, series, lines in panels:
-        for version, group in df.groupby("model_version", sort=True):
+        for name, group in df.groupby("series", sort=True):
             for column, label in series:
                 values = pd.to_numeric(group[column], errors="coerce")
                 if values.notna().any():
-                    ax.plot(group["when"], values, marker="o", label=f"v{version} {label}")
+                    ax.plot(group["when"], values, marker="o", label=f"{name}: {label}")
                     ax.scatter(group["when"], values, c=[_STATUS_COLOURS.get(s, "grey") for s in group["status"]],
                                zorder=3, s=30)
         by_value: dict[float, list[str]] = {}
@@ -54,8 +57,8 @@ def trend_png(frame: pd.DataFrame, settings: Settings) -> bytes:
                         color="grey", va="bottom", ha="right")
         if ax.has_data():
             ax.legend(fontsize=8, loc="best")
-    axes[0].set_title("Drift checks per model version (points coloured by status: green healthy, "
-                      "orange drift, red decay)", fontsize=10)
+    axes[0].set_title("Drift checks per model version and reference data set (points coloured by status: "
+                      "green healthy, orange drift, red decay)", fontsize=10)
     axes[2].set_xlabel("check time (UTC)")
     fig.autofmt_xdate()
     fig.tight_layout()
@@ -66,9 +69,13 @@ def trend_png(frame: pd.DataFrame, settings: Settings) -> bytes:
 
 
 def history_html(frame: pd.DataFrame, settings: Settings, title: str) -> str:
-    """A self-contained page: the chart (inline PNG) above the table of checks, newest last."""
+    """A self-contained page: the chart (inline PNG) above one table of checks per series, newest last."""
     image = base64.b64encode(trend_png(frame, settings)).decode("ascii") if len(frame) else ""
-    table = frame.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4f}", border=0)
+    tables = []
+    for name, group in (frame.groupby("series", sort=True) if len(frame) else []):
+        tables.append(f"<h3>{html.escape(str(name))}</h3>"
+                      + group.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4f}", border=0))
+    table = "".join(tables)
     body = (f'<img alt="drift trend" src="data:image/png;base64,{image}">' if image
             else "<p>No drift checks logged yet.</p>")
     return ("<!DOCTYPE html><html><head><meta charset='utf-8'>"

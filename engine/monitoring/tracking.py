@@ -22,6 +22,8 @@ from engine.monitoring.drift import DriftResult
 KIND_TAG = "retain.kind"
 KIND = "drift"
 VERSION_TAG = "retain.model_version"
+REFERENCE_TAG = "retain.reference_fingerprint"     # content hash of the reference table: history groups by it
+REFERENCE_LABEL_TAG = "retain.reference_tag"       # its name for people (file name, or "hold-out of churn v1")
 ARTIFACT_DIR = "drift"
 
 
@@ -64,6 +66,7 @@ def start_run(settings: Settings, result: DriftResult) -> str:
     from engine.model.registry import connect, ensure_experiment
 
     model = result.context.get("model") or {}
+    reference = result.context.get("reference") or {}
     version = str(model.get("version") or "none")
     try:
         client = connect(settings)
@@ -73,6 +76,9 @@ def start_run(settings: Settings, result: DriftResult) -> str:
                 "retain.alerts": ",".join(result.alerts), "retain.sampled": str(result.current_sampling.applied),
                 "retain.reference_source": str(result.context.get("reference_source") or "")[:5000],
                 "retain.current_source": str(result.context.get("current_source") or "")[:5000],
+                REFERENCE_TAG: str(reference.get("fingerprint") or ""),
+                REFERENCE_LABEL_TAG: str(reference.get("tag") or "")[:500],
+                "retain.alert_rules": ",".join(r["rule"] for r in result.rules() if r["fired"]),
                 "mlflow.note.content": result.one_line}
         run = client.create_run(experiment_id, run_name=f"drift-v{version}-{time.strftime('%Y%m%dT%H%M%S')}",
                                 tags=tags)
@@ -119,12 +125,30 @@ def discard_run(settings: Settings, run_id: str) -> None:
         pass
 
 
-HISTORY_COLUMNS = ["checked_at", "model_version", "status", "alerts", "drifted_share", "score_drift",
-                   "risk_mix_psi", "roc_auc", "reference_roc_auc", "auc_drop", "rows_current", "sampled", "run_id"]
+HISTORY_COLUMNS = ["checked_at", "series", "model_version", "reference", "reference_fingerprint", "status", "alerts",
+                   "drifted_share", "score_drift", "risk_mix_psi", "roc_auc", "reference_roc_auc", "auc_drop",
+                   "rows_current", "sampled", "run_id"]
 
 
-def history(settings: Settings, *, version: str | None = None, limit: int = 1000) -> pd.DataFrame:
-    """Past checks (oldest first) from the monitoring experiment, optionally for one model version."""
+def series_label(version: str, reference: str, fingerprint: str) -> str:
+    """One line of the history: a model version judged against one reference data set."""
+    return f"v{version} vs {reference or 'reference'} [{fingerprint[:8] or 'unknown'}]"
+
+
+def _short_hash(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def history(settings: Settings, *, version: str | None = None, reference: str | None = None,
+            limit: int = 1000) -> pd.DataFrame:
+    """Past checks (oldest first) from the monitoring experiment, optionally of one model version.
+
+    Each row names its series: the model version and the reference data set (fingerprint of its content),
+    so checks of unrelated data sets are never joined into one trend. `reference` keeps the checks whose
+    reference fingerprint starts with it.
+    """
     from engine.model.registry import connect
 
     client = connect(settings)
@@ -142,14 +166,23 @@ def history(settings: Settings, *, version: str | None = None, limit: int = 1000
     rows: list[dict[str, Any]] = []
     for run in runs:
         m, t = run.data.metrics, run.data.tags
+        version = t.get(VERSION_TAG, "")
+        # Checks logged before references were fingerprinted: their reference's description stands in.
+        fingerprint = t.get(REFERENCE_TAG) or ("source:" + _short_hash(t.get("retain.reference_source", "")))
+        label = t.get(REFERENCE_LABEL_TAG) or t.get("retain.reference_source", "")[-60:]
         rows.append({
             "checked_at": pd.Timestamp(run.info.start_time, unit="ms", tz="UTC").tz_convert(None)
                           .strftime("%Y-%m-%d %H:%M:%S"),
-            "model_version": t.get(VERSION_TAG, ""), "status": t.get("retain.status", ""),
+            "series": series_label(version, label, fingerprint.removeprefix("source:")),
+            "model_version": version, "reference": label, "reference_fingerprint": fingerprint,
+            "status": t.get("retain.status", ""),
             "alerts": t.get("retain.alerts", ""),
             **{k: m.get(k) for k in ("drifted_share", "score_drift", "risk_mix_psi", "roc_auc",
                                      "reference_roc_auc", "auc_drop")},
             "rows_current": int(m["rows_current"]) if "rows_current" in m else None,
             "sampled": t.get("retain.sampled", "") == "True", "run_id": run.info.run_id,
         })
-    return pd.DataFrame(rows[::-1], columns=HISTORY_COLUMNS)
+    frame = pd.DataFrame(rows[::-1], columns=HISTORY_COLUMNS)
+    if reference:
+        frame = frame[frame["reference_fingerprint"].str.startswith(reference)].reset_index(drop=True)
+    return frame
