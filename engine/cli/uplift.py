@@ -70,7 +70,8 @@ def train_cmd(
     policies: Annotated[Path | None, typer.Option(help="Policy folder whose offers give the prior effects.")] = None,
     holdout: Annotated[float, typer.Option(help="Share of logged rows held out for Qini / AUUC / uplift@k.")] = 0.3,
     seed: Annotated[int, typer.Option(help="CatBoost seed.")] = 0,
-    register: Annotated[bool, typer.Option(help="Register as a version of model 'uplift' (alias champion).")] = True,
+    register: Annotated[bool, typer.Option(help="Register as a version of model 'uplift'.")] = True,
+    alias: Annotated[str, typer.Option(help="Alias to point at the new version ('' for none).")] = "champion",
     as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary as the last line.")] = False,
     store: StoreOpt = None,
     config: ConfigOpt = None,
@@ -81,7 +82,7 @@ def train_cmd(
     from training.uplift import train_uplift
 
     result = train_uplift(settings_for(config, tracking_uri), runs=_runs(runs), window=window, policy_dir=policies,
-                          holdout_share=holdout, seed=seed, register=register, url=store)
+                          holdout_share=holdout, seed=seed, register=register, alias=alias or None, url=store)
     if as_json:
         typer.echo(json.dumps(result.summary(), default=str))
         return
