@@ -185,3 +185,21 @@ def incremental_effect(loaded: Any, frame: pd.DataFrame, offer_ids: Any, priors:
 def effect_note(loaded: Any) -> str | None:
     """`PRIOR_NOTE` when there is no uplift model to use, else None."""
     return PRIOR_NOTE if _model_of(loaded) is None else None
+
+
+def incremental_net_value(cands: pd.DataFrame, rows: pd.DataFrame, loaded: Any,
+                          priors: Mapping[str, float] | None, horizon_months: float) -> pd.DataFrame:
+    """A candidates frame valued on its incremental effect, for `arbitration: incremental_value`.
+
+    `cands`: the output of arbitration's `expected_net_value` (needs offer_id, channel, value_kept,
+    total_cost); `rows`: the raw subscriber row of each candidate, aligned with `cands` (e.g.
+    `scored.iloc[cands['row']]`). Returns a copy with `tau`, `expected_saved_value` = tau x value kept x
+    horizon and `net_value` = expected_saved_value - total_cost (the acceptance-based columns are replaced).
+    """
+    out = cands.copy()
+    tau = incremental_effect(loaded, rows.reset_index(drop=True), out["offer_id"].to_numpy(dtype=object), priors,
+                             channels=out["channel"].to_numpy(dtype=object))
+    out["tau"] = tau
+    out["expected_saved_value"] = tau * out["value_kept"].to_numpy(dtype=float) * horizon_months
+    out["net_value"] = out["expected_saved_value"] - out["total_cost"].to_numpy(dtype=float)
+    return out

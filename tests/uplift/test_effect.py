@@ -93,3 +93,17 @@ def test_incremental_effect_without_a_model_uses_priors():
     assert priors_from_offers([Offer("a", 0.05), Offer("b")]) == {"a": 0.05}  # b: the model's pooled prior
     assert priors_from_offers([Offer("a", 0.05), Offer("b")], default=0.0) == {"a": 0.05, "b": 0.0}
     assert priors_from_offers({"a": {"effect": 0.1}, "b": 0.2}) == {"a": 0.1, "b": 0.2}
+
+
+def test_incremental_net_value_for_arbitration():
+    from engine.uplift.effect import incremental_net_value
+
+    frame, offer, treated, churned = synthetic(3000)
+    model = fit_uplift(frame, offer_id=offer, treated=treated, churned=churned, pipeline=_pipe(), prior_strength=0)
+    cands = pd.DataFrame({"row": [0, 0, 1], "offer_id": ["a", "b", "a"], "channel": "sms", "value_kept": 10.0,
+                          "total_cost": 1.0, "net_value": 99.0})
+    out = incremental_net_value(cands, frame.iloc[cands["row"]], model, None, 6)
+    assert np.allclose(out["tau"], model.effect(frame.iloc[[0, 0, 1]], ["a", "b", "a"], ["sms"] * 3))
+    assert np.allclose(out["net_value"], out["tau"] * 60 - 1.0)
+    priors_only = incremental_net_value(cands, frame.iloc[cands["row"]], None, {"a": 0.1}, 6)
+    assert np.allclose(priors_only["net_value"], [5.0, -1.0, 5.0])
