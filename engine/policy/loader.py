@@ -579,7 +579,8 @@ def _load_offer(raw: Any, display: str, line: int, col: _Collected) -> None:
     col.offers[spec.id] = (spec, Offer(id=spec.id, description=spec.description, cost=float(spec.cost),
                                        value_kept=float(spec.value_kept), channels=list(spec.channels),
                                        eligibility=eligibility, valid_from=spec.valid_from,
-                                       valid_to=spec.valid_to, source=where, acceptance=dict(rates)))
+                                       valid_to=spec.valid_to, source=where, acceptance=dict(rates),
+                                       effect=spec.effect))
 
 
 def _load_rule(raw: Any, display: str, line: int, order: tuple[int, int], col: _Collected) -> None:

@@ -56,6 +56,9 @@ class OfferSpec(_Strict):
     acceptance: float | dict[str, float] | None = Field(
         None, description="Prior P(accept): one rate, or per churn reason with 'default' for the rest, e.g. "
                           "{price: 0.3, default: 0.1}; measured rates replace it as outcomes come in")
+    effect: float | None = Field(
+        None, ge=-1, le=1, description="Prior incremental effect: P(churn | no contact) - P(churn | offer), e.g. "
+                                       "0.05; `retain uplift train` shrinks its estimates toward it where data is thin")
 
     @model_validator(mode="after")
     def _dates(self) -> OfferSpec:
@@ -181,6 +184,7 @@ class Offer:
     valid_to: dt.date | None = None
     source: str = ""  # "file:line"
     acceptance: dict[str, float] = field(default_factory=dict)  # reason or 'default' -> prior P(accept)
+    effect: float | None = None  # prior incremental effect on churn
 
     def valid_on(self, day: dt.date) -> bool:
         return _valid_on(self, day)
