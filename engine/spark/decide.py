@@ -200,22 +200,20 @@ def _spark_schema(schema: pa.Schema):
 
 
 def _cutoffs(spark, df, job: ex.Job, settings: Settings) -> tuple[float, float] | None:
-    """capacity_cutoffs over the whole input, with a distributed top-k (no rows reach the driver)."""
-    from pyspark.sql import Window
+    """`capacity_cutoffs` of the whole input: the top `capacity_high + capacity_medium` probabilities (a
+    distributed top-k; only those k numbers reach the driver) decide both cut-offs exactly as the full
+    sorted column would (capacity_cutoffs reads positions below k, and whether there are k rows at all)."""
     from pyspark.sql import functions as F
+
+    from engine.decision.assess import capacity_cutoffs
 
     grades = settings.risk_grades
     if grades.capacity_high is None:
         return None
-    n_high = int(grades.capacity_high)
-    n_medium = n_high + int(grades.capacity_medium or 0)
+    k = int(grades.capacity_high) + int(grades.capacity_medium or 0)
     probs = df.drop(ex.SEQ).mapInArrow(functools.partial(ex.probabilities, job), "p double")
-    top = probs.orderBy(F.col("p").desc()).limit(n_medium)
-    ranked = top.withColumn("i", F.row_number().over(Window.orderBy(F.col("p").desc())))
-    rows = {r["i"]: r["p"] for r in _run(ranked.filter(F.col("i").isin(n_high, n_medium)).collect)}
-    high = float(rows[n_high]) if n_high in rows else -np.inf
-    medium = float(rows[n_medium]) if (grades.capacity_medium and n_medium in rows) else high
-    return high, medium
+    top = np.array([r["p"] for r in _run(probs.orderBy(F.col("p").desc()).limit(k).collect)], dtype=float)
+    return capacity_cutoffs(top, grades)
 
 
 def _final_table(decided, chosen, capacity_left: Mapping[str, int | None]):

@@ -27,6 +27,7 @@ ROWS = 6000
 RUN_DATE = dt.date(2026, 12, 1)
 BINDING = {
     "arbitration": {"budget": 2600.0},
+    "risk_grades": {"capacity_high": 400, "capacity_medium": 700},  # grades follow the whole run's ranking
     "channels": {
         "vip_manager": {"cost": 12.0, "daily_capacity": 6},
         "outbound_call": {"cost": 4.0, "daily_capacity": 12},
@@ -88,6 +89,7 @@ def test_spark_decide_equals_the_local_run(binding, spark):
     # the constraints bind: some refused for budget, some for capacity, several offers made
     assert statuses.get("over_budget", 0) > 0 and statuses.get("over_capacity", 0) > 0, statuses
     assert statuses.get("offer", 0) > 50, statuses
+    assert a["risk_grade"].value_counts().get("high") == 400  # capacity grading over the whole input
     for col in ("offer_id", "channel", "status"):
         assert (a[col].fillna("-").astype(str) == b[col].fillna("-").astype(str)).all(), col
     for col in a.columns:
