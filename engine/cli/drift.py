@@ -56,8 +56,16 @@ def render_result(summary: dict[str, Any]) -> None:
     table = Table(title=f"Drift check: {summary['status'].upper()}", title_justify="left")
     for col in ("signal", "value", "alert at", "alert"):
         table.add_column(col)
+    imp = feats.get("important")
+    if imp:
+        if imp["rule"] == "any_feature":
+            table.add_row("any flagged feature (no importances)", ", ".join(imp["drifted"]) or "none",
+                          "any", "yes" if imp["drifted"] else "no")
+        else:
+            table.add_row(f"top-{imp['k']} important inputs drifted", ", ".join(imp["drifted"]) or "none",
+                          f"any of {', '.join(imp['top'])}", "yes" if imp["drifted"] else "no")
     table.add_row("drifted features", f"{feats['drifted_count']}/{feats['count']} ({feats['drifted_share']:.0%})",
-                  f">= {t['drift_share']:.0%}", "yes" if feats["alert"] else "no")
+                  f">= {t['drift_share']:.0%}", "yes" if feats.get("share_alert", feats["alert"]) else "no")
     if summary["prediction"]:
         p = summary["prediction"]
         table.add_row("score drift (Wasserstein)", _fmt(p["score"]), f">= {t['score_threshold']}",
@@ -154,12 +162,14 @@ def history(
                                               "(default: all versions).")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Write history.html (trend chart + table) and "
                                              "history.csv here.")] = None,
+    reference: Annotated[str | None, typer.Option("--reference", help="Only checks against this reference data "
+                                                  "set (its fingerprint, or the start of it).")] = None,
     limit: Annotated[int, typer.Option(min=1, help="Most recent checks to show.")] = 200,
     as_json: Annotated[bool, typer.Option("--json", help="Print the checks as JSON.")] = False,
     config: ConfigOpt = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
-    """Past drift checks per model version, oldest first, from the MLflow monitoring runs."""
+    """Past drift checks per model version and reference data set, oldest first, from the MLflow monitoring runs."""
     from engine.monitoring import tracking
     from engine.monitoring.history import write_history
 
@@ -167,7 +177,7 @@ def history(
     try:
         settings = settings_for(config or parent.get("config"), tracking_uri or parent.get("tracking_uri"))
         version = _resolve_version(settings, model) if model else None
-        frame = tracking.history(settings, version=version, limit=limit)
+        frame = tracking.history(settings, version=version, reference=reference, limit=limit)
         paths = None
         if out is not None:
             title = f"Drift checks of model '{settings.model_name}'" + (f" version {version}" if version else "")
@@ -181,15 +191,18 @@ def history(
         console.print("No drift checks logged yet" + (f" for version {version}" if version else "")
                       + ": run `retain drift --current FILE --out DIR`.")
     else:
-        table = Table(title="Drift checks (oldest first)", title_justify="left")
-        shown = {"checked_at": "checked (UTC)", "model_version": "ver", "status": "status",
+        table = Table(title="Drift checks (oldest first), one series per model version and reference data set",
+                      title_justify="left")
+        frame = frame.sort_values(["series", "checked_at"], kind="stable")
+        shown = {"series": "series (version vs reference [fingerprint])", "checked_at": "checked (UTC)",
+                 "status": "status",
                  "drifted_share": "drifted", "score_drift": "score", "risk_mix_psi": "PSI", "roc_auc": "AUC",
                  "reference_roc_auc": "ref AUC"}
         for header in shown.values():
             table.add_column(header, no_wrap=True)
         for row in frame[list(shown)].itertuples(index=False):
             cells = [_fmt(v) if not isinstance(v, float) or v == v else "-" for v in row]
-            cells[0] = cells[0][:16]  # minutes are enough on screen; history.csv keeps seconds
+            cells[1] = cells[1][:16]  # minutes are enough on screen; history.csv keeps seconds
             table.add_row(*cells)
         console.print(table)
     if paths:

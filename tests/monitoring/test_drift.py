@@ -8,6 +8,7 @@ end to end against the same store.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -61,8 +62,10 @@ class Scorer:
 
     def __init__(self, store) -> None:
         from engine.model.registry import load_model
+        from engine.monitoring.importance import of_model
 
         self.loaded = load_model(store.settings(), "champion")
+        self.importance = of_model(self.loaded)
         assert sorted(self.loaded.numeric) == sorted(NUM) and sorted(self.loaded.categorical) == sorted(CAT)
 
     def score(self, df: pd.DataFrame) -> pd.DataFrame:
@@ -71,7 +74,9 @@ class Scorer:
 
 @pytest.fixture(scope="module")
 def model(registered) -> Scorer:
-    return Scorer(registered)
+    scorer = Scorer(registered)
+    _MODEL["importance"] = scorer.importance
+    return scorer
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +85,12 @@ def reference(model) -> pd.DataFrame:
 
 
 def check(reference: pd.DataFrame, current: pd.DataFrame, **kwargs):
+    """The check as `retain drift` runs it with a model: the model's own importances rank the inputs."""
+    kwargs.setdefault("importance", _MODEL["importance"])
     return run_drift_check(reference, current, numeric=NUM, categorical=CAT, **kwargs)
+
+
+_MODEL: dict = {"importance": None}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,7 +176,8 @@ def test_thresholds_come_from_settings(model, reference):
     month = model.score(generate(CUR_ROWS, seed=41, scenario="network_outage"))
     strict = check(reference, month, settings=Drift(drift_share=0.1))
     assert "features" in strict.alerts
-    lenient = check(reference, month, settings=Drift(drift_share=1.0, score_threshold=5, risk_mix_threshold=5))
+    lenient = check(reference, month, settings=Drift(drift_share=1.0, score_threshold=5, risk_mix_threshold=5,
+                                                     top_features=0))
     assert lenient.status == "healthy" and lenient.alerts == []
     assert lenient.thresholds["score_threshold"] == 5
 
@@ -377,7 +388,8 @@ def test_cli_without_model_alerts_on_drifted_features_and_is_silent_otherwise(re
     res = CliRunner().invoke(_drift_app(), ["--current", str(registered.files["drifted"]), "--out",
                                             str(tmp_path / "d"), *args])
     summary = json.loads((tmp_path / "d" / "summary.json").read_text())
-    assert res.exit_code == 1 and summary["status"] == "drift" and summary["alerts"] == ["features"], res.output
+    assert res.exit_code == 1 and summary["status"] == "drift", res.output
+    assert summary["alerts"] == ["important_features", "features"]  # both rules fire, and say so
     assert summary["model"] is None and summary["prediction"] is None and summary["risk_mix"] is None
     assert set(SCENARIOS["competitor_campaign"].moved_features) <= set(summary["features"]["drifted"])
     assert summary["features"]["drifted_share"] >= 0.2
@@ -521,3 +533,227 @@ def test_root_cli_mounts_drift(registered, tmp_path):
                                        "--out", str(tmp_path / "root"), "--no-log", *registered.args()])
     assert res.exit_code == 0, res.output
     assert Path(tmp_path / "root" / "report.html").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Alerting that sees what matters (issue 17 item 6): importance rule, headline, history, webhook deadline
+# ---------------------------------------------------------------------------------------------
+def test_drifted_top_importance_feature_alerts_below_the_share_threshold(model, reference):
+    """One input of 23 moves (4% < 30%): the share rule is silent, the importance rule is not."""
+    from engine.monitoring.importance import Importance
+
+    month = generate(CUR_ROWS, seed=60)
+    month["competitor_contact"] = np.random.default_rng(0).random(len(month)) < 0.6  # about four-fold
+    importance = Importance({"competitor_contact": 0.4, "topup_count": 0.3, "balance": 0.2, "region": 0.1},
+                            "test importances", "7", "importance of model v7")
+    result = check(reference, month, prediction=None, importance=importance, settings=Drift(top_features=2))
+    assert result.drifted_features == ["competitor_contact"] and result.drifted_share < 0.3
+    assert result.status == "drift" and result.exit_code == 1 and result.alerts == ["important_features"]
+    assert "rule important_features fired: top-2 input(s) competitor_contact drifted" in result.one_line
+    fired = [r for r in result.summary()["rules"] if r["fired"]]
+    assert [(r["rule"], r["features"]) for r in fired] == [("important_features", ["competitor_contact"])]
+    # The same column outside the top k, or the rule switched off: the share rule alone decides.
+    low = Importance({"topup_count": 0.5, "balance": 0.3, "competitor_contact": 0.01}, "test", "7")
+    assert check(reference, month, prediction=None, importance=low, settings=Drift(top_features=2)).status == "healthy"
+    assert check(reference, month, prediction=None, importance=importance,
+                 settings=Drift(top_features=0)).status == "healthy"
+    # No importances at all: every feature counts, any flagged feature alerts.
+    bare = check(reference, month, prediction=None, importance=None, importance_note="no registry")
+    assert bare.alerts == ["any_feature"] and bare.important["drifted"] == ["competitor_contact"]
+
+
+def test_model_importance_folds_derived_signals_onto_raw_inputs(model):
+    shares = model.importance.shares
+    assert set(shares) <= set(NUM) | set(CAT) and sum(shares.values()) == pytest.approx(1.0)
+    assert "arpu_change" not in shares and shares["arpu_m0"] > 0  # arpu_change is split over arpu_m0 / arpu_m2
+
+
+def _page_verdict(page: str) -> str:
+    import re
+
+    return re.search(r'id="retain-verdict"[^>]*><b>(\w+)</b>', page).group(1)
+
+
+def test_html_headline_agrees_with_exit_status(model, reference, tmp_path):
+    for name, month, status in (("d", generate(CUR_ROWS, seed=41, scenario="competitor_campaign"), "DRIFT"),
+                                ("h", generate(CUR_ROWS, seed=40), "HEALTHY")):
+        result = check(reference, model.score(month))
+        with staged_outputs(tmp_path / name) as stage:
+            write_report(result, stage)
+        page = (tmp_path / name / "report.html").read_text()
+        assert result.status.upper() == status and _page_verdict(page) == status, result.one_line
+        assert f"(exit code {result.exit_code})" in page
+        # Evidently's dataset verdict (share rule only) never contradicts the headline.
+        assert "Dataset Drift is NOT detected" not in page and "Dataset Drift is detected" not in page
+        assert "share-of-columns rule" in page
+
+
+def test_cli_reference_auc_shown_is_the_holdout_one_of_summary(registered, tmp_path):
+    """--reference FILE is the training table: its in-sample AUC must not appear as the reference figure."""
+    out = tmp_path / "q"
+    res = drift_cli(registered, "--current", str(registered.files["same"]), "--reference",
+                    str(registered.files["base"]), "--out", str(out), "--no-log")
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "summary.json").read_text())
+    ref = summary["quality"]["reference"]
+    assert summary["quality"]["reference_source"].startswith("training hold-out")
+    page = (out / "report.html").read_text()
+    import re
+
+    table = re.search(r'<table id="retain-quality".*?</table>', page, re.S).group(0)
+    assert f"<td>ROC AUC</td><td>{summary['quality']['current']['roc_auc']:.3f}</td><td>{ref['roc_auc']:.3f}</td>" \
+        in table
+    assert "training hold-out" in table
+    evidently = json.loads((out / "report.json").read_text())
+    assert not [m for m in evidently["metrics"] if m["config"]["type"] == "evidently:metric_v2:RocAuc"]
+    assert _page_verdict(page) == "HEALTHY"
+
+
+def test_cli_model_none_competitor_campaign_alerts_fresh_month_healthy(registered, tmp_path):
+    """The issue's scenario at the default thresholds: 5 of 23 inputs (22% < 30%) used to read HEALTHY."""
+    base = ["--reference", str(registered.files["base"]), "--model", "none", "--no-log"]
+    res = drift_cli(registered, "--current", str(registered.files["drifted"]), "--out", str(tmp_path / "d"), *base)
+    summary = json.loads((tmp_path / "d" / "summary.json").read_text())
+    assert res.exit_code == 1 and summary["status"] == "drift", res.output
+    assert summary["alerts"] == ["important_features"] and summary["features"]["drifted_share"] < 0.3
+    rule = summary["rules"][0]
+    assert rule["rule"] == "important_features" and rule["fired"] and "competitor_contact" in rule["features"]
+    assert "last champion, churn version 1" in rule["detail"]  # which version's importances
+    assert last_line(res.stdout).startswith("DRIFT: rule important_features fired")
+    res = drift_cli(registered, "--current", str(registered.files["same"]), "--out", str(tmp_path / "s"), *base)
+    summary = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert res.exit_code == 0 and summary["status"] == "healthy" and summary["alerts"] == [], res.output
+
+    # No registry reachable (and none created): any flagged feature alerts.
+    missing = tmp_path / "nowhere" / "mlflow.db"
+    args = ["--current", str(registered.files["drifted"]), "--out", str(tmp_path / "n"), *base,
+            "--config", str(registered.config), "--tracking-uri", f"sqlite:///{missing}"]
+    res = CliRunner().invoke(_drift_app(), args)
+    summary = json.loads((tmp_path / "n" / "summary.json").read_text())
+    assert res.exit_code == 1 and summary["alerts"] == ["any_feature"], res.output
+    assert set(SCENARIOS["competitor_campaign"].moved_features) <= set(summary["rules"][0]["features"])
+    assert not missing.exists()
+    args[1], args[3] = str(registered.files["same"]), str(tmp_path / "n2")
+    res = CliRunner().invoke(_drift_app(), args)
+    assert res.exit_code == 0, res.output
+
+
+def test_cli_history_separates_reference_data_sets(registered, tmp_path):
+    other = generate(2500, seed=77)
+    other["arpu_m0"] = other["arpu_m0"] * 1.01  # another data set, same schema
+    write_table(other, tmp_path / "other_base.parquet")
+    for ref, cur in ((registered.files["base"], registered.files["same"]),
+                     (tmp_path / "other_base.parquet", registered.files["same"]),
+                     (registered.files["base"], registered.files["same"])):
+        res = drift_cli(registered, "--current", str(cur), "--reference", str(ref), "--out", str(tmp_path / "x"))
+        assert res.exit_code in (0, 1), res.output
+    res = drift_cli(registered, "history", "--json", "--out", str(tmp_path / "h"))
+    rows = [r for r in json.loads(last_line(res.stdout)) if r["reference"] in ("base.parquet", "other_base.parquet")]
+    by_series: dict[str, list] = {}
+    for row in rows:
+        by_series.setdefault(row["series"], []).append(row)
+    assert len(by_series) == 2, list(by_series)
+    assert sorted(len(v) for v in by_series.values()) == [1, 2]
+    fingerprints = {r["reference"]: r["reference_fingerprint"] for r in rows}
+    assert fingerprints["base.parquet"] != fingerprints["other_base.parquet"]
+    page = (tmp_path / "h" / "history.html").read_text()
+    assert all(name in page for name in by_series)
+    one = drift_cli(registered, "history", "--json", "--reference", fingerprints["other_base.parquet"][:8])
+    assert {r["reference"] for r in json.loads(last_line(one.stdout))} == {"other_base.parquet"}
+
+
+class _Drip:
+    """A webhook receiver on localhost that answers one byte per second, forever (a thread)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.sock.settimeout(0.2)
+        self.stop = threading.Event()
+        self.bytes_sent = 0
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://user:s3cret-token@127.0.0.1:{self.sock.getsockname()[1]}/hook"
+
+    def serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(0.5)
+                with contextlib.suppress(OSError):
+                    conn.recv(65536)
+                answer = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 1000
+                for byte in answer:
+                    if self.stop.wait(1.0):
+                        break
+                    try:
+                        conn.sendall(bytes([byte]))
+                        self.bytes_sent += 1
+                    except OSError:
+                        break
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(3)
+        self.sock.close()
+
+
+@pytest.fixture()
+def drip():
+    server = _Drip()
+    yield server
+    server.close()
+
+
+def test_webhook_deadline_cuts_off_a_dripping_receiver(drip):
+    import time
+
+    from engine.monitoring.webhook import WebhookError, post_json
+
+    started = time.monotonic()
+    with pytest.raises(WebhookError) as err:
+        post_json(drip.url, {"status": "drift"}, timeout=5, deadline=2.5)
+    elapsed = time.monotonic() - started
+    assert 2.4 <= elapsed < 4.0, elapsed          # the per-read timeout (5 s) never trips on a drip
+    assert drip.bytes_sent >= 1                     # it was dripping, not silent
+    message = str(err.value)
+    assert "did not answer within the 2.5 s deadline" in message
+    assert "s3cret-token" not in message and "user:***@127.0.0.1" in message
+
+
+def test_webhook_unreachable_url_with_credentials_is_masked():
+    from engine.monitoring.webhook import WebhookError, post_json
+
+    url = closed_port_url().replace("http://", "http://ops:hunter2@")
+    with pytest.raises(WebhookError) as err:
+        post_json(url, {}, timeout=2, deadline=3)
+    assert "hunter2" not in str(err.value) and "ops:***@" in str(err.value) and "unreachable" in str(err.value)
+
+
+def test_cli_dripping_webhook_exit_2_nothing_published(registered, tmp_path, drip):
+    import time
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=registered.uri)
+    runs_before = _monitoring_runs(client)
+    out = tmp_path / "reports" / "drift"
+    started = time.monotonic()
+    res = CliRunner().invoke(_drift_app(), ["--current", str(registered.files["same"]), "--out", str(out),
+                                            "--webhook", drip.url,
+                                            *_config(registered, tmp_path, webhook_deadline_seconds=2,
+                                                     webhook_timeout=30)])
+    elapsed = time.monotonic() - started
+    assert res.exit_code == 2, res.output
+    assert len(res.stderr.strip().splitlines()) == 1 and "did not answer within the 2 s deadline" in res.stderr
+    assert "s3cret-token" not in res.output and "Traceback" not in res.output
+    assert elapsed < 60, elapsed
+    assert not out.exists() and list(out.parent.iterdir()) == []  # nothing published, no staging residue
+    assert _monitoring_runs(client) == runs_before
