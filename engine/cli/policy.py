@@ -161,8 +161,9 @@ def test_cmd(
     """Run the YAML test cases next to the policies (tests/*.yaml) through `retain decide`'s decision function:
     pass/fail table, exit 1 on any failure."""
     from engine.cli.common import settings_for
+    from engine.decision.whatif import run_cases
     from engine.policy import PolicyEngine
-    from engine.policy.testing import load_cases, run_cases
+    from engine.policy.testing import load_cases
 
     ps = _load(policies)
     engine = PolicyEngine(ps)
@@ -207,7 +208,7 @@ def explain(
     """Every rule for one subscriber (matched or not, the first failing condition), then the arbitration step
     of `retain decide` on the input table: each candidate's acceptance, expected value, cost and net value,
     and why the winner won or why nothing was sent."""
-    from engine.policy.explain import explain as run_explain
+    from engine.decision.whatif import explain as run_explain
     from engine.policy.explain import find_subscriber
 
     engine = _engine(policies, date)
@@ -278,7 +279,7 @@ def simulate(
     """What `retain decide` would do with this policy set on a decisions table (the same decision function:
     arbitration, contact rules, control group, budget, capacity): reach, cost and expected saves per rule,
     offer, channel and segment; with --against, what changes."""
-    from engine.policy.simulate import simulate as run_simulation
+    from engine.decision.whatif import simulate as run_simulation
     from engine.policy.simulate import write_report
 
     engine = _engine(policies, date)
@@ -332,7 +333,7 @@ def match(
 ) -> None:
     """Forward matching: the subscribers an offer suits (a rule giving it matches and the offer is eligible),
     and those `retain decide` would actually send it to (arbitration, contact rules, control, budget, capacity)."""
-    from engine.policy.match import match_offer
+    from engine.decision.whatif import match_offer
 
     engine = _engine(policies, date)
     frame = _read(input)

@@ -15,8 +15,8 @@ validity dates. The verdicts come from the condition tree (the reference semanti
 language); when a compiled engine is given, its match (durable-rules, the path decisions take) is
 compared rule by rule and any disagreement is reported instead of hidden.
 
-Then, with a compiled engine, the **arbitration step** as `retain decide` takes it (the same decision
-function, on the whole input table when given, so budget and capacity are those of the run): per
+Then the **arbitration step** as `retain decide` takes it (`engine.decision.whatif.explain` runs the same
+decision function, on the whole input table when given, so budget and capacity are those of the run): per
 candidate its acceptance (the rate used, the offer's prior, the learned rate when there is one), expected
 saved value, cost (offer plus channel) and net value, whether contact rules allow its channel; the
 decision's status; and why the winner won or why nothing was sent (suppressed, opted out, contact limit,
@@ -101,43 +101,13 @@ def channel_words(rule: Rule) -> str:
     return rule.action.channel + (f", not {', '.join(ex)}" if ex else "")
 
 
-def explain(engine: Any, record: dict[str, Any], on: dt.date | None = None, *, frame: pd.DataFrame | None = None,
-            settings: Any = None, history: pd.DataFrame | None = None, learned: Any = None,
-            source: str = "input") -> Explanation:
-    """Explain with a compiled engine (engine.policy.evaluate.PolicyEngine): verdicts, cross-checked, and the
-    arbitration step of `retain decide`'s decision function.
+def explain(*args: Any, **kwargs: Any) -> Explanation:
+    """Deprecated forwarder to `engine.decision.whatif.explain` (same arguments), for callers not yet moved.
 
-    `frame`: the whole scored table the record comes from; the run is decided on it (budget and capacity
-    are shared by everyone in a run). Without it, the record is decided alone.
+    The run is `retain decide`'s decision function, which lives in engine.decision; the policy package does
+    not import it (the decision engine depends on the policy package). Delete once no caller uses this name.
     """
-    from engine.decision.assess import assess_scored
-    from engine.decision.decide import scored_model, scored_rows
-    from engine.policy.simulate import _settings, decide_table
-
-    settings = _settings(settings)
-    day = on or engine.decision_date or dt.date.today()
-    one = pd.DataFrame([record])
-    table = decide_table(engine, frame if frame is not None else one, on=day, settings=settings, history=history,
-                         learned=learned, source=source).table
-    sid = str(record.get("subscriber_id", ""))
-    at = np.flatnonzero(table["subscriber_id"].astype(str).to_numpy() == sid) if frame is not None else [0]
-    row = table.iloc[int(at[0]) if len(at) else 0]
-    decision = {k: _plain(row.get(k)) for k in ("offer_id", "channel", "rule_id", "stage", "priority", "status",
-                                                "note", "message", "matched_rules", "blocked_reason", "p_accept",
-                                                "net_value")}
-    if decision["status"] not in ("offer", "control"):
-        for k in ("offer_id", "channel", "message"):
-            decision[k] = None
-    # the per-subscriber half again, for this row alone (pure per row: the same candidates as in the run)
-    assessment = assess_scored(scored_rows(one, source=source), loaded=scored_model(one), policy_engine=engine,
-                               settings=settings, run_date=day, history=history, learned=learned, explain=False,
-                               source=source)
-    ex = explain_record(engine.policy_set, record, day, engine=engine, decision=decision)
-    blocked = str(assessment.blocked[0]) if len(assessment.blocked) else ""
-    ex.candidates = _arbitration_lines(assessment.candidates, decision, engine.policy_set.arbitration, blocked)
-    ex.status = decision["status"]
-    ex.why = _why(ex, decision, settings, assessment)
-    return ex
+    return _forward("explain", args, kwargs)
 
 
 def _plain(v: Any) -> Any:
@@ -146,8 +116,10 @@ def _plain(v: Any) -> Any:
     return v.item() if isinstance(v, np.generic) else v
 
 
-def _arbitration_lines(cands: pd.DataFrame, decision: dict[str, Any], mode: str,
+def arbitration_lines(cands: pd.DataFrame, decision: dict[str, Any], mode: str,
                        blocked: str = "") -> list[dict[str, Any]]:
+    """One line per candidate of the subscriber (the Assessment's candidates frame): acceptance (used, prior,
+    learned), expected value, cost, net value and what happened to it in the run."""
     out = []
     sent_rule = decision.get("rule_id") if decision.get("status") in ("offer", "control") else None
     for _, c in cands.iterrows():
@@ -172,7 +144,8 @@ def _arbitration_lines(cands: pd.DataFrame, decision: dict[str, Any], mode: str,
     return out
 
 
-def _why(ex: Explanation, decision: dict[str, Any], settings: Any, assessment: Any) -> str:
+def why_text(ex: Explanation, decision: dict[str, Any], settings: Any) -> str:
+    """Why the winner won, or why nothing was sent, from decide's row and the arbitration lines."""
     status = decision.get("status")
     lines = ex.candidates
     mode = ex.arbitration
@@ -335,3 +308,12 @@ def _tree_decision(ps: PolicySet, record: dict[str, Any], considered: list[int],
         message = str(render(rule.action.message, pd.DataFrame([record]), np.array([0]))[0])
     return {"offer_id": offer.id, "channel": channel, "rule_id": rule.id, "stage": rule.stage,
             "priority": rule.priority, "status": "offer", "message": message}
+
+
+def _forward(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    import importlib
+    import warnings
+
+    warnings.warn(f"{__name__}.{name} is deprecated: use engine.decision.whatif.{name}", DeprecationWarning,
+                  stacklevel=3)
+    return getattr(importlib.import_module("engine.decision.whatif"), name)(*args, **kwargs)

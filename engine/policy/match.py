@@ -6,13 +6,12 @@ Whether they would **receive** X is what `retain decide` would do: the same deci
 contact rules, control group, budget and capacity) is run on the table, and `receives` is true for the
 subscribers it would send X to (status `offer`). The result also says what each qualifying subscriber gets
 instead (`current_offer`, `status`), so a product manager sees both the audience and what the offer would
-replace.
+replace. The decision run is `engine.decision.whatif.match_offer`; this module builds the audience.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -25,17 +24,8 @@ from engine.policy.evaluate import PolicyEngine
 CONTEXT = ("churn_probability", "risk_grade", "value_tier", "reason", "need_group")
 
 
-def match_offer(engine: PolicyEngine, frame: pd.DataFrame, offer_id: str, on: dt.date | None = None, *,
-                settings: Any = None, history: pd.DataFrame | None = None,
-                learned: Mapping[tuple[str, str], float] | None = None, decisions: pd.DataFrame | None = None,
-                source: str = "input") -> pd.DataFrame:
-    """The subscribers `offer_id` suits (qualify), with whether decide would send it to them, most at risk first.
-
-    `decisions`: the decision table of `engine.policy.simulate.decide_table` on `frame`, when the caller
-    already has it (else it is computed here with `settings`, `history` and `learned`).
-    """
-    from engine.policy.simulate import decide_table
-
+def check_offer(engine: PolicyEngine, offer_id: str) -> None:
+    """Refuse an unknown offer (with a suggestion) or one no rule gives."""
     ps = engine.policy_set
     if offer_id not in ps.offers:
         near = closest(offer_id, list(ps.offers), n=1)
@@ -44,10 +34,16 @@ def match_offer(engine: PolicyEngine, frame: pd.DataFrame, offer_id: str, on: dt
     if not any(r.offer == offer_id for r in ps.rules):
         raise PolicyError(f"offer '{offer_id}' is not given by any rule, so it suits nobody",
                           hint="add a rule whose `then.offer` is this offer")
+
+
+def audience(engine: PolicyEngine, frame: pd.DataFrame, offer_id: str, table: pd.DataFrame,
+             on: dt.date | None = None) -> pd.DataFrame:
+    """The subscribers `offer_id` suits (qualify), with whether decide would send it to them, most at risk first.
+
+    `table`: `retain decide`'s decision table for `frame` (engine.decision.whatif.match_offer runs it).
+    """
+    check_offer(engine, offer_id)
     day = on or engine.decision_date or dt.date.today()
-    table = decisions if decisions is not None else decide_table(engine, frame, on=day, settings=settings,
-                                                                 history=history, learned=learned,
-                                                                 source=source).table
     suits = engine.matches_offer(frame, offer_id, day)["offer_rules"].to_numpy(dtype=object)
     rows = np.flatnonzero(suits != "")
     sub = frame.iloc[rows]
@@ -75,3 +71,21 @@ def match_offer(engine: PolicyEngine, frame: pd.DataFrame, offer_id: str, on: dt
     if "churn_probability" in out.columns:
         out = out.sort_values("churn_probability", ascending=False, kind="stable")
     return out.reset_index(drop=True)
+
+
+def match_offer(*args: Any, **kwargs: Any) -> pd.DataFrame:
+    """Deprecated forwarder to `engine.decision.whatif.match_offer` (same arguments), for callers not yet moved.
+
+    The run is `retain decide`'s decision function, which lives in engine.decision; the policy package does
+    not import it (the decision engine depends on the policy package). Delete once no caller uses this name.
+    """
+    return _forward("match_offer", args, kwargs)
+
+
+def _forward(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    import importlib
+    import warnings
+
+    warnings.warn(f"{__name__}.{name} is deprecated: use engine.decision.whatif.{name}", DeprecationWarning,
+                  stacklevel=3)
+    return getattr(importlib.import_module("engine.decision.whatif"), name)(*args, **kwargs)

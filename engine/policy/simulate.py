@@ -1,11 +1,11 @@
-"""What a policy set would do to a population: `retain policy simulate`.
+"""What a policy set would do to a population: the figures and report of `retain policy simulate`.
 
-Simulate runs the decision function of `retain decide` (`engine.decision.decide.decide_frame` on scored
-rows: the table's churn probability, grades, segments and reasons are kept) with the policy set, the
-decision date and the settings: candidates, arbitration (`first` or `best_value`), contact rules (opt-out,
-and contact limits / cool-downs when a contact history is given), the control group, the budget and
-channel capacity. So on the same input, date and settings, its counts per offer, channel and status are
-decide's.
+The run itself is `engine.decision.whatif.simulate`: the decision function of `retain decide`
+(`engine.decision.decide.decide_frame` on scored rows: the table's churn probability, grades, segments and
+reasons are kept) with the policy set, the decision date and the settings: candidates, arbitration
+(`first` or `best_value`), contact rules (opt-out, and contact limits / cool-downs when a contact history
+is given), the control group, the budget and channel capacity. So on the same input, date and settings,
+its counts per offer, channel and status are decide's.
 
 Figures, per rule, offer, channel and segment (risk_grade x value_tier):
 - **reach**: subscribers sent an offer (status `offer`; the control group is counted apart);
@@ -22,6 +22,9 @@ to or from no offer), and the change in cost and in expected saves (this set min
 figures, as the last line): offers (count per offer_id with status offer), channels (offers per channel),
 status (count per status), cost (budget_used: offer plus channel cost of the offers sent) and
 expected_saves (sum over offers sent of churn probability x P(accept)).
+
+This module builds from decision tables and never imports engine.decision (the decision engine depends on
+the policy package, not the reverse).
 """
 
 from __future__ import annotations
@@ -84,62 +87,11 @@ class Simulation:
 SUMMARY_KEYS = ("offers", "channels", "status", "cost", "expected_saves")
 
 
-def acceptance(offer_ids: np.ndarray, reasons: np.ndarray, policy_set: Any, settings: Any,
-               learned: Mapping[tuple[str, str], float] | None = None) -> np.ndarray:
-    """P(accept | offer, reason) as decide uses it: learned rate, else the offer's prior in offers.yaml (for
-    the reason, else its default), else the settings' acceptance_default."""
-    from engine.decision.arbitration import acceptance_rate
-
-    priors = {k: o.acceptance or {} for k, o in policy_set.offers.items()}
-    return acceptance_rate(np.asarray(offer_ids, dtype=object), np.asarray(reasons, dtype=object),
-                           settings.arbitration, learned, priors)
-
-
-def acceptance_used(table: pd.DataFrame, policy_set: Any, settings: Any,
-                    learned: Mapping[tuple[str, str], float] | None = None) -> pd.DataFrame:
-    """Per (offer, reason) of the offers sent: how many, the offer's prior, the learned rate (when there is
-    one) and the rate decide used - learned rates beside the priors of offers.yaml."""
-    from engine.decision.arbitration import acceptance_rates
-
-    sent = table[table["status"] == "offer"]
-    cols = ["offer_id", "reason", "offers", "prior", "learned", "used"]
-    if len(sent) == 0:
-        return pd.DataFrame(columns=cols)
-    pairs = sent.groupby(["offer_id", "reason"], observed=True).size().rename("offers").reset_index()
-    priors = {k: o.acceptance or {} for k, o in policy_set.offers.items()}
-    used, prior, measured = acceptance_rates(pairs["offer_id"].to_numpy(dtype=object),
-                                             pairs["reason"].to_numpy(dtype=object), settings.arbitration, learned,
-                                             priors)
-    pairs["prior"], pairs["learned"], pairs["used"] = prior, measured, used
-    return pairs.sort_values(["offers"], ascending=False, kind="stable").reset_index(drop=True)[cols]
-
-
 def summary_of(decide_summary: Mapping[str, Any]) -> dict[str, Any]:
     """simulate --json's summary object from decide's summary.json (same values, simulate's key names)."""
     return {"offers": dict(decide_summary["offers"]), "channels": dict(decide_summary["offers_per_channel"]),
             "status": dict(decide_summary["status"]), "cost": decide_summary["budget_used"],
             "expected_saves": decide_summary["expected_saves"]}
-
-
-def decide_table(engine: PolicyEngine, frame: pd.DataFrame, *, on: dt.date | None = None, settings: Any = None,
-                 history: pd.DataFrame | None = None, learned: Mapping[tuple[str, str], float] | None = None,
-                 source: str = "input", state: Any = None) -> Any:
-    """`retain decide`'s decision function on an already-scored table (see the module docs): `Decisions`."""
-    from engine.decision.decide import decide_frame
-
-    settings = _settings(settings)
-    day = on or engine.decision_date or dt.date.today()
-    engine.check_columns(frame)  # the policy set's own columns first, in its words
-    return decide_frame(frame, policy_engine=engine, settings=settings, run_date=day, history=history,
-                        learned=learned, source=source, state=state, scored=True, run_id="simulation")
-
-
-def _settings(settings: Any) -> Any:
-    if settings is not None:
-        return settings
-    from engine.config import load_settings
-
-    return load_settings()
 
 
 def _outcome(table: pd.DataFrame, engine: PolicyEngine) -> pd.DataFrame:
@@ -168,21 +120,13 @@ def _group(out: pd.DataFrame, by: str | list[str], n: int) -> pd.DataFrame:
     return g.reset_index()
 
 
-def simulate(engine: PolicyEngine, frame: pd.DataFrame, *, against: PolicyEngine | None = None,
-             on: dt.date | None = None, settings: Any = None, history: pd.DataFrame | None = None,
-             learned: Mapping[tuple[str, str], float] | None = None, source: str = "input") -> Simulation:
-    """Figures of what `retain decide` would do with `engine`'s policy set on the scored table `frame`.
-
-    `settings` (default load_settings()): arbitration, channel costs and capacity, budget, control group and
-    contact rules, as in decide; `history`: the contact history for contact limits; `learned`: learned
-    acceptance rates (as `retain decide --learned`).
-    """
-    settings = _settings(settings)
-    day = on or engine.decision_date or dt.date.today()
-    n = len(frame)
-    decisions = decide_table(engine, frame, on=day, settings=settings, history=history, learned=learned,
-                             source=source)
-    table = decisions.table
+def figures(engine: PolicyEngine, table: pd.DataFrame, decide_summary: Mapping[str, Any], *, on: dt.date,
+            acceptance: pd.DataFrame | None = None, against: PolicyEngine | None = None,
+            baseline: pd.DataFrame | None = None) -> Simulation:
+    """The simulation figures of a decision run: `table` and `decide_summary` are what `retain decide`'s
+    function returned for `engine`'s policy set (engine.decision.whatif.simulate runs it); `baseline` the
+    decision table of the same rows with the `against` set."""
+    n = len(table)
     out = _outcome(table, engine)
     ps = engine.policy_set
     by_rule = _group(out, "rule_id", n)
@@ -211,13 +155,11 @@ def simulate(engine: PolicyEngine, frame: pd.DataFrame, *, against: PolicyEngine
         if out["expected_saves"].sum() > 0 else None,
         "status": {str(k): int(v) for k, v in out["status"].value_counts().items()},
     }
-    sim = Simulation(n, ps.content_hash, ps.root, day, totals, by_rule, by_offer, by_channel, by_segment,
-                     table=table, acceptance=acceptance_used(table, ps, settings, learned))
-    sim.summary = summary_of(decisions.summary)
-    if against is not None:
-        base_table = decide_table(against, frame, on=day, settings=settings, history=history, learned=learned,
-                                  source=source).table
-        base = _outcome(base_table, against)
+    sim = Simulation(n, ps.content_hash, ps.root, on, totals, by_rule, by_offer, by_channel, by_segment,
+                     table=table, acceptance=acceptance)
+    sim.summary = summary_of(decide_summary)
+    if against is not None and baseline is not None:
+        base = _outcome(baseline, against)
         a = out["offer_id"].astype(object).where(out["offer_id"].notna(), NONE)
         b = base["offer_id"].astype(object).where(base["offer_id"].notna(), NONE)
         changed = (a.to_numpy() != b.to_numpy())
@@ -235,6 +177,15 @@ def simulate(engine: PolicyEngine, frame: pd.DataFrame, *, against: PolicyEngine
             "expected_saves_change": round(float(out["expected_saves"].sum() - base["expected_saves"].sum()), 2),
         }
     return sim
+
+
+def simulate(*args: Any, **kwargs: Any) -> Simulation:
+    """Deprecated forwarder to `engine.decision.whatif.simulate` (same arguments), for callers not yet moved.
+
+    The run is `retain decide`'s decision function, which lives in engine.decision; the policy package does
+    not import it (the decision engine depends on the policy package). Delete once no caller uses this name.
+    """
+    return _forward("simulate", args, kwargs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -353,3 +304,12 @@ def write_report(sim: Simulation, out_dir: str | Path) -> dict[str, Path]:
         (stage / "simulation.json").write_text(json.dumps(sim.as_dict(), indent=2, default=str) + "\n")
     out = Path(out_dir)
     return {"html": out / "simulation.html", "json": out / "simulation.json"}
+
+
+def _forward(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    import importlib
+    import warnings
+
+    warnings.warn(f"{__name__}.{name} is deprecated: use engine.decision.whatif.{name}", DeprecationWarning,
+                  stacklevel=3)
+    return getattr(importlib.import_module("engine.decision.whatif"), name)(*args, **kwargs)

@@ -42,6 +42,9 @@ engine.model.segments) with the configured thresholds (engine.config.load_settin
 - `plan` sets `is_prepaid`, and a prepaid plan has no contract (`contract_months_left` empty);
 - `plan` and `age_group` set `need_group` (business, family, elderly 65+, young 18-24, general);
 - a `reason` other than none sets `reason_share` to 0.6.
+
+Cases are decided by `engine.decision.whatif.run_cases`: each alone, through `retain decide`'s decision
+function; `compare_case` checks decide's row against the expectation.
 """
 
 from __future__ import annotations
@@ -61,7 +64,6 @@ from engine.errors import PolicyError
 from engine.model.features import DERIVED
 from engine.model.segments import lifecycle_stage, need_group, value_tier
 from engine.policy.conditions import check_value, closest
-from engine.policy.evaluate import PolicyEngine
 from engine.policy.loader import LineDict, LineList, is_test_file, line_at, pydantic_problems, read_yaml
 from engine.policy.model import DeclaredAttribute, PolicySet
 
@@ -334,30 +336,13 @@ def _check_subscriber(raw: Any, display: str, context: str, line: int,
     return out
 
 
-def run_cases(engine: PolicyEngine, cases: list[LoadedCase], *, settings: Any = None,
-              learned: Any = None) -> list[CaseResult]:
-    """Decide every case as `retain decide` would decide that one subscriber, and compare with what it expects.
+def run_cases(*args: Any, **kwargs: Any) -> list[CaseResult]:
+    """Deprecated forwarder to `engine.decision.whatif.run_cases` (same arguments), for callers not yet moved.
 
-    Each case goes alone through decide's function (`engine.policy.simulate.decide_table`: arbitration,
-    contact rules - a case with `opt_out: true` is not contacted on outbound channels -, budget and capacity
-    with the settings' daily allowances). A case whose subscriber falls in the control group is compared
-    with the offer decide records for it (the one it would have been sent).
+    The run is `retain decide`'s decision function, which lives in engine.decision; the policy package does
+    not import it (the decision engine depends on the policy package). Delete once no caller uses this name.
     """
-    from engine.policy.simulate import _settings, decide_table
-
-    settings = _settings(settings)
-    vocabulary = engine.policy_set.vocabulary
-    results: list[CaseResult] = []
-    for lc in cases:
-        frame = pd.DataFrame([lc.record])
-        for col in frame.columns:
-            if vocabulary.get(col) is not None and vocabulary[col].kind == "numeric":
-                frame[col] = pd.to_numeric(frame[col], errors="coerce").astype(float)
-        table = decide_table(engine, frame, on=lc.case.date, settings=settings, learned=learned,
-                             source=lc.where).table
-        got = {c: _plain(table[c].iloc[0]) for c in table.columns}
-        results.append(_compare(lc, got, engine.policy_set))
-    return results
+    return _forward("run_cases", args, kwargs)
 
 
 def _plain(v: Any) -> Any:
@@ -381,7 +366,8 @@ def suppression_of(got: dict[str, Any], policy_set: PolicySet | None) -> tuple[b
     return flagged or by_rule, (note if flagged or by_rule else None)
 
 
-def _compare(lc: LoadedCase, got: dict[str, Any], policy_set: PolicySet | None = None) -> CaseResult:
+def compare_case(lc: LoadedCase, got: dict[str, Any], policy_set: PolicySet | None = None) -> CaseResult:
+    """A case's expectation against decide's row for its subscriber (`got`: column -> plain value)."""
     e = lc.case.expect
     failures, expected = [], []
     suppressed, note = suppression_of(got, policy_set)
@@ -423,3 +409,12 @@ def _compare(lc: LoadedCase, got: dict[str, Any], policy_set: PolicySet | None =
         if status and status not in ("offer", "suppressed"):
             actual += f", status {status}" + (" (held out, would be sent)" if status == "control" else "")
     return CaseResult(lc.case.name, lc.where, not failures, "; ".join(expected), actual, failures)
+
+
+def _forward(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    import importlib
+    import warnings
+
+    warnings.warn(f"{__name__}.{name} is deprecated: use engine.decision.whatif.{name}", DeprecationWarning,
+                  stacklevel=3)
+    return getattr(importlib.import_module("engine.decision.whatif"), name)(*args, **kwargs)

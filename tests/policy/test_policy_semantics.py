@@ -16,6 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from engine.config import Settings
+from engine.decision.whatif import acceptance
 from engine.errors import DataError
 from engine.policy import load_policy_set
 from engine.policy.explain import (
@@ -26,12 +27,12 @@ from engine.policy.explain import (
     WINNER,
     explain_record,
 )
-from engine.policy.simulate import SUMMARY_KEYS, acceptance
+from engine.policy.simulate import SUMMARY_KEYS
 from engine.policy.synthetic import synthetic_frame, synthetic_population
 from engine.policy.testing import (
     DEFAULT_SUBSCRIBER,
     CaseResult,
-    _compare,
+    compare_case,
     load_cases,
     subscriber_record,
 )
@@ -277,13 +278,13 @@ def test_cases_with_declared_attributes_and_suppression_expectations():
     # the comparison understands a suppression from the decision row, by status or by the winning rule
     by_rule = {"offer_id": None, "channel": None, "rule_id": "bill-dispute-hold", "stage": "intervention",
                "matched_rules": "bill-dispute-hold", "message": None}
-    assert _compare(first, by_rule, ps).passed
+    assert compare_case(first, by_rule, ps).passed
     by_status = {**by_rule, "rule_id": None, "status": "suppressed", "note": "bill dispute open"}
-    assert _compare(first, by_status, ps).passed
+    assert compare_case(first, by_status, ps).passed
     offered = {**by_rule, "offer_id": "recovery_call", "channel": "outbound_call", "rule_id": "complaint-no-sms"}
-    res: CaseResult = _compare(first, offered, ps)
+    res: CaseResult = compare_case(first, offered, ps)
     assert not res.passed and "suppressed: expected yes, got no" in res.failures
-    assert _compare(cases[1], offered, ps).passed
+    assert compare_case(cases[1], offered, ps).passed
 
 
 def test_bad_suppression_expectations_and_unknown_declared(tmp_path):
@@ -385,7 +386,7 @@ def test_simulate_json_last_line_has_decides_summary_keys(tmp_path):
     # learned rates beside the priors: none here, so decide used the priors
     assert sum(r["offers"] for r in last["acceptance"]) == last["status"]["offer"]
     assert all(r["learned"] is None and r["used"] == r["prior"] for r in last["acceptance"])
-    from engine.policy.simulate import simulate
+    from engine.decision.whatif import simulate
 
     sim = simulate(PolicyEngine(ps), frame, on=DAY, settings=settings, learned={("care_message", "none"): 0.5})
     care = sim.acceptance.set_index(["offer_id", "reason"]).loc[("care_message", "none")]
@@ -473,8 +474,8 @@ def test_guide_snippets_load(tmp_path):
 # and rule dates
 # ---------------------------------------------------------------------------------------------
 def test_declared_example_cases_pass_through_the_engine():
+    from engine.decision.whatif import run_cases
     from engine.policy import PolicyEngine
-    from engine.policy.testing import run_cases
 
     ps = load_policy_set(DECLARED)
     results = run_cases(PolicyEngine(ps), load_cases(DECLARED, ps, settings=Settings()), settings=Settings())
@@ -508,8 +509,8 @@ def _declared_table() -> pd.DataFrame:
 
 
 def test_explain_shows_the_arbitration_step_of_decide():
+    from engine.decision.whatif import explain
     from engine.policy import PolicyEngine
-    from engine.policy.explain import explain
 
     engine = PolicyEngine(load_policy_set(DECLARED))
     frame = _declared_table()
@@ -556,8 +557,8 @@ def test_explain_cli_prints_the_arbitration_step(tmp_path):
 
 def test_test_cases_expect_what_decide_sends(tmp_path):
     """An opted-out case is not called: the case's expectation is decide's, not the policy's first choice."""
+    from engine.decision.whatif import run_cases
     from engine.policy import PolicyEngine
-    from engine.policy.testing import run_cases
 
     folder = tmp_path / "p"
     shutil.copytree(DECLARED, folder)

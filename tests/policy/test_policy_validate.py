@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from engine.decision.whatif import run_cases
 from engine.errors import PolicyError
 from engine.policy import PolicyEngine, load_policy_set
-from engine.policy.testing import DEFAULT_SUBSCRIBER, load_cases, run_cases, subscriber_record
+from engine.policy.testing import DEFAULT_SUBSCRIBER, load_cases, subscriber_record
 from engine.policy.validate import check_policy_set
 
 ROOT = Path(__file__).resolve().parents[2]
