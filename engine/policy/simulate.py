@@ -23,8 +23,8 @@ figures, as the last line): offers (count per offer_id with status offer), chann
 status (count per status), cost (budget_used: offer plus channel cost of the offers sent) and
 expected_saves (sum over offers sent of churn probability x P(accept)).
 
-This module builds from decision tables and never imports engine.decision (the decision engine depends on
-the policy package, not the reverse).
+This module builds from decision tables; it does not import engine.decision (the decision engine depends on
+the policy package), except at run time in the deprecated `simulate` forwarder.
 """
 
 from __future__ import annotations
