@@ -5,6 +5,9 @@
 which candidate each subscriber gets within budget and channel capacity (the round-based allocation of
 engine/decision/arbitration.py), who is held out as control (a stable share of those chosen keeps its
 would-be offer on record but is not contacted), the decision table, the work orders and the summary.
+A subscriber whose first matching rule is a suppression (`Assessment.suppressed_by`) has no candidate: status
+`suppressed`, with the suppression's rule id, stage, priority and `note`; never in the control group, no
+work order.
 
 The state is updated in place with what the run used (budget spent, contacts per channel), so a caller
 that keeps a daily allowance - the HTTP service deciding one subscriber at a time - reads back what is

@@ -18,7 +18,8 @@ state (see engine/decision/assess.py).
 or a policy test case - and keeps their churn probability, grade, segments and reasons: step 1 without the
 model (`assess_scored(explain=False)`), then the same step 2. `retain policy simulate`, `match`, `explain`
 and `test` decide this way, so what they report is what `retain decide` does on the same rows, date and
-settings (arbitration, contact rules, control group, budget and capacity included).
+settings (arbitration, contact rules, control group, budget and capacity included); engine/decision/whatif.py
+runs them.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ DECISION_COLUMNS = ("control", "policy_rule", "policy_offer", "matched_rules", "
                     "decision_run", "decided_on")
 
 __all__ = ["Assessment", "Decisions", "ProgressFn", "RunState", "assess", "constrain", "decide_frame", "due_date",
-           "new_run_id", "render_messages", "score", "work_orders"]
+           "new_run_id", "render_messages", "score", "scored_rows", "work_orders"]
 
 
 def score(frame: pd.DataFrame, loaded: LoadedModel, settings: Settings, *,
