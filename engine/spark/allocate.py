@@ -44,6 +44,7 @@ class SparkAllocation:
     budget_left: float  # inf when unlimited
     capacity_left: dict[str, int | None]
     rounds: int
+    chosen_rows: int = 0  # how many subscribers were chosen (summed from the rounds' counts)
 
 
 def _mark(step: str) -> None:
@@ -139,6 +140,7 @@ def allocate(spark, candidates, *, channels: list[str], budget: float | None,
     budget_left = math.inf if budget is None else float(budget)
     remaining = candidates.repartition(n_parts, ID).persist(StorageLevel.MEMORY_AND_DISK)
     picks = []
+    chosen_rows = 0
     held = [remaining]  # cached frames the lazily computed next `remaining` still needs
     rounds = 0
     while rounds < max_rounds:
@@ -199,6 +201,7 @@ def allocate(spark, candidates, *, channels: list[str], budget: float | None,
             if cap.get(ch) is not None:
                 cap[ch] = int(cap[ch]) - n
         picks.append(won.select(ID, F.col("k").alias("_pick")))
+        chosen_rows += sum(used.values())
         held.append(ordered)  # `won` stays cached: the picks are read from it at the end
         if sum(used.values()) == 0:  # cannot happen (the first proposal fits), but never loop on nothing
             break
@@ -211,4 +214,5 @@ def allocate(spark, candidates, *, channels: list[str], budget: float | None,
             chosen = chosen.unionByName(p)
     else:
         chosen = spark.createDataFrame([], f"{ID} string, _pick int")
-    return SparkAllocation(chosen=chosen, budget_left=budget_left, capacity_left=cap, rounds=rounds)
+    return SparkAllocation(chosen=chosen, budget_left=budget_left, capacity_left=cap, rounds=rounds,
+                           chosen_rows=chosen_rows)

@@ -56,6 +56,7 @@ DECISIONS_DIR = "decisions.parquet"
 ORDERS_DIR = "work_orders"
 SUMMARY_FILE = "summary.json"
 SAMPLE_ROWS = 500
+BROADCAST_PICKS = 2_000_000  # (subscriber_id, position) pairs: ~100 MB as a broadcast hash table
 _T0 = [0.0]
 
 
@@ -216,11 +217,11 @@ def _cutoffs(spark, df, job: ex.Job, settings: Settings) -> tuple[float, float] 
     return capacity_cutoffs(top, grades)
 
 
-def _final_table(decided, chosen, capacity_left: Mapping[str, int | None]):
+def _final_table(decided, chosen, capacity_left: Mapping[str, int | None], *, broadcast: bool = False):
     """Apply the allocation to the per-partition decisions (see the module docs, step 4)."""
     from pyspark.sql import functions as F
 
-    t = decided.join(chosen, ID, "left")
+    t = decided.join(F.broadcast(chosen) if broadcast else chosen, ID, "left")
     has = F.size("_c_channel") > 0
     picked = has & F.col("_pick").isNotNull()
     refused = has & F.col("_pick").isNull()
@@ -317,7 +318,13 @@ def _work_orders(spark, final, fs: _FS, stage: str, *, settings: Settings, run_i
 
     from engine.decision.contact import call_window
 
-    offered = final.filter(F.col("status") == STATUS_OFFER).orderBy(ex.SEQ).persist(StorageLevel.MEMORY_AND_DISK)
+    offered = final.filter(F.col("status") == STATUS_OFFER)
+    # only the columns a work order reads (reason_text also reads each signal's own column) travel the sort
+    signals = {r["reason_signal"] for r in _run(offered.select("reason_signal").distinct().collect)}
+    needed = [ID, "channel", "priority", "risk_grade", PROBABILITY, "value_tier", "reason", "reason_signal",
+              "offer_id", "offer_cost", "net_value", "message", "rule_id", ex.SEQ]
+    needed += sorted(c for c in signals if c and c in final.columns and c not in needed)
+    offered = offered.select(*needed).orderBy(ex.SEQ).persist(StorageLevel.MEMORY_AND_DISK)
     per_part = _run(offered.mapInArrow(_partition_counts, "part int, n long").collect)
     counts = sorted((r["part"], r["n"]) for r in per_part)
     offsets, seen = {}, 0
@@ -474,7 +481,9 @@ def decide_spark(input_path: str | Path, out_dir: str | Path, *, settings: Setti
     alloc = _run(allocate, spark, cands, channels=channels, budget=settings.arbitration.budget, capacity=capacity,
                  partitions=partitions)
     _mark(f"allocate ({alloc.rounds} rounds)")
-    final = _final_table(decided, alloc.chosen, alloc.capacity_left).persist(StorageLevel.MEMORY_AND_DISK)
+    # picks of up to BROADCAST_PICKS subscribers go to every task (the wide decisions table is not shuffled)
+    final = _final_table(decided, alloc.chosen, alloc.capacity_left,
+                         broadcast=alloc.chosen_rows <= BROADCAST_PICKS).persist(StorageLevel.MEMORY_AND_DISK)
     _run(final.count)
 
     out = _as_uri(out_dir)
