@@ -191,20 +191,19 @@ def history(
         console.print("No drift checks logged yet" + (f" for version {version}" if version else "")
                       + ": run `retain drift --current FILE --out DIR`.")
     else:
-        table = Table(title="Drift checks (oldest first), one series per model version and reference data set",
-                      title_justify="left")
-        frame = frame.sort_values(["series", "checked_at"], kind="stable")
-        shown = {"series": "series (version vs reference [fingerprint])", "checked_at": "checked (UTC)",
-                 "status": "status",
-                 "drifted_share": "drifted", "score_drift": "score", "risk_mix_psi": "PSI", "roc_auc": "AUC",
-                 "reference_roc_auc": "ref AUC"}
-        for header in shown.values():
-            table.add_column(header, no_wrap=True)
-        for row in frame[list(shown)].itertuples(index=False):
-            cells = [_fmt(v) if not isinstance(v, float) or v == v else "-" for v in row]
-            cells[1] = cells[1][:16]  # minutes are enough on screen; history.csv keeps seconds
-            table.add_row(*cells)
-        console.print(table)
+        # One table per series (a model version judged against one reference data set): checks of unrelated
+        # data sets are never read as one trend.
+        shown = {"checked_at": "checked (UTC)", "status": "status", "drifted_share": "drifted",
+                 "score_drift": "score", "risk_mix_psi": "PSI", "roc_auc": "AUC", "reference_roc_auc": "ref AUC"}
+        for series, group in frame.groupby("series", sort=True):
+            table = Table(title=f"Drift checks of {series} (oldest first)", title_justify="left")
+            for header in shown.values():
+                table.add_column(header, no_wrap=True)
+            for row in group[list(shown)].itertuples(index=False):
+                cells = [_fmt(v) if not isinstance(v, float) or v == v else "-" for v in row]
+                cells[0] = cells[0][:16]  # minutes are enough on screen; history.csv keeps seconds
+                table.add_row(*cells)
+            console.print(table)
     if paths:
         console.print(f"trend chart: {paths['html']}  (table: {paths['csv']})", highlight=False, soft_wrap=True)
 
