@@ -222,17 +222,28 @@ def run_drift_files(settings: Settings, *, current: str | Path, out: str | Path,
 
 
 def fingerprint(frame: pd.DataFrame) -> str:
-    """A short content hash of a table (column names, order-independent; row values), e.g. 'a1b2c3d4e5f6'.
+    """A short content hash of a table, e.g. 'a1b2c3d4e5f6': same rows and columns, same fingerprint.
 
     Why content and not the path: `drift history` must keep checks against different reference data sets
-    apart (two data sets, one path over time) and keep one data set together (copied or renamed).
+    apart (two data sets, or one path rewritten over time) and keep one data set together (copied, renamed,
+    re-exported as CSV, rows in another order). Numbers and flags hash as floats, everything else as text,
+    so a CSV copy of a Parquet file agrees; row hashes are sorted, so row order does not matter.
     """
     import hashlib
 
+    import numpy as np
+
     cols = sorted(map(str, frame.columns))
+    normal = {}
+    for col in cols:
+        series = frame[col]
+        if ptypes.is_bool_dtype(series) or ptypes.is_numeric_dtype(series):
+            normal[col] = pd.to_numeric(series, errors="coerce").astype(float)
+        else:
+            normal[col] = series.astype(object).where(series.notna(), None).astype(str)
+    rows = pd.util.hash_pandas_object(pd.DataFrame(normal), index=False).to_numpy()
     digest = hashlib.sha256("\x1f".join(cols).encode())
-    rows = pd.util.hash_pandas_object(frame[cols].astype("string").fillna("\x00"), index=False).to_numpy()
-    digest.update(rows.tobytes())
+    digest.update(np.sort(rows).tobytes())
     return digest.hexdigest()[:12]
 
 
