@@ -10,10 +10,12 @@ its order is what makes "no partial report" true:
    then check both can be compared, so a missing column is named, not a CatBoost trace;
 4. sample big tables (seeded) and score only the sample (`churn_probability` from the model);
 5. run the check (`engine.monitoring.drift.run_drift_check`);
-6. stage report.html / report.json / summary.json, create the MLflow monitoring run and attach them,
-   then POST the webhook last: it announces a check that is already fully recorded;
-7. publish the staged files. Any error before that leaves `--out` untouched, and a started MLflow run
-   is deleted, so a failed check (exit code 2) leaves no trace but its one-line error.
+6. write report.html / report.json / summary.json in a private temporary folder, create the MLflow
+   monitoring run and attach them, then POST the webhook (bounded by `drift.webhook_deadline_seconds` in
+   total): it announces a check that is already fully recorded;
+7. publish the files through `staged_outputs` (milliseconds). Any error before that leaves `--out`
+   untouched (and no staging folder beside it), and a started MLflow run is deleted, so a failed check
+   (exit code 2) leaves no trace but its one-line error.
 """
 
 from __future__ import annotations
