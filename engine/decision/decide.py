@@ -87,7 +87,13 @@ def scored_rows(frame: pd.DataFrame, *, source: str = "input") -> pd.DataFrame:
     out = frame.drop(columns=[c for c in DECISION_COLUMNS if c in frame.columns]).reset_index(drop=True)
     out[ID] = out[ID].astype(str).to_numpy(dtype=object)
     out["opt_out"] = parse_flags(out["opt_out"], "opt_out", source).fillna(False).to_numpy(dtype=bool)
-    out[PROBABILITY] = pd.to_numeric(out[PROBABILITY], errors="coerce").to_numpy(dtype=float)
+    p = pd.to_numeric(out[PROBABILITY], errors="coerce").to_numpy(dtype=float)
+    bad = ~((p >= 0) & (p <= 1))
+    if bad.any():
+        example = frame[PROBABILITY].iloc[int(np.flatnonzero(bad)[0])]
+        raise DataError(f"{source}: column '{PROBABILITY}': {int(bad.sum())} value(s) not a probability between 0 "
+                        f"and 1 (e.g. {example})")
+    out[PROBABILITY] = p
     return out
 
 
