@@ -211,7 +211,15 @@ def main() -> None:
                   f"start), {fig['rows'] / fig['wall']:>8,.0f} subscribers/s, {rounds} allocation rounds, peak RSS "
                   f"driver {fig['peak_gib']:.2f} GiB + JVM {fig['jvm_gib']:.2f} GiB, offers {fig['offers']:,} "
                   f"(data generated in {gen:.0f} s; load average {load:.1f} on {os.cpu_count()} cores)")
-            top = [s.removeprefix("[spark] ") for s in fig["steps"] if not s.startswith("[spark]  ")]
+            top, alloc = [], 0.0
+            for line in fig["steps"]:
+                seconds = float(line.rsplit(": ", 1)[1].rstrip("s"))
+                if line.startswith("[spark]  ") or "rounds)" in line:
+                    alloc += seconds  # the allocation's rounds report their steps one by one
+                    if "rounds)" in line:
+                        top.append(f"allocation {line.split('(')[1].split(')')[0]}: {alloc:.1f}s")
+                else:
+                    top.append(line.removeprefix("[spark] "))
             print("  steps: " + "; ".join(top))
             if n == 1_000_000 and not args.no_local:
                 single = tmp / "month_1000000.parquet"

@@ -428,9 +428,12 @@ def decide_spark(input_path: str | Path, out_dir: str | Path, *, settings: Setti
     """Decide for every subscriber of a Parquet file or folder on Spark and publish into `out_dir`.
 
     The same answer as `engine.decision.run.decide_file` per subscriber (offer, channel, status), budget
-    and capacity included. Not recorded in the decision store (that store holds a pandas table); the
-    result's summary says so under `notes`.
+    and capacity included. Not recorded in the decision store (`retain decide --engine spark` says so);
+    `contact_history` is read on the driver and sent to the executors with the tasks, and this run's
+    contacts (bounded by channel capacity) are appended to it on the driver.
     """
+    import time
+
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
@@ -438,6 +441,7 @@ def decide_spark(input_path: str | Path, out_dir: str | Path, *, settings: Setti
     from engine.spark.java import ensure_java
     from engine.spark.session import spark_session
 
+    _T0[0] = time.perf_counter()
     if spark is None:
         ensure_java()  # first: one line saying what to install, before any other work
     policies = Path(policy_dir or settings.policy_dir)
@@ -460,7 +464,7 @@ def decide_spark(input_path: str | Path, out_dir: str | Path, *, settings: Setti
     ex._CACHE.setdefault(job.policy_key, engine)
 
     df = _read_input(spark, _as_uri(input_path))
-    _mark("start")
+    _mark("policies, model, session")
     job.risk_cutoffs = _cutoffs(spark, df, job, settings)
     sample = _run(df.drop(ex.SEQ).limit(SAMPLE_ROWS).toPandas)
     if len(sample) == 0:
