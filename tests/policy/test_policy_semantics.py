@@ -440,6 +440,19 @@ def test_guide_worked_example_matches_the_sample_set(tmp_path):
     (copy / "policy.yaml").write_text((copy / "policy.yaml").read_text().replace("arbitration: first",
                                                                                  "arbitration: best_value"))
     assert load_policy_set(copy).arbitration == "best_value"
+    # and decide's function sends what the guide says, in both modes
+    from engine.decision.whatif import decide_scored
+
+    no_control = Settings(control_group={"share": 0.0})
+    frame = pd.DataFrame([rec])
+    for folder, offer in ((SAMPLE, "discount_15"), (copy, "plan_rightsize")):
+        t = decide_scored(PolicyEngine(load_policy_set(folder)), frame, on=DAY, settings=no_control).table
+        assert (t["status"].iloc[0], t["offer_id"].iloc[0]) == ("offer", offer), folder
+    # first: the loyalty points (net value below zero) are still a fallback when everything above is blocked
+    only_loyalty = frame.assign(opt_out=True, preferred_channel="app")
+    t = decide_scored(PolicyEngine(ps), only_loyalty, on=DAY, settings=no_control).table
+    assert t["offer_id"].iloc[0] in {"plan_rightsize", "bonus_data", "discount_15", "loyalty_points"}
+    assert t["status"].iloc[0] == "offer" and t["channel"].iloc[0] not in {"sms", "outbound_call"}
 
 
 def test_guide_snippets_load(tmp_path):

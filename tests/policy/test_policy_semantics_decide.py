@@ -135,6 +135,12 @@ def test_decide_and_simulate_count_alike_with_the_sample_and_a_changed_set(train
     sample_decisions = tmp_path / "sample" / "decisions.parquet"
     assert_same_counts(sample_summary, simulate(runner, trained, sample_decisions, SAMPLE))
     assert "not_worth_it" not in sample_summary["status"]  # arbitration first: the winner is sent
+    # what the guide says: the highest-priority matching rule wins; only contact rules (here: opt-outs, whose
+    # winner was on an outbound channel) make decide fall back to a later candidate
+    t = pd.read_parquet(sample_decisions)
+    chosen = t[t["status"].isin(["offer", "control"])]
+    fell_back = chosen[chosen["rule_id"] != chosen["policy_rule"]]
+    assert len(chosen) and fell_back["opt_out"].all()
 
     # the changed set, with a budget and a capacity that bind
     changed_summary = decide(runner, trained, month, tmp_path / "changed", changed, config=tight)
