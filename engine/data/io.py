@@ -96,12 +96,48 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp.unlink()
 
 
+#: A cell a spreadsheet would run as a formula starts with one of these (OWASP, "CSV injection").
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise_formulas(df: pd.DataFrame) -> pd.DataFrame:
+    """Text cells that a spreadsheet would run as a formula, prefixed with ' so they show as text.
+
+    Why: work orders are opened in a spreadsheet by call-centre staff; a subscriber id or message starting
+    with '=' must not run. Only text columns change; numbers (a negative amount) stay numbers.
+    """
+    out = df
+    for col in df.columns:
+        if df[col].dtype == object or isinstance(df[col].dtype, pd.StringDtype):
+            text = df[col]
+            risky = text.astype("string").str.startswith(FORMULA_START).fillna(False).to_numpy(dtype=bool)
+            if risky.any():
+                if out is df:
+                    out = df.copy()
+                out[col] = text.where(~risky, "'" + text.astype("string"))
+    return out
+
+
+def restore_formulas(df: pd.DataFrame) -> pd.DataFrame:
+    """The inverse of `neutralise_formulas` for CSVs retain wrote itself (reading work orders back)."""
+    out = df
+    for col in df.columns:
+        if df[col].dtype == object:
+            text = df[col].astype("string")
+            quoted = (text.str.startswith("'") & text.str[1:2].isin(list(FORMULA_START))).fillna(False)
+            if quoted.any():
+                if out is df:
+                    out = df.copy()
+                out[col] = df[col].where(~quoted.to_numpy(dtype=bool), text.str[1:])
+    return out
+
+
 def write_table(df: pd.DataFrame, path: str | Path) -> Path:
-    """Write Parquet or CSV (chosen by suffix) atomically."""
+    """Write Parquet or CSV (chosen by suffix) atomically; CSV text cells cannot run as formulas."""
     target = Path(path)
     with atomic_path(target) as tmp:
         if target.suffix.lower() == ".csv":
-            df.to_csv(tmp, index=False)
+            neutralise_formulas(df).to_csv(tmp, index=False)
         else:
             df.to_parquet(tmp, index=False)
     return target

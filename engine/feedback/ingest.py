@@ -38,7 +38,7 @@ import sqlalchemy as sa
 
 from engine.config import Settings
 from engine.data.flags import parse_flags
-from engine.data.io import failpoint, read_table
+from engine.data.io import failpoint, read_table, restore_formulas
 from engine.errors import DataError
 from engine.feedback.store import (
     OUTCOME_FLAGS,
@@ -158,7 +158,8 @@ def record_run_dir(settings: Settings, decisions_dir: str | Path, *, url: str | 
     orders_dir = folder / "work_orders"
     orders = {}
     for f in sorted(orders_dir.glob("*.csv")) if orders_dir.is_dir() else ():
-        orders[f.stem] = pd.read_csv(f, dtype={"order_id": str, "subscriber_id": str, "offer_id": str, "rule_id": str})
+        orders[f.stem] = restore_formulas(
+            pd.read_csv(f, dtype={"order_id": str, "subscriber_id": str, "offer_id": str, "rule_id": str}))
     return record_run(settings, table, summary, work_orders=orders, url=url, replace=replace)
 
 
