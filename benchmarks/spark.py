@@ -143,7 +143,12 @@ def _child(args: list[str], *, timing: bool = False) -> dict:
     proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, env=env)
     steps = [line for line in proc.stderr.splitlines() if line.startswith("[spark]")]
     if proc.returncode != 0:
-        print(proc.stderr[-3000:])
+        log = Path(tempfile.gettempdir()) / f"retain-spark-bench-{args[0].removeprefix('--child-')}.log"
+        log.write_text(proc.stderr)
+        causes = [line for line in proc.stderr.splitlines()
+                  if ("Error" in line or "Caused by" in line or "Exception:" in line) and not line.startswith("\t")]
+        print("\n".join(causes[:8]) or proc.stderr[-3000:])
+        print(f"(full log: {log})")
         raise SystemExit(1)
     out = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip() else {}
     out["steps"] = steps
