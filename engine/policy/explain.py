@@ -101,14 +101,6 @@ def channel_words(rule: Rule) -> str:
     return rule.action.channel + (f", not {', '.join(ex)}" if ex else "")
 
 
-def explain(*args: Any, **kwargs: Any) -> Explanation:
-    """Deprecated forwarder to `engine.decision.whatif.explain` (same arguments), for callers not yet moved.
-
-    The run is `retain decide`'s decision function, which lives in engine.decision; the policy package does
-    not import it (the decision engine depends on the policy package). Delete once no caller uses this name.
-    """
-    return _forward("explain", args, kwargs)
-
 
 def _plain(v: Any) -> Any:
     if v is None or v is pd.NA or (isinstance(v, float) and v != v):
@@ -308,12 +300,3 @@ def _tree_decision(ps: PolicySet, record: dict[str, Any], considered: list[int],
         message = str(render(rule.action.message, pd.DataFrame([record]), np.array([0]))[0])
     return {"offer_id": offer.id, "channel": channel, "rule_id": rule.id, "stage": rule.stage,
             "priority": rule.priority, "status": "offer", "message": message}
-
-
-def _forward(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    import importlib
-    import warnings
-
-    warnings.warn(f"{__name__}.{name} is deprecated: use engine.decision.whatif.{name}", DeprecationWarning,
-                  stacklevel=3)
-    return getattr(importlib.import_module("engine.decision.whatif"), name)(*args, **kwargs)

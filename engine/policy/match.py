@@ -12,7 +12,6 @@ replace. The decision run is `engine.decision.whatif.match_offer`; this module b
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -71,21 +70,3 @@ def audience(engine: PolicyEngine, frame: pd.DataFrame, offer_id: str, table: pd
     if "churn_probability" in out.columns:
         out = out.sort_values("churn_probability", ascending=False, kind="stable")
     return out.reset_index(drop=True)
-
-
-def match_offer(*args: Any, **kwargs: Any) -> pd.DataFrame:
-    """Deprecated forwarder to `engine.decision.whatif.match_offer` (same arguments), for callers not yet moved.
-
-    The run is `retain decide`'s decision function, which lives in engine.decision; the policy package does
-    not import it (the decision engine depends on the policy package). Delete once no caller uses this name.
-    """
-    return _forward("match_offer", args, kwargs)
-
-
-def _forward(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    import importlib
-    import warnings
-
-    warnings.warn(f"{__name__}.{name} is deprecated: use engine.decision.whatif.{name}", DeprecationWarning,
-                  stacklevel=3)
-    return getattr(importlib.import_module("engine.decision.whatif"), name)(*args, **kwargs)

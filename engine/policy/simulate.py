@@ -24,7 +24,7 @@ status (count per status), cost (budget_used: offer plus channel cost of the off
 expected_saves (sum over offers sent of churn probability x P(accept)).
 
 This module builds from decision tables; it does not import engine.decision (the decision engine depends on
-the policy package), except at run time in the deprecated `simulate` forwarder.
+the policy package). The run itself is `engine.decision.whatif.simulate`.
 """
 
 from __future__ import annotations
@@ -179,14 +179,6 @@ def figures(engine: PolicyEngine, table: pd.DataFrame, decide_summary: Mapping[s
     return sim
 
 
-def simulate(*args: Any, **kwargs: Any) -> Simulation:
-    """Deprecated forwarder to `engine.decision.whatif.simulate` (same arguments), for callers not yet moved.
-
-    The run is `retain decide`'s decision function, which lives in engine.decision; the policy package does
-    not import it (the decision engine depends on the policy package). Delete once no caller uses this name.
-    """
-    return _forward("simulate", args, kwargs)
-
 
 # ---------------------------------------------------------------------------------------------
 # HTML report
@@ -304,12 +296,3 @@ def write_report(sim: Simulation, out_dir: str | Path) -> dict[str, Path]:
         (stage / "simulation.json").write_text(json.dumps(sim.as_dict(), indent=2, default=str) + "\n")
     out = Path(out_dir)
     return {"html": out / "simulation.html", "json": out / "simulation.json"}
-
-
-def _forward(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    import importlib
-    import warnings
-
-    warnings.warn(f"{__name__}.{name} is deprecated: use engine.decision.whatif.{name}", DeprecationWarning,
-                  stacklevel=3)
-    return getattr(importlib.import_module("engine.decision.whatif"), name)(*args, **kwargs)

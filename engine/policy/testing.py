@@ -336,14 +336,6 @@ def _check_subscriber(raw: Any, display: str, context: str, line: int,
     return out
 
 
-def run_cases(*args: Any, **kwargs: Any) -> list[CaseResult]:
-    """Deprecated forwarder to `engine.decision.whatif.run_cases` (same arguments), for callers not yet moved.
-
-    The run is `retain decide`'s decision function, which lives in engine.decision; the policy package does
-    not import it (the decision engine depends on the policy package). Delete once no caller uses this name.
-    """
-    return _forward("run_cases", args, kwargs)
-
 
 def _plain(v: Any) -> Any:
     if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)):
@@ -409,12 +401,3 @@ def compare_case(lc: LoadedCase, got: dict[str, Any], policy_set: PolicySet | No
         if status and status not in ("offer", "suppressed"):
             actual += f", status {status}" + (" (held out, would be sent)" if status == "control" else "")
     return CaseResult(lc.case.name, lc.where, not failures, "; ".join(expected), actual, failures)
-
-
-def _forward(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    import importlib
-    import warnings
-
-    warnings.warn(f"{__name__}.{name} is deprecated: use engine.decision.whatif.{name}", DeprecationWarning,
-                  stacklevel=3)
-    return getattr(importlib.import_module("engine.decision.whatif"), name)(*args, **kwargs)

@@ -524,9 +524,10 @@ def create_app(policies: str | Path = "policies", *, input_path: str | Path | No
     # Test cases
     # -----------------------------------------------------------------------------------------
     def run_tests() -> dict[str, Any]:
+        from engine.decision.whatif import run_cases
         from engine.errors import PolicyError
         from engine.policy import PolicyEngine
-        from engine.policy.testing import load_cases, run_cases
+        from engine.policy.testing import load_cases
 
         with ws.lock:
             check = ws.check(warnings=False)
@@ -557,8 +558,9 @@ def create_app(policies: str | Path = "policies", *, input_path: str | Path | No
         return fragment(request, "_test_results.html", outcome=outcome)
 
     def explain_one(subscriber: str) -> tuple[Any, dict[str, Any], Any]:
+        from engine.decision.whatif import explain
         from engine.policy import PolicyEngine
-        from engine.policy.explain import explain, find_subscriber
+        from engine.policy.explain import find_subscriber
 
         subscriber = subscriber.strip()
         if not subscriber:
@@ -645,8 +647,8 @@ def create_app(policies: str | Path = "policies", *, input_path: str | Path | No
     # Simulation
     # -----------------------------------------------------------------------------------------
     def simulate_now() -> dict[str, Any]:
+        from engine.decision.whatif import simulate
         from engine.policy import PolicyEngine
-        from engine.policy.simulate import simulate
 
         with ws.lock:
             check = ws.check(warnings=False)
