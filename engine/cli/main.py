@@ -245,10 +245,10 @@ def decide(
 ) -> None:
     """Score, explain, segment, match policies and arbitrate for every subscriber; write work orders.
 
-    Each subscriber gets at most one offer: among the offers the policies make eligible, the one with the
-    best expected net value, within the run's budget and each channel's capacity, never breaking the
-    contact rules (opt-out, contact limit, cool-down). A stable share of eligible subscribers is kept
-    as a control group and gets no offer.
+    Each subscriber gets at most one offer: among the policy candidates, the one the policy set's arbitration
+    picks (`first`: the highest-priority rule; `best_value`: the best expected net value), within the run's
+    budget and each channel's capacity, never breaking the contact rules (opt-out, contact limit,
+    cool-down). A stable share of eligible subscribers is kept as a control group and gets no offer.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

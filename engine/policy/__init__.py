@@ -3,7 +3,7 @@
     from engine.policy import load_policy_set, PolicyEngine
     ps = load_policy_set("policies")        # raises PolicyError with every problem as file:line
     engine = PolicyEngine(ps)               # one durable-rules ruleset, unique name per instance
-    out = engine.decide(frame)              # offer_id, channel, rule_id, stage, priority, matched_rules, message
+    out = engine.decide(frame)              # offer_id, channel, rule_id, stage, priority, matched_rules, message, note
 
 Modules: `conditions` (the condition language), `model` (file format, JSON Schema, loaded objects),
 `loader` (YAML with line numbers, errors), `rules_engine` (the only module importing durable-rules),

@@ -71,7 +71,8 @@ class Decision(BaseModel):
     offer_id: str | None = Field(description="Offer to make (also set for 'control': the offer held back)")
     channel: str | None
     message: str | None
-    status: str = Field(description="offer, control, no_offer, blocked, not_worth_it, over_budget, over_capacity")
+    status: str = Field(description="offer, control, no_offer, suppressed, blocked, not_worth_it, over_budget, "
+                                    "over_capacity")
     blocked_reason: str = Field("", description="Why contact was not allowed (status 'blocked')")
     rule_id: str | None = Field(description="Policy rule behind the chosen offer")
     matched_rules: list[str] = Field(description="Every rule that matched, best first")
