@@ -37,14 +37,12 @@ REF_ROWS, CUR_ROWS = 3000, 2000   # reference above 1,000 rows: Evidently's dist
 # A tiny real churn model, registered, and a scored reference
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def registered(tmp_path_factory):
+def registered(tmp_path_factory, new_store):
     """A SQLite store with a tiny model (version 1, alias champion) and months on disk."""
-    from conftest import make_store
-
     from engine.model.governance import promote
     from training import train as train_mod
 
-    store = make_store(tmp_path_factory.mktemp("drift_store"))
+    store = new_store(tmp_path_factory.mktemp("drift_store"))
     data = store.root / "data"
     months = {"base": generate(4000, seed=1), "same": generate(2500, seed=2),
               "drifted": generate(2500, seed=3, scenario="competitor_campaign"),
