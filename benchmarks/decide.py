@@ -69,7 +69,7 @@ def child_decide(store: str, data: str, out: str) -> None:
             last[0] = now
 
     result = decide_file(data, out, settings=settings, model="champion", policy_dir=ROOT / "policies",
-                         log_run=False, progress=progress)
+                         log_run=False, record=False, learned=False, progress=progress)
     wall = time.perf_counter() - start
     stages["outputs"] = time.perf_counter() - last[0]
     print(json.dumps({"rows": result.summary["subscribers"], "wall": wall, "cpu": _cpu() - cpu,

@@ -123,7 +123,7 @@ def child_local(store: str, data: str, out: str, config: str | None) -> None:
     settings = load_settings(config, tracking_uri=f"sqlite:///{store}/mlflow.db")
     start = time.perf_counter()
     result = decide_file(data, out, settings=settings, model="champion", policy_dir=ROOT / "policies",
-                         log_run=False)
+                         log_run=False, record=False, learned=False)
     print(json.dumps({"rows": result.summary["subscribers"], "wall": time.perf_counter() - start,
                       "peak_gib": _peak_gib(), "status": result.summary["status"]}))
 

@@ -268,13 +268,8 @@ def decide(
                 tasks[step] = bars.add_task(step, total=total)
             bars.update(tasks[step], completed=done, total=total)
 
-        rates = None
-        if learned:
-            from engine.feedback.learning import learned_acceptance
-
-            rates = learned_acceptance(settings)
         result = decide_file(input, out, settings=settings, model=model, policy_dir=policies, log_run=log_run,
-                             contact_history=contact_history, run_date=_date(run_date), learned=rates,
+                             contact_history=contact_history, run_date=_date(run_date), learned=learned,
                              record=record, progress=progress)
     render_decision_summary(result.summary)
     console.print(f"decisions: {result.files['decisions']}")

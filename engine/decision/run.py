@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import Settings
-from engine.data.io import read_table
+from engine.data.io import failpoint, read_table
 from engine.decision.contact import append_history, read_history
 from engine.decision.decide import ProgressFn, decide_frame
 from engine.decision.publish import log_decision_run, write_decisions
@@ -36,27 +36,50 @@ def load_policy_engine(policy_dir: str | Path):
 
 def decide_file(input_path: str | Path, out_dir: str | Path, *, settings: Settings, model: str | None = None,
                 policy_dir: str | Path | None = None, log_run: bool = True, contact_history: str | Path | None = None,
-                run_date: dt.date | None = None, learned: Mapping[tuple[str, str], float] | None = None,
-                record: bool = False, progress: ProgressFn | None = None) -> DecisionRunResult:
+                run_date: dt.date | None = None, learned: Mapping[tuple[str, str], float] | bool = True,
+                record: bool = True, progress: ProgressFn | None = None) -> DecisionRunResult:
     """Decide for every subscriber in a file and publish decisions + work orders into `out_dir`.
 
-    With `contact_history`, the file's contacts feed the contact rules and this run's contacts are
-    appended to it (outcome 'pending') once the outputs are published. With `record`, the run, its
-    decisions and work orders go into the decision store so outcomes can be ingested against them.
+    The defaults are `retain decide`'s, decided here once for every caller: acceptance rates learned from
+    ingested outcomes apply (`learned=True`; False: the priors only; or a mapping to use), and the run is
+    recorded in the decision store so outcomes can be ingested against it. With `contact_history`, the
+    file's contacts feed the contact rules and this run's contacts are appended to it (outcome 'pending').
+
+    Order, so that the store and the published folder never disagree about a run that went out: the run is
+    recorded first (one transaction), then the folder is published; if publishing fails the record is
+    removed again. A process killed between the two leaves a recorded run with no published orders, which
+    is harmless (nothing was sent) and visible in `retain feedback runs`; a published run is always in
+    the store.
     """
     policy_engine = load_policy_engine(policy_dir or settings.policy_dir)  # fail fast, before heavy work
     history = read_history(contact_history)
     frame = read_table(input_path, what="subscriber table")
     loaded = load_model(settings, model)
+    if learned is True:
+        from engine.feedback.learning import learned_acceptance
+
+        learned = learned_acceptance(settings)
+    elif learned is False:
+        learned = None
     decisions = decide_frame(frame, loaded=loaded, policy_engine=policy_engine, settings=settings,
                              source=str(input_path), history=history, run_date=run_date, learned=learned,
                              progress=progress)
     decisions.summary["input"] = str(Path(input_path).resolve())
-    files = write_decisions(decisions, out_dir)
     if record:
         from engine.feedback.ingest import record_run
+        from engine.feedback.store import open_store
 
         record_run(settings, decisions.table, decisions.summary, work_orders=decisions.work_orders)
+        failpoint("decide:recorded")
+        try:
+            files = write_decisions(decisions, out_dir)
+        except BaseException:
+            store = open_store(settings)
+            with store.transaction() as conn:
+                store.delete_run(conn, decisions.run_id)
+            raise
+    else:
+        files = write_decisions(decisions, out_dir)
     if contact_history:
         offered = decisions.table[decisions.table["status"] == "offer"]
         contacts = offered[["subscriber_id", "channel", "offer_id"]].assign(contacted_on=decisions.run_date)

@@ -163,3 +163,32 @@ def test_a_full_disk_is_one_line_and_publishes_nothing(decide_args, tmp_path):
         assert not out.exists() and not list(disk.glob(".out.staging-*"))
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_a_published_run_is_always_in_the_decision_store(trained, month_files, tmp_path):
+    month = tmp_path / "month.parquet"
+    pd.read_parquet(month_files["same"]).head(300).to_parquet(month, index=False)
+    store = tmp_path / "store.db"
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(trained.config.read_text() + f"store_url: sqlite:///{store}\n")
+    out = tmp_path / "out"
+
+    def decide(*extra: str, failpoint: str | None = None) -> subprocess.CompletedProcess:
+        return _retain("decide", "--input", str(month), "--out", str(out), "--policies", str(ROOT / "policies"),
+                       "--no-log", "--config", str(cfg), "--tracking-uri", trained.uri, *extra, cwd=tmp_path,
+                       failpoint=failpoint)
+
+    def stored_runs() -> set[str]:
+        with sqlite3.connect(store) as conn:
+            return {r[0] for r in conn.execute("SELECT decision_run FROM decision_runs")}
+
+    assert decide("--date", "2026-12-01").returncode == 0
+    first = _consistent(out)
+    assert first in stored_runs()
+    killed = decide("--date", "2026-12-02", failpoint="decide:recorded")
+    assert killed.returncode == -9
+    assert _consistent(out) == first and len(stored_runs()) == 2, "recorded first: the unpublished run sent nothing"
+    killed = decide("--date", "2026-12-03", failpoint="publish:between-renames")
+    assert killed.returncode == -9
+    recover(out)
+    assert _consistent(out) in stored_runs(), "whatever is published is in the store"
