@@ -58,6 +58,7 @@ import numpy as np
 import pandas as pd
 
 from engine.config import Arbitration, Channel
+from engine.policy.model import offer_prior_acceptance
 from engine.vocabulary import STATUS_NOT_WORTH, STATUS_OFFER, STATUS_OVER_BUDGET, STATUS_OVER_CAPACITY
 
 CHOSEN, NOT_WORTH, OVER_BUDGET, OVER_CAPACITY = STATUS_OFFER, STATUS_NOT_WORTH, STATUS_OVER_BUDGET, STATUS_OVER_CAPACITY
@@ -86,16 +87,7 @@ def acceptance_rates(offer_id: np.ndarray, reason: np.ndarray, cfg: Arbitration,
     if offer_priors is None:
         prior = cfg.prior_acceptance(offer_id, reason)
     else:
-        prior = np.full(len(offer_id), cfg.acceptance_default, dtype=float)
-        for offer, rates in offer_priors.items():
-            if not rates:
-                continue
-            is_offer = offer_id == offer
-            if "default" in rates:
-                prior[is_offer] = rates["default"]
-            for r, rate in rates.items():
-                if r != "default":
-                    prior[is_offer & (reason == r)] = rate
+        prior = offer_prior_acceptance(offer_id, reason, offer_priors, cfg.acceptance_default)
     measured = np.full(len(offer_id), np.nan, dtype=float)
     for (offer, r), rate in (learned or {}).items():
         measured[(offer_id == offer) & (reason == r)] = rate

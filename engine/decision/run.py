@@ -58,7 +58,7 @@ def decide_file(input_path: str | Path, out_dir: str | Path, *, settings: Settin
     if learned is True:
         from engine.feedback.learning import learned_acceptance
 
-        learned = learned_acceptance(settings)
+        learned = learned_acceptance(settings, policies=policy_dir)
     elif learned is False:
         learned = None
     decisions = decide_frame(frame, loaded=loaded, policy_engine=policy_engine, settings=settings,

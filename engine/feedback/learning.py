@@ -23,17 +23,21 @@ report flags, for `retain policy validate` to print next to the policy problems.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
 from engine.config import Settings
-from engine.errors import DataError
+from engine.errors import DataError, PolicyError
 from engine.feedback.report import RuleFlag, check_window, flags_from
 from engine.feedback.report import rule_uplift as report_rule_uplift
 from engine.feedback.store import decisions as decisions_table
 from engine.feedback.store import open_store
 from engine.feedback.store import outcomes as outcomes_table
+from engine.policy.loader import load_policy_set
+from engine.policy.model import offer_prior_acceptance
 
 #: k: how many contacts' worth of evidence the configured prior counts for.
 PRIOR_STRENGTH = 50.0
@@ -45,9 +49,25 @@ def _true(col: sa.ColumnElement) -> sa.ColumnElement:
     return sa.func.sum(sa.case((col.is_(True), 1), else_=0))
 
 
+def offer_priors(settings: Settings, policies: str | Path | None = None) -> dict[str, dict[str, float]] | None:
+    """The acceptance priors of the policy set decide uses (`acceptance:` in offers.yaml), or None when there
+    is no usable policy set here (then the settings' table stands in)."""
+    folder = Path(policies or settings.policy_dir)
+    if not folder.exists():
+        return None
+    try:
+        return load_policy_set(folder).acceptance_priors
+    except PolicyError:
+        return None
+
+
 def acceptance_table(settings: Settings, *, k: float = PRIOR_STRENGTH, url: str | None = None,
-                     runs: list[str] | None = None) -> pd.DataFrame:
-    """Per (offer_id, reason): contacted, accepted, measured rate, prior, learned rate, weight of the data."""
+                     runs: list[str] | None = None, policies: str | Path | None = None) -> pd.DataFrame:
+    """Per (offer_id, reason): contacted, accepted, measured rate, prior, learned rate, weight of the data.
+
+    The prior is the offer's own in the policy set (`policies`, default the configured folder), the one
+    arbitration uses, so measured rates are shrunk toward what decide would otherwise assume.
+    """
     if k < 0:
         raise DataError(f"prior strength k must be >= 0, got {k}")
     cols = ["offer_id", "reason", "contacted", "accepted", "measured", "prior", "learned", "data_weight"]
@@ -69,8 +89,10 @@ def acceptance_table(settings: Settings, *, k: float = PRIOR_STRENGTH, url: str 
     t["contacted"] = t["contacted"].astype(int)
     t["accepted"] = t["accepted"].fillna(0).astype(int)
     t["measured"] = t["accepted"] / t["contacted"]
-    t["prior"] = settings.arbitration.prior_acceptance(t["offer_id"].to_numpy(dtype=object),
-                                                        t["reason"].to_numpy(dtype=object))
+    offers, reasons = t["offer_id"].to_numpy(dtype=object), t["reason"].to_numpy(dtype=object)
+    priors = offer_priors(settings, policies)
+    t["prior"] = (settings.arbitration.prior_acceptance(offers, reasons) if priors is None else
+                  offer_prior_acceptance(offers, reasons, priors, settings.arbitration.acceptance_default))
     t["learned"] = shrink(t["accepted"].to_numpy(), t["contacted"].to_numpy(), t["prior"].to_numpy(), k)
     t["data_weight"] = t["contacted"] / (t["contacted"] + k)
     return t[cols]
@@ -85,12 +107,12 @@ def shrink(accepted: np.ndarray, contacted: np.ndarray, prior: np.ndarray, k: fl
 
 
 def learned_acceptance(settings: Settings, *, min_n: int = MIN_CONTACTS, k: float = PRIOR_STRENGTH,
-                       url: str | None = None) -> dict[tuple[str, str], float]:
+                       url: str | None = None, policies: str | Path | None = None) -> dict[tuple[str, str], float]:
     """{(offer_id, reason): learned P(accept)} for pairs with >= `min_n` contacts; pass it to arbitration.
 
     Empty when there is no store or no outcome yet, so the configured priors apply unchanged.
     """
-    t = acceptance_table(settings, k=k, url=url)
+    t = acceptance_table(settings, k=k, url=url, policies=policies)
     t = t[t["contacted"] >= min_n]
     return {(str(o), str(r)): float(v) for o, r, v in zip(t["offer_id"], t["reason"], t["learned"], strict=True)}
 
