@@ -53,13 +53,21 @@ def stage(dest: Path, folder: Path = PORTABLE_DIR) -> tuple[Path, ModuleType]:
     the class to log). When a module of that name is already imported (this code was logged or loaded
     before in this process), it is reused: equal name means equal source.
     """
-    name = module_name(folder)
+    return copy_and_import(dest, module_name(folder),
+                           [(path.relative_to(folder), path) for path in source_files(folder)])
+
+
+def copy_and_import(dest: Path, name: str, sources: list[tuple[Path, Path]]) -> tuple[Path, ModuleType]:
+    """Copy (relative path, source file) pairs to dest/<name> and import that folder as module `name`.
+
+    The module name carries the code's hash, so importing it here is importing exactly the code the model
+    will carry; a module of that name already imported is that same code.
+    """
     target = dest / name
     target.mkdir(parents=True, exist_ok=True)
-    for path in source_files(folder):
-        out = target / path.relative_to(folder)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, out)
+    for rel, path in sources:
+        (target / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target / rel)
     module = sys.modules.get(name)
     if module is None:
         spec = importlib.util.spec_from_file_location(name, target / "__init__.py",
@@ -77,12 +85,17 @@ def stage(dest: Path, folder: Path = PORTABLE_DIR) -> tuple[Path, ModuleType]:
 
 def requirements() -> list[str]:
     """`name==installed version` for exactly what the model's code needs to load and predict."""
-    pins = []
-    for name in REQUIREMENTS:
+    return pins(REQUIREMENTS)
+
+
+def pins(names: tuple[str, ...] | list[str]) -> list[str]:
+    """`name==installed version` for each name (mlflow-skinny falls back to mlflow when only that is installed)."""
+    out = []
+    for name in names:
         try:
-            pins.append(f"{name}=={version(name)}")
+            out.append(f"{name}=={version(name)}")
         except PackageNotFoundError:
             if name != "mlflow-skinny":
                 raise
-            pins.append(f"mlflow=={version('mlflow')}")
-    return pins
+            out.append(f"mlflow=={version('mlflow')}")
+    return out

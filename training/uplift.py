@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import io
 import json
-import shutil
-import sys
 import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -42,6 +39,7 @@ from engine.uplift.explore import stable_uniforms
 from engine.uplift.portable.model import CHANNEL, OFFER, UpliftModel
 from engine.uplift.registry import UPLIFT_EXPERIMENT, UPLIFT_MODEL_NAME
 from engine.uplift.report import evaluate_uplift
+from training.packaging import copy_and_import, pins
 
 MODULE_PREFIX = "retain_uplift_"
 REQUIREMENTS = ("mlflow-skinny", "cloudpickle", "catboost", "pandas", "numpy")
@@ -133,39 +131,11 @@ def module_name() -> str:
 
 def stage(dest: Path) -> tuple[Path, ModuleType]:
     """Copy the uplift model's code (and the churn pipeline) to dest/<module name> and import it from there."""
-    name = module_name()
-    target = dest / name
-    target.mkdir(parents=True, exist_ok=True)
-    for rel, path in _sources():
-        (target / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target / rel)
-    module = sys.modules.get(name)
-    if module is None:
-        spec = importlib.util.spec_from_file_location(name, target / "__init__.py",
-                                                      submodule_search_locations=[str(target)])
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        try:
-            spec.loader.exec_module(module)
-        except BaseException:
-            del sys.modules[name]
-            raise
-    return target, module
+    return copy_and_import(dest, module_name(), list(_sources()))
 
 
 def _requirements() -> list[str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    pins = []
-    for name in REQUIREMENTS:
-        try:
-            pins.append(f"{name}=={version(name)}")
-        except PackageNotFoundError:
-            if name != "mlflow-skinny":
-                raise
-            pins.append(f"mlflow=={version('mlflow')}")
-    return pins
+    return pins(REQUIREMENTS)
 
 
 def _log(settings: Settings, model: UpliftModel, train: pd.DataFrame, result: UpliftTrainResult,
