@@ -150,15 +150,26 @@ class Arbitration(_Strict):
         Here, beside the figures, because both arbitration (deciding) and learning (shrinking measured rates
         toward the prior) need the same answer.
         """
-        out = np.full(len(offer_id), self.acceptance_default, dtype=float)
-        for offer, rates in self.acceptance.items():
-            is_offer = offer_id == offer
-            if "default" in rates:
-                out[is_offer] = rates["default"]
-            for r, rate in rates.items():
-                if r != "default":
-                    out[is_offer & (reason == r)] = rate
-        return out
+        return offer_prior_acceptance(offer_id, reason, self.acceptance, self.acceptance_default)
+
+
+def offer_prior_acceptance(offer_id: np.ndarray, reason: np.ndarray, offer_priors: dict[str, dict[str, float]],
+                           default: float) -> np.ndarray:
+    """Prior P(accept) per (offer, reason) from the offers' `acceptance:` (the reason's rate, else the offer's
+    'default', else `default`). One function for arbitration and for learning, which shrinks measured rates
+    toward exactly the prior decide uses."""
+    prior = np.full(len(offer_id), default, dtype=float)
+    for offer, rates in offer_priors.items():
+        if not rates:
+            continue
+        is_offer = offer_id == offer
+        if "default" in rates:
+            prior[is_offer] = rates["default"]
+        for r, rate in rates.items():
+            if r != "default":
+                prior[is_offer & (reason == r)] = rate
+    return prior
+
 
 
 class Settings(_Strict):

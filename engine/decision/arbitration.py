@@ -57,8 +57,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from engine.config import Arbitration, Channel
-from engine.policy.model import offer_prior_acceptance
+from engine.config import Arbitration, Channel, offer_prior_acceptance
 from engine.vocabulary import STATUS_NOT_WORTH, STATUS_OFFER, STATUS_OVER_BUDGET, STATUS_OVER_CAPACITY
 
 CHOSEN, NOT_WORTH, OVER_BUDGET, OVER_CAPACITY = STATUS_OFFER, STATUS_NOT_WORTH, STATUS_OVER_BUDGET, STATUS_OVER_CAPACITY

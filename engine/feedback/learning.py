@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from engine.config import Settings
+from engine.config import Settings, offer_prior_acceptance
 from engine.errors import DataError, PolicyError
 from engine.feedback.report import RuleFlag, check_window, flags_from
 from engine.feedback.report import rule_uplift as report_rule_uplift
@@ -37,7 +37,6 @@ from engine.feedback.store import decisions as decisions_table
 from engine.feedback.store import open_store
 from engine.feedback.store import outcomes as outcomes_table
 from engine.policy.loader import load_policy_set
-from engine.policy.model import offer_prior_acceptance
 
 #: k: how many contacts' worth of evidence the configured prior counts for.
 PRIOR_STRENGTH = 50.0

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
 from engine.data.attributes import DECISION_ATTRIBUTES, Attribute
@@ -315,24 +314,6 @@ class PolicySet:
         if any(r.action.channel == PREFERRED for r in self.rules):
             cols.add("preferred_channel")
         return cols
-
-
-def offer_prior_acceptance(offer_id: np.ndarray, reason: np.ndarray, offer_priors: Mapping[str, Mapping[str, float]],
-                           default: float) -> np.ndarray:
-    """Prior P(accept) per (offer, reason) from the offers' `acceptance:` (the reason's rate, else the offer's
-    'default', else `default`). One function for arbitration and for learning, which shrinks measured rates
-    toward exactly the prior decide uses."""
-    prior = np.full(len(offer_id), default, dtype=float)
-    for offer, rates in offer_priors.items():
-        if not rates:
-            continue
-        is_offer = offer_id == offer
-        if "default" in rates:
-            prior[is_offer] = rates["default"]
-        for r, rate in rates.items():
-            if r != "default":
-                prior[is_offer & (reason == r)] = rate
-    return prior
 
 
 def referenced_attributes(rules: list[Rule], offers: dict[str, Offer]) -> set[str]:
