@@ -116,6 +116,9 @@ MAX_FILE_BYTES = 1_000_000
 MAX_DEPTH = 50
 MAX_ALIASES = 100
 MAX_NODES = 200_000
+#: A decision table a team maintains has tens to hundreds of rules; past this, checking the set (overlaps,
+#: shadowing, coverage) takes minutes, so a generated file is refused instead of hanging a command.
+MAX_RULES = 1_000
 
 #: PyYAML's problems, in words a marketer can act on.
 _YAML_HINTS: tuple[tuple[str, str], ...] = (
@@ -409,6 +412,11 @@ def load_policy_set(path: str | Path) -> PolicySet:
         _load_file(data, display, file_index, col)
     for _key, _spec, rule, raw, display in col.rules:
         _check_rule_refs(rule, raw, display, col)
+    if len(col.rules) > MAX_RULES:
+        where = col.rule_sources.get(col.rules[MAX_RULES][2].id, f"{displays[0]}:1")
+        col.problems.append(f"{where}: the policy set '{root_arg}' has {len(col.rules):,} rules, more than the "
+                            f"{MAX_RULES:,} a policy set may have (hint: merge rules that differ only in a threshold, "
+                            f"or move per-subscriber data into a declared attribute)")
     if not col.rules and not col.problems:
         col.problems.append(f"{displays[0]}:1: the policy set '{root_arg}' has no rules "
                             f"(hint: add a `rules:` list to a policy file)")

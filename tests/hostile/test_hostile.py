@@ -163,6 +163,8 @@ POLICY_CASES = [
     policy_case("alias bomb", "rules/x.yaml", "a: &a [x,x,x,x,x,x,x,x,x]\n" + "".join(
         f"{chr(98 + i)}: &{chr(98 + i)} [" + ",".join([f"*{chr(97 + i)}"] * 9) + "]\n" for i in range(15)),
                 "more than 100 aliases"),
+    policy_case("generated rule flood", "rules/x.yaml", "rules:\n" + "".join(
+        RULE.replace("rules:\n", "").replace("id: r1", f"id: r{i}") for i in range(1_100)), "more than the 1,000"),
     policy_case("huge file", "rules/x.yaml", "# " + "x" * 1_100_000 + "\n", "more than the 1 MB"),
     policy_case("test case unknown attribute", "tests/bad_cases.yaml",
                 "tests:\n  - name: c\n    subscriber: {risk_grad: high}\n    expect: {offer: bonus_data}\n",
