@@ -49,6 +49,29 @@ def reason_text(rows: pd.DataFrame, labels: Mapping[str, str]) -> np.ndarray:
     return out
 
 
+def order_rows(rows: pd.DataFrame, numbers: np.ndarray, run_id: str, run_date: dt.date,
+               labels: Mapping[str, str]) -> pd.DataFrame:
+    """The columns of a work order for offered rows numbered `numbers` within the run (one place for the
+    order's layout: the local engine numbers a run's orders at once, Spark per partition with offsets)."""
+    return pd.DataFrame({
+        "order_id": np.char.add(f"{run_id}-", np.char.zfill(np.asarray(numbers).astype(str), 7)).astype(object),
+        ID: rows[ID].to_numpy(),
+        "channel": rows["channel"].to_numpy(),
+        "priority": rows["priority"].to_numpy(),
+        "risk_grade": rows["risk_grade"].to_numpy(),
+        "churn_probability": rows[PROBABILITY].round(4).to_numpy(),
+        "value_tier": rows["value_tier"].to_numpy(),
+        "reason": rows["reason"].to_numpy(),
+        "reason_text": reason_text(rows, labels),
+        "offer_id": rows["offer_id"].to_numpy(),
+        "offer_cost": rows["offer_cost"].to_numpy(),
+        "expected_net_value": rows["net_value"].round(2).to_numpy(),
+        "message": rows["message"].to_numpy(),
+        "rule_id": rows["rule_id"].to_numpy(),
+        "due_date": due_date(run_date).isoformat(),
+    })
+
+
 def work_orders(table: pd.DataFrame, settings: Settings, run_id: str, run_date: dt.date, *,
                 labels: Mapping[str, str] | None = None) -> dict[str, pd.DataFrame]:
     """One contact list per channel, with the reason in words, the offer and a due date.
@@ -64,24 +87,7 @@ def work_orders(table: pd.DataFrame, settings: Settings, run_id: str, run_date: 
                if isinstance(s, str) and s in table.columns and s not in wanted]
     rows = table[wanted + signals].iloc[offered]  # only the columns an order needs, not the whole table
     n = len(rows)
-    order_ids = np.char.add(f"{run_id}-", np.char.zfill(np.arange(1, n + 1).astype(str), 7)).astype(object)
-    orders = pd.DataFrame({
-        "order_id": order_ids,
-        ID: rows[ID].to_numpy(),
-        "channel": rows["channel"].to_numpy(),
-        "priority": rows["priority"].to_numpy(),
-        "risk_grade": rows["risk_grade"].to_numpy(),
-        "churn_probability": rows[PROBABILITY].round(4).to_numpy(),
-        "value_tier": rows["value_tier"].to_numpy(),
-        "reason": rows["reason"].to_numpy(),
-        "reason_text": reason_text(rows, labels or settings.reason_labels),
-        "offer_id": rows["offer_id"].to_numpy(),
-        "offer_cost": rows["offer_cost"].to_numpy(),
-        "expected_net_value": rows["net_value"].round(2).to_numpy(),
-        "message": rows["message"].to_numpy(),
-        "rule_id": rows["rule_id"].to_numpy(),
-        "due_date": due_date(run_date).isoformat(),
-    })
+    orders = order_rows(rows, np.arange(1, n + 1), run_id, run_date, labels or settings.reason_labels)
     orders = orders.sort_values(["channel", "priority", "expected_net_value"], ascending=[True, False, False],
                                 kind="stable")
     window = call_window(settings.contact)

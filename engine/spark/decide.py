@@ -36,7 +36,7 @@ from engine.config import Settings
 from engine.data.schema import ID
 from engine.decision.constrain import Decisions, new_run_id
 from engine.decision.contact import read_history
-from engine.decision.orders import NO_DOMINANT_REASON, due_date, reason_text  # noqa: F401
+from engine.decision.orders import NO_DOMINANT_REASON, order_rows  # noqa: F401
 from engine.decision.run import DecisionRunResult, load_policy_engine
 from engine.errors import DataError, RetainError
 from engine.model.churn import PROBABILITY
@@ -270,24 +270,7 @@ def _order_rows(batches, *, offsets: Mapping[int, int], run_id: str, run_date: d
         rows = b.to_pandas()
         n = np.arange(start + 1, start + len(rows) + 1)
         start += len(rows)
-        out = pd.DataFrame({
-            "order_id": np.char.add(f"{run_id}-", np.char.zfill(n.astype(str), 7)).astype(object),
-            ID: rows[ID].to_numpy(),
-            "channel": rows["channel"].to_numpy(),
-            "priority": rows["priority"].to_numpy(),
-            "risk_grade": rows["risk_grade"].to_numpy(),
-            "churn_probability": rows[PROBABILITY].round(4).to_numpy(),
-            "value_tier": rows["value_tier"].to_numpy(),
-            "reason": rows["reason"].to_numpy(),
-            "reason_text": reason_text(rows, labels),
-            "offer_id": rows["offer_id"].to_numpy(),
-            "offer_cost": rows["offer_cost"].to_numpy(),
-            "expected_net_value": rows["net_value"].round(2).to_numpy(),
-            "message": rows["message"].to_numpy(),
-            "rule_id": rows["rule_id"].to_numpy(),
-            "due_date": due_date(run_date).isoformat(),
-            "_n": n,
-        })
+        out = order_rows(rows, n, run_id, run_date, labels).assign(_n=n)
         yield pa.RecordBatch.from_pandas(out[columns], preserve_index=False)
 
 
