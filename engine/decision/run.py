@@ -34,6 +34,17 @@ def load_policy_engine(policy_dir: str | Path):
     return PolicyEngine(load_policy_set(policy_dir))
 
 
+def learned_rates(settings: Settings, learned: Mapping[tuple[str, str], float] | bool,
+                  policy_dir: str | Path | None) -> Mapping[tuple[str, str], float] | None:
+    """decide's default for every engine: True reads the rates learned from ingested outcomes (shrunk toward
+    the policy set's priors), False uses the priors only, a mapping is used as given."""
+    if learned is True:
+        from engine.feedback.learning import learned_acceptance
+
+        return learned_acceptance(settings, policies=policy_dir)
+    return None if learned is False else learned
+
+
 def decide_file(input_path: str | Path, out_dir: str | Path, *, settings: Settings, model: str | None = None,
                 policy_dir: str | Path | None = None, log_run: bool = True, contact_history: str | Path | None = None,
                 run_date: dt.date | None = None, learned: Mapping[tuple[str, str], float] | bool = True,
@@ -55,12 +66,7 @@ def decide_file(input_path: str | Path, out_dir: str | Path, *, settings: Settin
     history = read_history(contact_history)
     frame = read_table(input_path, what="subscriber table")
     loaded = load_model(settings, model)
-    if learned is True:
-        from engine.feedback.learning import learned_acceptance
-
-        learned = learned_acceptance(settings, policies=policy_dir)
-    elif learned is False:
-        learned = None
+    learned = learned_rates(settings, learned, policy_dir)
     decisions = decide_frame(frame, loaded=loaded, policy_engine=policy_engine, settings=settings,
                              source=str(input_path), history=history, run_date=run_date, learned=learned,
                              progress=progress)

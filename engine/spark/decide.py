@@ -37,7 +37,7 @@ from engine.data.schema import ID
 from engine.decision.constrain import Decisions, new_run_id
 from engine.decision.contact import read_history
 from engine.decision.orders import NO_DOMINANT_REASON, order_rows  # noqa: F401
-from engine.decision.run import DecisionRunResult, load_policy_engine
+from engine.decision.run import DecisionRunResult, learned_rates, load_policy_engine
 from engine.errors import DataError, RetainError
 from engine.model.churn import PROBABILITY
 from engine.spark import executor as ex
@@ -406,11 +406,12 @@ def _summary(final, *, run_id: str, run_date: dt.date, policy_hash: str, model_u
 def decide_spark(input_path: str | Path, out_dir: str | Path, *, settings: Settings, model: str | None = None,
                  policy_dir: str | Path | None = None, master: str | None = None, spark=None,
                  contact_history: str | Path | None = None, run_date: dt.date | None = None,
-                 learned: Mapping[tuple[str, str], float] | None = None, log_run: bool = True,
+                 learned: Mapping[tuple[str, str], float] | bool = True, log_run: bool = True,
                  partitions: int | None = None) -> DecisionRunResult:
     """Decide for every subscriber of a Parquet file or folder on Spark and publish into `out_dir`.
 
-    The same answer as `engine.decision.run.decide_file` per subscriber (offer, channel, status), budget
+    `learned` as in `decide_file` (True: the rates learned from outcomes). The same answer as
+    `engine.decision.run.decide_file` per subscriber (offer, channel, status), budget
     and capacity included. Not recorded in the decision store (`retain decide --engine spark` says so);
     `contact_history` is read on the driver and sent to the executors with the tasks, and this run's
     contacts (bounded by channel capacity) are appended to it on the driver.
@@ -431,6 +432,7 @@ def decide_spark(input_path: str | Path, out_dir: str | Path, *, settings: Setti
     engine = load_policy_engine(policies)  # fail fast, before heavy work
     history = read_history(contact_history)
     loaded = load_model(settings, model)
+    learned = learned_rates(settings, learned, policies)
     spark = spark or spark_session(master)
     sc = spark.sparkContext
     dir_name, model_dir = _ship_model(sc, loaded, settings)
