@@ -267,7 +267,9 @@ def test_hot_reload_policies_and_model(server, month_files):
         mlflow.set_tracking_uri(previous)
     moved = wait_for(lambda: (r := server.ready())["model_version"] == str(v2.version) and r, timeout=60)
     assert moved["last_reload_error"] is None
-    d = server.post(rows_of(month_files["same"], 702, 1)).json()["decisions"][0]
+    r = server.post(rows_of(month_files["same"], 702, 1))
+    assert r.status_code == 200, (r.text, server.log.read_text()[-4000:])
+    d = r.json()["decisions"][0]
     assert d["model_version"] == str(v2.version)
     log = server.log.read_text()
     assert "reload failed" in log and f"model version 1 -> {v2.version}" in log
