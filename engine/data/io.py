@@ -21,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 
+from engine.data.csvtext import FORMULA_START, csv_bytes, neutralise_formulas  # noqa: F401 (re-exported)
 from engine.errors import DataError
 
 TABLE_SUFFIXES = {".parquet", ".pq", ".csv"}
@@ -97,27 +98,6 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 #: A cell a spreadsheet would run as a formula starts with one of these (OWASP, "CSV injection").
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def neutralise_formulas(df: pd.DataFrame) -> pd.DataFrame:
-    """Text cells that a spreadsheet would run as a formula, prefixed with ' so they show as text.
-
-    Why: work orders are opened in a spreadsheet by call-centre staff; a subscriber id or message starting
-    with '=' must not run. Only text columns change; numbers (a negative amount) stay numbers.
-    """
-    out = df
-    for col in df.columns:
-        if df[col].dtype == object or isinstance(df[col].dtype, pd.StringDtype):
-            text = df[col]
-            risky = text.astype("string").str.startswith(FORMULA_START).fillna(False).to_numpy(dtype=bool)
-            if risky.any():
-                if out is df:
-                    out = df.copy()
-                out[col] = text.where(~risky, "'" + text.astype("string"))
-    return out
-
-
 def restore_formulas(df: pd.DataFrame) -> pd.DataFrame:
     """The inverse of `neutralise_formulas` for CSVs retain wrote itself (reading work orders back)."""
     out = df
@@ -137,7 +117,7 @@ def write_table(df: pd.DataFrame, path: str | Path) -> Path:
     target = Path(path)
     with atomic_path(target) as tmp:
         if target.suffix.lower() == ".csv":
-            neutralise_formulas(df).to_csv(tmp, index=False)
+            tmp.write_bytes(csv_bytes(df))
         else:
             df.to_parquet(tmp, index=False)
     return target

@@ -32,10 +32,9 @@ def control_mask(subscriber_ids: pd.Series, cfg: ControlGroup) -> np.ndarray:
     """
     if cfg.share <= 0:
         return np.zeros(len(subscriber_ids), dtype=bool)
-    salt = cfg.salt.encode()
-    values = np.fromiter(
-        (int.from_bytes(hashlib.sha256(salt + str(s).encode()).digest()[:8], "big") for s in subscriber_ids),
-        dtype=np.uint64, count=len(subscriber_ids))
+    salt, sha256 = cfg.salt, hashlib.sha256
+    digests = b"".join([sha256((salt + s).encode()).digest()[:8] for s in subscriber_ids.astype(str).tolist()])
+    values = np.frombuffer(digests, dtype=">u8").astype(np.uint64)  # the first 8 bytes, big-endian
     return (values / np.float64(2**64)) < cfg.share
 
 

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from engine.config import Settings
 from engine.data.schema import ID
@@ -28,18 +30,18 @@ def due_date(run_date: dt.date, business_days: int = 3) -> dt.date:
     return np.busday_offset(np.datetime64(run_date), business_days, roll="forward").astype(dt.date)
 
 
-def reason_text(rows: pd.DataFrame, labels: Mapping[str, str]) -> np.ndarray:
+def reason_text(rows: Mapping[str, Any], labels: Mapping[str, str]) -> np.ndarray:
     """'competitor offer: contacted a competitor' per row (the words of `engine.model.reasons.reason_words`)."""
-    reason = rows["reason"].to_numpy(dtype=object)
-    signal = rows["reason_signal"].to_numpy(dtype=object)
-    out = np.full(len(rows), NO_DOMINANT_REASON, dtype=object)
+    reason = np.asarray(rows["reason"], dtype=object)
+    signal = np.asarray(rows["reason_signal"], dtype=object)
+    out = np.full(len(reason), NO_DOMINANT_REASON, dtype=object)
     has = (reason != NO_REASON) & pd.notna(signal) & (signal != "")
     if not has.any():
         return out
     for sig in pd.unique(signal[has]):
         at = np.flatnonzero(has & (signal == sig))
-        if sig in rows.columns:
-            codes, uniques = pd.factorize(rows[sig].to_numpy()[at], use_na_sentinel=False)
+        if sig in rows:
+            codes, uniques = pd.factorize(np.asarray(rows[sig])[at], use_na_sentinel=False)
             words = np.array([signal_text(sig, u) for u in uniques], dtype=object)[codes]
         else:
             words = np.full(len(at), signal_text(sig, None), dtype=object)
@@ -49,34 +51,48 @@ def reason_text(rows: pd.DataFrame, labels: Mapping[str, str]) -> np.ndarray:
     return out
 
 
-def order_rows(rows: pd.DataFrame, numbers: np.ndarray, run_id: str, run_date: dt.date,
+def order_ids(run_id: str, numbers: np.ndarray) -> np.ndarray:
+    """'<run id>-0000042': the run's orders numbered from 1, zero-padded to 7 digits (Arrow's text kernels:
+    numpy's per-character string functions cost ~0.3 s per million)."""
+    digits = pc.utf8_lpad(pc.cast(pa.array(np.asarray(numbers, dtype=np.int64)), pa.string()), 7, "0")
+    return pc.binary_join_element_wise(f"{run_id}-", digits, "").to_numpy(zero_copy_only=False).astype(object)
+
+
+def order_rows(rows: Mapping[str, Any], numbers: np.ndarray, run_id: str, run_date: dt.date,
                labels: Mapping[str, str]) -> pd.DataFrame:
     """The columns of a work order for offered rows numbered `numbers` within the run (one place for the
-    order's layout: the local engine numbers a run's orders at once, Spark per partition with offsets)."""
+    order's layout: the local engine numbers a run's orders at once, Spark per partition with offsets).
+    `rows`: a frame, or column name -> array."""
+    def col(name: str) -> np.ndarray:
+        return np.asarray(rows[name])
+
     return pd.DataFrame({
-        "order_id": np.char.add(f"{run_id}-", np.char.zfill(np.asarray(numbers).astype(str), 7)).astype(object),
-        ID: rows[ID].to_numpy(),
-        "channel": rows["channel"].to_numpy(),
-        "priority": rows["priority"].to_numpy(),
-        "risk_grade": rows["risk_grade"].to_numpy(),
-        "churn_probability": rows[PROBABILITY].round(4).to_numpy(),
-        "value_tier": rows["value_tier"].to_numpy(),
-        "reason": rows["reason"].to_numpy(),
+        "order_id": order_ids(run_id, numbers),
+        ID: col(ID),
+        "channel": col("channel"),
+        "priority": col("priority"),
+        "risk_grade": col("risk_grade"),
+        "churn_probability": np.round(col(PROBABILITY).astype(float), 4),
+        "value_tier": col("value_tier"),
+        "reason": col("reason"),
         "reason_text": reason_text(rows, labels),
-        "offer_id": rows["offer_id"].to_numpy(),
-        "offer_cost": rows["offer_cost"].to_numpy(),
-        "expected_net_value": rows["net_value"].round(2).to_numpy(),
-        "message": rows["message"].to_numpy(),
-        "rule_id": rows["rule_id"].to_numpy(),
+        "offer_id": col("offer_id"),
+        "offer_cost": col("offer_cost"),
+        "expected_net_value": np.round(col("net_value").astype(float), 2),
+        "message": col("message"),
+        "rule_id": col("rule_id"),
         "due_date": due_date(run_date).isoformat(),
     })
 
 
 def work_orders(table: pd.DataFrame, settings: Settings, run_id: str, run_date: dt.date, *,
                 labels: Mapping[str, str] | None = None) -> dict[str, pd.DataFrame]:
-    """One contact list per channel, with the reason in words, the offer and a due date.
+    """One contact list per channel, with the reason in words, the offer and a due date; each list in the
+    order agents work it (highest priority, then highest expected net value; ties in decision order).
 
     `labels`: reason family -> words (the model's; settings.reason_labels when not given or empty).
+    Why sorted as positions first: with hundreds of thousands of orders, taking each column once in its
+    final order costs a fraction of sorting and splitting a frame of Python strings.
     """
     offered = np.flatnonzero(table["status"].to_numpy(dtype=object) == STATUS_OFFER)
     if len(offered) == 0:
@@ -85,18 +101,23 @@ def work_orders(table: pd.DataFrame, settings: Settings, run_id: str, run_date: 
               "offer_id", "offer_cost", "net_value", "message", "rule_id"]
     signals = [s for s in pd.unique(table["reason_signal"].to_numpy(dtype=object)[offered])
                if isinstance(s, str) and s in table.columns and s not in wanted]
-    rows = table[wanted + signals].iloc[offered]  # only the columns an order needs, not the whole table
-    n = len(rows)
-    orders = order_rows(rows, np.arange(1, n + 1), run_id, run_date, labels or settings.reason_labels)
-    orders = orders.sort_values(["channel", "priority", "expected_net_value"], ascending=[True, False, False],
-                                kind="stable")
+    channel_codes, channels = pd.factorize(table["channel"].to_numpy(dtype=object)[offered], sort=True)
+    priority = table["priority"].to_numpy()[offered]
+    net = np.round(table["net_value"].to_numpy(dtype=float)[offered], 2)
+    order = np.lexsort((-net, -priority, channel_codes))  # stable: equal keys keep the decision order
+    at = offered[order]
+    rows = {c: table[c].to_numpy()[at] for c in wanted + signals}
+    orders = order_rows(rows, order + 1, run_id, run_date, labels or settings.reason_labels)
+    ends = np.searchsorted(channel_codes[order], np.arange(len(channels)), side="right")
     window = call_window(settings.contact)
-    out = {}
-    for ch, g in orders.groupby("channel", sort=True):
-        g = g.drop(columns=["channel"]).reset_index(drop=True)
+    out, lo = {}, 0
+    columns = [c for c in orders.columns if c != "channel"]
+    for ch, hi in zip(channels, ends, strict=True):
+        g = orders.iloc[lo:hi][columns].reset_index(drop=True)
         if ch in CALL_CHANNELS:
             g["call_window"] = window
         out[str(ch)] = g
+        lo = hi
     return out
 
 

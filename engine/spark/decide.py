@@ -33,6 +33,7 @@ import pandas as pd
 import pyarrow as pa
 
 from engine.config import Settings
+from engine.data.csvtext import csv_bytes
 from engine.data.schema import ID
 from engine.decision.constrain import Decisions, new_run_id
 from engine.decision.contact import read_history
@@ -275,7 +276,7 @@ def _order_rows(batches, *, offsets: Mapping[int, int], run_id: str, run_date: d
 
 
 def _csv_lines(batches, *, headers: Mapping[str, list[str]], window: str):
-    """pandas' own CSV text (the local files' formatting) for each run of one channel in the sorted orders."""
+    """The local files' CSV text (formula cells neutralised) for each run of one channel in the sorted orders."""
     for b in batches:
         if b.num_rows == 0:
             continue
@@ -288,7 +289,7 @@ def _csv_lines(batches, *, headers: Mapping[str, list[str]], window: str):
             name = str(ch[lo])
             if name in CALL_CHANNELS:
                 part = part.assign(call_window=window)
-            texts.append(part[headers[name]].to_csv(index=False, header=False).removesuffix("\n"))
+            texts.append(csv_bytes(part[headers[name]], header=False).decode().removesuffix("\n"))
             names.append(name)
         yield pa.RecordBatch.from_arrays([pa.array(names), pa.array(texts)], names=["channel", "value"])
 
