@@ -108,7 +108,7 @@ def child_spark(store: str, data: str, out: str, config: str | None, master: str
     spark = spark_session(master, shuffle_partitions=partitions)
     session = time.perf_counter() - start
     result = decide_spark(data, out, settings=settings, model="champion", policy_dir=ROOT / "policies",
-                          spark=spark, log_run=False, learned=False)
+                          spark=spark, log_run=False, learned=False, record=False)
     wall = time.perf_counter() - start
     print(json.dumps({"rows": result.summary["subscribers"], "wall": wall, "session": session,
                       "peak_gib": _peak_gib(), "jvm_gib": watch.stop(),

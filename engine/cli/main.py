@@ -281,10 +281,9 @@ def _decide_spark(input: Path, out: Path, *, settings, model: str, policies: Pat
                   master: str | None) -> None:
     from engine.spark.decide import decide_spark
 
-    if record:
-        err_console.print("note: --engine spark does not record the run in the decision store (use --no-record)")
     result = decide_spark(input, out, settings=settings, model=model, policy_dir=policies, master=master,
-                          contact_history=contact_history, run_date=_date(run_date), learned=learned, log_run=log_run)
+                          contact_history=contact_history, run_date=_date(run_date), learned=learned, log_run=log_run,
+                          record=record)
     render_decision_summary(result.summary)
     console.print(f"decisions: {result.files['decisions']}")
     console.print(f"work orders: {Path(str(result.files['summary'])).parent / 'work_orders'}")

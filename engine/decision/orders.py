@@ -63,10 +63,16 @@ def order_rows(rows: Mapping[str, Any], numbers: np.ndarray, run_id: str, run_da
     """The columns of a work order for offered rows numbered `numbers` within the run (one place for the
     order's layout: the local engine numbers a run's orders at once, Spark per partition with offsets).
     `rows`: a frame, or column name -> array."""
+    return pd.DataFrame(order_columns(rows, numbers, run_id, run_date, labels))
+
+
+def order_columns(rows: Mapping[str, Any], numbers: np.ndarray, run_id: str, run_date: dt.date,
+                  labels: Mapping[str, str]) -> dict[str, np.ndarray | str]:
+    """`order_rows` as column name -> values, before any frame is built."""
     def col(name: str) -> np.ndarray:
         return np.asarray(rows[name])
 
-    return pd.DataFrame({
+    return {
         "order_id": order_ids(run_id, numbers),
         ID: col(ID),
         "channel": col("channel"),
@@ -82,7 +88,7 @@ def order_rows(rows: Mapping[str, Any], numbers: np.ndarray, run_id: str, run_da
         "message": col("message"),
         "rule_id": col("rule_id"),
         "due_date": due_date(run_date).isoformat(),
-    })
+    }
 
 
 def work_orders(table: pd.DataFrame, settings: Settings, run_id: str, run_date: dt.date, *,
@@ -107,16 +113,17 @@ def work_orders(table: pd.DataFrame, settings: Settings, run_id: str, run_date: 
     order = np.lexsort((-net, -priority, channel_codes))  # stable: equal keys keep the decision order
     at = offered[order]
     rows = {c: table[c].to_numpy()[at] for c in wanted + signals}
-    orders = order_rows(rows, order + 1, run_id, run_date, labels or settings.reason_labels)
+    numbers = order + 1
     ends = np.searchsorted(channel_codes[order], np.arange(len(channels)), side="right")
     window = call_window(settings.contact)
     out, lo = {}, 0
-    columns = [c for c in orders.columns if c != "channel"]
     for ch, hi in zip(channels, ends, strict=True):
-        g = orders.iloc[lo:hi][columns].reset_index(drop=True)
+        columns = order_columns({c: v[lo:hi] for c, v in rows.items()}, numbers[lo:hi], run_id, run_date,
+                                labels or settings.reason_labels)
+        del columns["channel"]
         if ch in CALL_CHANNELS:
-            g["call_window"] = window
-        out[str(ch)] = g
+            columns["call_window"] = window
+        out[str(ch)] = pd.DataFrame(columns)
         lo = hi
     return out
 

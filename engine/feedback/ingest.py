@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,35 +102,57 @@ def record_run(settings: Settings, table: pd.DataFrame, summary: Mapping[str, An
     if missing:
         raise DataError(f"decision table lacks column(s) {', '.join(missing)}; is it a retain decisions table?")
     run = str(summary.get("decision_run") or (table["decision_run"].iloc[0] if "decision_run" in table else ""))
+    summary = {**summary, "decision_run": run}
+    if "decided_on" not in summary:
+        summary["decided_on"] = str(table.get("decided_on", pd.Series([dt.date.today()])).iloc[0])
+    return record_run_parts(settings, summary, [table], [_orders_frame(work_orders)], url=url, replace=replace)
+
+
+def record_run_parts(settings: Settings, summary: Mapping[str, Any], tables: Iterable[pd.DataFrame],
+                     orders: Iterable[pd.DataFrame], *, url: str | None = None,
+                     replace: bool = False) -> RecordResult:
+    """`record_run` for a run read in parts (a Spark run's Parquet dataset, batch by batch): one transaction,
+    the whole run or nothing, never the whole table in memory at once."""
+    run = str(summary.get("decision_run") or "")
     if not run:
         raise DataError("decision run has no id (summary['decision_run'] is missing)")
-    decided_on = str(summary.get("decided_on") or table.get("decided_on", pd.Series([dt.date.today()])).iloc[0])
+    decided_on = str(summary.get("decided_on") or dt.date.today())
     store = open_store(settings, url=url)
     assert store is not None
     if store.has_run(run) and not replace:
         return RecordResult(run, 0, 0, False, store.display_url)
-
-    rows = _decision_rows(table, run)
-    orders = _orders_frame(work_orders).assign(decision_run=run)
-    for col in ("offer_id", "rule_id", "priority"):
-        if col not in orders.columns:
-            orders[col] = None
-    orders["due_date"] = orders["due_date"].astype(str).str[:10]
-    run_row = pd.DataFrame([{
-        "decision_run": run, "decided_on": decided_on[:10], "recorded_at": now_iso(),
-        "input": summary.get("input"), "model": summary.get("model"),
-        "model_version": None if summary.get("model_version") is None else str(summary.get("model_version")),
-        "policy_hash": summary.get("policy_hash"), "subscribers": len(rows),
-        "offers": int((rows["status"] == "offer").sum()), "control": int(rows["control"].sum()),
-        "summary": json.dumps(dict(summary), default=str),
-    }])
+    n = offers = control = n_orders = 0
     with store.transaction() as conn:
         if replace:
             store.delete_run(conn, run)
-        store.insert_frame(conn, runs_table, run_row)
-        store.insert_frame(conn, decisions_table, rows)
-        store.insert_frame(conn, orders_table, orders[ORDER_COLUMNS])
-    return RecordResult(run, len(rows), len(orders), True, store.display_url)
+        store.insert_frame(conn, runs_table, pd.DataFrame([{  # first: decisions and orders refer to it
+            "decision_run": run, "decided_on": decided_on[:10], "recorded_at": now_iso(),
+            "input": summary.get("input"), "model": summary.get("model"),
+            "model_version": None if summary.get("model_version") is None else str(summary.get("model_version")),
+            "policy_hash": summary.get("policy_hash"), "subscribers": 0, "offers": 0, "control": 0,
+            "summary": json.dumps(dict(summary), default=str),
+        }]))
+        for table in tables:
+            missing = [c for c in ("subscriber_id", "status", "control") if c not in table.columns]
+            if missing:
+                raise DataError(f"decision table lacks column(s) {', '.join(missing)}; is it a retain decisions "
+                                "table?")
+            rows = _decision_rows(table, run)
+            store.insert_frame(conn, decisions_table, rows)
+            n += len(rows)
+            offers += int((rows["status"] == "offer").sum())
+            control += int(rows["control"].sum())
+        for part in orders:
+            part = part.assign(decision_run=run)
+            for col in ("offer_id", "rule_id", "priority"):
+                if col not in part.columns:
+                    part[col] = None
+            part["due_date"] = part["due_date"].astype(str).str[:10]
+            store.insert_frame(conn, orders_table, part[ORDER_COLUMNS])
+            n_orders += len(part)
+        conn.execute(sa.update(runs_table).where(runs_table.c.decision_run == run)
+                     .values(subscribers=n, offers=offers, control=control))
+    return RecordResult(run, n, n_orders, True, store.display_url)
 
 
 def _decision_rows(table: pd.DataFrame, run: str) -> pd.DataFrame:

@@ -19,10 +19,12 @@
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import functools
 import json
 import re
+import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -174,6 +176,7 @@ def _ship_model(sc, loaded, settings: Settings) -> tuple[str, str]:
     if key not in _SHIPPED:
         connect(settings)
         root = Path(tempfile.mkdtemp(prefix="retain-model-"))
+        atexit.register(shutil.rmtree, root, True)  # Spark reads it while the application runs
         got = Path(mlflow.artifacts.download_artifacts(artifact_uri=loaded.uri, dst_path=str(root / "download")))
         tag = hashlib.sha256(f"{loaded.uri}|{loaded.version}|{loaded.run_id}".encode()).hexdigest()[:10]
         folder = root / f"retain-model-{tag}"
@@ -183,15 +186,33 @@ def _ship_model(sc, loaded, settings: Settings) -> tuple[str, str]:
     return _SHIPPED[key]
 
 
+def _is_csv(path: str) -> bool:
+    """A .csv file, or a local folder of .csv files (Spark's own CSV output); anything else is read as Parquet."""
+    if path.lower().rstrip("/").endswith(".csv"):
+        return True
+    local = Path(path.removeprefix("file:"))
+    if "://" in path.removeprefix("file://") or not local.is_dir():
+        return False
+    files = [f for f in local.iterdir() if f.is_file() and not f.name.startswith((".", "_"))]
+    return bool(files) and all(f.suffix.lower() == ".csv" for f in files)
+
+
 def _read_input(spark, path: str):
+    """The subscriber table: Parquet (file or folder) or CSV with a header. CSV columns arrive as text and
+    are typed by the same validation as the local run, in the executors (a bad value names its column)."""
     from pyspark.sql import functions as F
 
+    csv = _is_csv(path)
     try:
-        df = spark.read.parquet(path)
+        if csv:
+            df = spark.read.options(header=True, inferSchema=False, multiLine=True, escape='"').csv(path)
+        else:
+            df = spark.read.parquet(path)
     except Exception as exc:  # AnalysisException: path does not exist / not Parquet
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"subscriber table '{path}' cannot be read as Parquet: {first[:200]}",
-                        hint="pass a Parquet file or a folder of Parquet files") from None
+        kind = "CSV" if csv else "Parquet"
+        raise DataError(f"subscriber table '{path}' cannot be read as {kind}: {first[:200]}",
+                        hint="pass a Parquet or CSV file, or a folder of Parquet (or CSV) files") from None
     return df.withColumn(ex.SEQ, F.monotonically_increasing_id())
 
 
@@ -408,14 +429,15 @@ def decide_spark(input_path: str | Path, out_dir: str | Path, *, settings: Setti
                  policy_dir: str | Path | None = None, master: str | None = None, spark=None,
                  contact_history: str | Path | None = None, run_date: dt.date | None = None,
                  learned: Mapping[tuple[str, str], float] | bool = True, log_run: bool = True,
-                 partitions: int | None = None) -> DecisionRunResult:
+                 partitions: int | None = None, record: bool = True) -> DecisionRunResult:
     """Decide for every subscriber of a Parquet file or folder on Spark and publish into `out_dir`.
 
     `learned` as in `decide_file` (True: the rates learned from outcomes). The same answer as
     `engine.decision.run.decide_file` per subscriber (offer, channel, status), budget
-    and capacity included. Not recorded in the decision store (`retain decide --engine spark` says so);
-    `contact_history` is read on the driver and sent to the executors with the tasks, and this run's
-    contacts (bounded by channel capacity) are appended to it on the driver.
+    and capacity included. `record`: the run goes into the decision store like a local run (read back from
+    the staged files batch by batch, engine/spark/record.py), before the folder is published; if publishing
+    fails the record is removed again. `contact_history` is read on the driver and sent to the executors
+    with the tasks, and this run's contacts (bounded by channel capacity) are appended to it on the driver.
     """
     import time
 
@@ -483,6 +505,7 @@ def decide_spark(input_path: str | Path, out_dir: str | Path, *, settings: Setti
         raise DataError(f"output '{out_dir}' exists and is not a directory")
     stage = _join(out, f".staging-{run_id}")
     fs.mkdirs(stage)
+    recorded = None
     try:
         _run(final.drop(ex.SEQ).write.parquet, _join(stage, DECISIONS_DIR))
         _mark("decisions written")
@@ -499,6 +522,12 @@ def decide_spark(input_path: str | Path, out_dir: str | Path, *, settings: Setti
         files["summary"] = _join(out, SUMMARY_FILE)
         fs.write_bytes(_join(stage, SUMMARY_FILE),
                        (json.dumps({**summary, "files": files}, indent=2, default=str) + "\n").encode())
+        if record:
+            from engine.spark.record import record_spark_run
+
+            recorded = record_spark_run(settings, summary, _join(stage, DECISIONS_DIR),
+                                        {ch: _join(stage, ORDERS_DIR, f"{ch}.csv") for ch in staged})
+            _mark(f"recorded ({recorded.decisions:,} decisions, {recorded.work_orders:,} orders)")
         # publish: each item renamed into place (the old decisions folder goes first)
         fs.delete(_join(out, DECISIONS_DIR))
         fs.rename(_join(stage, DECISIONS_DIR), _join(out, DECISIONS_DIR))
@@ -509,6 +538,14 @@ def decide_spark(input_path: str | Path, out_dir: str | Path, *, settings: Setti
                 fs.rename(_join(stage, ORDERS_DIR, f"{ch}.csv"), _join(out, ORDERS_DIR, f"{ch}.csv"))
         fs.delete(_join(out, SUMMARY_FILE))
         fs.rename(_join(stage, SUMMARY_FILE), _join(out, SUMMARY_FILE))
+    except BaseException:
+        if recorded is not None and recorded.recorded:  # nothing went out: the store must not claim it did
+            from engine.feedback.store import open_store
+
+            store = open_store(settings)
+            with store.transaction() as conn:
+                store.delete_run(conn, run_id)
+        raise
     finally:
         fs.delete(stage)
 

@@ -121,13 +121,14 @@ def policy_engine(job: Job):
     if key not in _CACHE:
         from engine.decision.run import load_policy_engine
 
-        folder = Path(tempfile.mkdtemp(prefix="retain-policies-"))
-        for name, data in job.policy.items():
-            target = folder / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
-        root = folder / next(iter(job.policy)) if job.policy_single_file else folder
-        _CACHE[key] = load_policy_engine(root)
+        with tempfile.TemporaryDirectory(prefix="retain-policies-") as tmp:  # read whole, then removed
+            folder = Path(tmp)
+            for name, data in job.policy.items():
+                target = folder / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+            root = folder / next(iter(job.policy)) if job.policy_single_file else folder
+            _CACHE[key] = load_policy_engine(root)
     return _CACHE[key]
 
 

@@ -9,6 +9,7 @@ shuffle partitions, so the running counts and the budget walk cross partition bo
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import re
 import sys
@@ -109,6 +110,26 @@ def test_spark_decide_equals_the_local_run(binding, spark):
             assert dist.summary[key] == local.summary[key], key
     assert not any(p.name.startswith(".staging") for p in (folder / "spark").iterdir())
 
+    # both runs are in the decision store (recorded by default), with the same rows per subscriber
+    import sqlalchemy as sa
+
+    from engine.feedback.store import decision_runs, decisions, open_store, work_orders
+
+    store = open_store(settings)
+    stored = {}
+    for name, result in (("local", local), ("spark", dist)):
+        run = result.summary["decision_run"]
+        rows = store.read(sa.select(decisions).where(decisions.c.decision_run == run)).set_index("subscriber_id")
+        orders = store.read(sa.select(work_orders).where(work_orders.c.decision_run == run))
+        head = store.read(sa.select(decision_runs).where(decision_runs.c.decision_run == run)).iloc[0]
+        assert len(rows) == ROWS and head["subscribers"] == ROWS, name
+        assert head["offers"] == result.summary["status"]["offer"] == len(orders), name
+        stored[name] = (rows.sort_index().drop(columns=["decision_run"]),
+                        orders.assign(order_id=orders["order_id"].str.replace(run, "", regex=False))
+                        .drop(columns=["decision_run"]).sort_values("order_id").reset_index(drop=True))
+    pd.testing.assert_frame_equal(stored["local"][0], stored["spark"][0])
+    pd.testing.assert_frame_equal(stored["local"][1], stored["spark"][1])
+
 
 def test_spark_score_is_the_pyfunc(binding, spark, trained):
     from engine.model.registry import load_model
@@ -124,19 +145,36 @@ def test_spark_score_is_the_pyfunc(binding, spark, trained):
 
 
 def test_cli_decide_engine_spark(binding, spark, trained, runner, tmp_path):
-    """The command line: same options as the local engine, the outputs named like it."""
+    """The command line: same options as the local engine, the outputs named like it; a CSV input is typed
+    like the local run's, and the run is recorded in the decision store unless --no-record."""
     from engine.cli.main import app
+    from engine.decision.run import decide_file
+    from engine.feedback.store import open_store
 
     settings, data, folder = binding
-    small = tmp_path / "small.parquet"
+    small = tmp_path / "small.csv"
     write_table(pd.read_parquet(data).head(800), small)
     res = runner.invoke(app, ["decide", "--engine", "spark", "--input", str(small), "--out", str(tmp_path / "out"),
-                              "--no-log", "--no-record", "--date", "2026-12-01", *trained.args()])
+                              "--no-log", "--date", "2026-12-01", *trained.args()])
     assert res.exit_code == 0, res.output
     out = tmp_path / "out"
     assert (out / "summary.json").exists() and (out / "decisions.parquet").is_dir()
-    assert len(pd.read_parquet(out / "decisions.parquet")) == 800
+    got = pd.read_parquet(out / "decisions.parquet").set_index("subscriber_id").sort_index()
+    assert len(got) == 800
     assert {p.name for p in (out / "work_orders").glob("*.csv")}
+    want = decide_file(small, tmp_path / "local", settings=trained.settings(), log_run=False, record=False,
+                       run_date=dt.date(2026, 12, 1)).summary
+    local = pd.read_parquet(tmp_path / "local" / "decisions.parquet").set_index("subscriber_id").sort_index()
+    for col in ("offer_id", "channel", "status"):
+        assert (got[col].fillna("-").astype(str) == local[col].fillna("-").astype(str)).all(), col
+    run = json.loads((out / "summary.json").read_text())["decision_run"]
+    stored = open_store(trained.settings()).runs().set_index("decision_run")
+    assert stored.loc[run, "subscribers"] == 800 and stored.loc[run, "offers"] == want["status"]["offer"]
+
+    again = runner.invoke(app, ["decide", "--engine", "spark", "--input", str(small), "--out", str(tmp_path / "o2"),
+                                "--no-log", "--no-record", "--date", "2026-12-01", *trained.args()])
+    assert again.exit_code == 0, again.output
+    assert len(open_store(trained.settings()).runs()) == len(stored)  # --no-record: nothing added
 
 
 def test_no_java_is_one_line_and_exit_2(monkeypatch, runner, tmp_path):
