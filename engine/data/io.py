@@ -28,14 +28,19 @@ TABLE_SUFFIXES = {".parquet", ".pq", ".csv"}
 
 
 def read_table(path: str | Path, *, what: str = "input table") -> pd.DataFrame:
-    """Read a Parquet or CSV table, refusing missing, unreadable or empty files with a clear error."""
+    """Read a Parquet or CSV table (or a folder of Parquet files), refusing missing, unreadable or empty ones
+    with a clear error."""
     p = Path(path)
     if not p.exists():
         raise DataError(f"{what} '{p}' does not exist",
                         hint="check the path, or create data with `retain data generate`")
-    if p.is_dir():
-        raise DataError(f"{what} '{p}' is a directory, expected a .parquet or .csv file")
-    suffix = p.suffix.lower()
+    if p.is_dir():  # a Parquet dataset (Spark writes one file per task), read as one table
+        if not any(f.suffix.lower() == ".parquet" for f in p.rglob("*") if not f.name.startswith((".", "_"))):
+            raise DataError(f"{what} '{p}' is a directory without Parquet files, expected a .parquet or .csv "
+                            "file or a folder of .parquet files")
+        suffix = ".parquet"
+    else:
+        suffix = p.suffix.lower()
     if suffix not in TABLE_SUFFIXES:
         raise DataError(f"{what} '{p}' has unsupported type '{suffix or 'none'}'", hint="use a .parquet or .csv file")
     try:
