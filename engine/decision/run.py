@@ -70,6 +70,7 @@ def decide_file(input_path: str | Path, out_dir: str | Path, *, settings: Settin
     decisions = decide_frame(frame, loaded=loaded, policy_engine=policy_engine, settings=settings,
                              source=str(input_path), history=history, run_date=run_date, learned=learned,
                              progress=progress)
+    del frame  # the decisions table holds what is still needed: a million raw rows are ~0.3 GiB
     decisions.summary["input"] = str(Path(input_path).resolve())
     if record:
         from engine.feedback.ingest import record_run
