@@ -45,10 +45,23 @@ def learned_rates(settings: Settings, learned: Mapping[tuple[str, str], float] |
     return None if learned is False else learned
 
 
+def uplift_for(settings: Settings, policy_engine: Any, uplift: Any = True) -> Any:
+    """The uplift model `arbitration: incremental_value` uses, resolved once per caller: True loads the
+    registered `models:/uplift@champion` (None when there is none: the offers' prior effects are used and the
+    summary says so), False forces the priors, anything else is used as given. Other modes load nothing."""
+    if getattr(policy_engine.policy_set, "arbitration", None) != "incremental_value":
+        return None
+    if uplift is True:
+        from engine.uplift.registry import load_uplift
+
+        return load_uplift(settings)
+    return None if uplift is False else uplift
+
+
 def decide_file(input_path: str | Path, out_dir: str | Path, *, settings: Settings, model: str | None = None,
                 policy_dir: str | Path | None = None, log_run: bool = True, contact_history: str | Path | None = None,
                 run_date: dt.date | None = None, learned: Mapping[tuple[str, str], float] | bool = True,
-                record: bool = True, progress: ProgressFn | None = None) -> DecisionRunResult:
+                record: bool = True, progress: ProgressFn | None = None, uplift: Any = True) -> DecisionRunResult:
     """Decide for every subscriber in a file and publish decisions + work orders into `out_dir`.
 
     The defaults are `retain decide`'s, decided here once for every caller: acceptance rates learned from
@@ -61,6 +74,7 @@ def decide_file(input_path: str | Path, out_dir: str | Path, *, settings: Settin
     removed again. A process killed between the two leaves a recorded run with no published orders, which
     is harmless (nothing was sent) and visible in `retain feedback runs`; a published run is always in
     the store.
+    `uplift`: see `uplift_for` (only `arbitration: incremental_value` uses it).
     """
     policy_engine = load_policy_engine(policy_dir or settings.policy_dir)  # fail fast, before heavy work
     history = read_history(contact_history)
@@ -69,7 +83,7 @@ def decide_file(input_path: str | Path, out_dir: str | Path, *, settings: Settin
     learned = learned_rates(settings, learned, policy_dir)
     decisions = decide_frame(frame, loaded=loaded, policy_engine=policy_engine, settings=settings,
                              source=str(input_path), history=history, run_date=run_date, learned=learned,
-                             progress=progress)
+                             progress=progress, uplift=uplift_for(settings, policy_engine, uplift))
     decisions.summary["input"] = str(Path(input_path).resolve())
     if record:
         from engine.feedback.ingest import record_run
