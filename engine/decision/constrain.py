@@ -179,18 +179,35 @@ def draw_exploration(assessment: Assessment, share: float | None = None) -> Expl
                            n_actions=ex.n_actions, best=best)
 
 
-def propensities(draw: ExplorationDraw, contact: np.ndarray, control: np.ndarray, control_share: float,
-                 matches_best: np.ndarray) -> np.ndarray:
-    """P(final action) per subscriber (module docs). `contact`: an offer was sent; `control`: held out from
-    one; `matches_best`: an explored subscriber's drawn action is its unconstrained best candidate's."""
-    eps, m = draw.share, draw.n_actions.astype(float)
+def matches_best(draw: ExplorationDraw, cands: pd.DataFrame) -> np.ndarray:
+    """Per subscriber: explored, and its drawn action is its unconstrained best's (same offer and channel, or
+    both no contact)."""
+    out = np.zeros(len(draw.explored), dtype=bool)
+    at = np.flatnonzero(draw.explored)
+    if len(at) == 0:
+        return out
+    drawn, best = draw.action[at], draw.best[at]
+    same = (drawn >= 0) & (best >= 0)
+    for col in ("offer_id", "channel"):
+        codes = cands[col].cat.codes.to_numpy()
+        same &= np.where(same, codes[np.maximum(drawn, 0)] == codes[np.maximum(best, 0)], False)
+    out[at] = same | ((drawn < 0) & (best < 0))
+    return out
+
+
+def propensity_cases(draw: ExplorationDraw, hit_best: np.ndarray, control_share: float
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per subscriber, the propensity of its final action (module docs) if it ends (sent an offer, held out as
+    control, with no contact). `hit_best`: `matches_best`. Subscribers with one action (no contact) get 1."""
+    eps, m, c = draw.share, draw.n_actions.astype(float), control_share
     explored = draw.explored
-    hit = np.where(explored, matches_best, True)  # the sent action is the arbitration's choice
-    greedy_none = np.where(explored, draw.best < 0, ~(contact | control))  # the arbitration's choice is no contact
-    p_sent = (1 - eps) * hit + eps / m
-    p_none = (1 - eps) * greedy_none + eps / m
-    out = np.where(contact, (1 - control_share) * p_sent, p_none + control_share * (1 - p_none))
-    return np.where(draw.n_actions <= 1, 1.0, out)
+    hit = np.where(explored, hit_best, True)  # the sent action is the arbitration's choice
+    p_sent = (1 - c) * ((1 - eps) * hit + eps / m)
+    none_ctrl = (1 - eps) * (explored & (draw.best < 0)) + eps / m  # the choice was a contact, unless explored
+    none = (1 - eps) * np.where(explored, draw.best < 0, True) + eps / m
+    p_control, p_none = none_ctrl + c * (1 - none_ctrl), none + c * (1 - none)
+    single = draw.n_actions <= 1
+    return tuple(np.where(single, 1.0, p) for p in (p_sent, p_control, p_none))  # type: ignore[return-value]
 
 
 def run_notes(arbitration: str, effect: str | None, share: float, seed: str, explored: int) -> dict[str, Any]:
@@ -257,20 +274,8 @@ def constrain(assessment: Assessment, state: RunState, *, progress: ProgressFn |
     control = np.zeros(n, dtype=bool)
     control[pos] = control_mask(pd.Series(ids[pos]), state.control)  # held out from what would be sent
     status[control] = STATUS_CONTROL
-    contact = np.zeros(n, dtype=bool)
-    contact[pos] = True
-    contact &= ~control
-    matches_best = np.zeros(n, dtype=bool)
-    if draw.explored.any():
-        at = np.flatnonzero(draw.explored)
-        drawn, best = draw.action[at], draw.best[at]
-        same = (drawn < 0) & (best < 0)
-        both = (drawn >= 0) & (best >= 0)
-        for col in ("offer_id", "channel"):
-            codes = cands[col].cat.codes.to_numpy()
-            both &= np.where(both, codes[np.maximum(drawn, 0)] == codes[np.maximum(best, 0)], False)
-        matches_best[at] = same | both
-    propensity = propensities(draw, contact, control, state.control.share, matches_best)
+    p_sent, p_control, p_none = propensity_cases(draw, matches_best(draw, cands), state.control.share)
+    propensity = np.where(status == STATUS_OFFER, p_sent, np.where(control, p_control, p_none))
     propensity[status == STATUS_SUPPRESSED] = 1.0
 
     table = scored.copy(deep=False)
