@@ -372,3 +372,14 @@ def schema(
         return
     write_text(text, out)
     console.print(f"wrote {out}", highlight=False)
+
+
+# `retain policy evaluate` (off-policy evaluation on logged runs) is defined with the uplift commands, where it is
+# also `retain uplift evaluate`.
+def _register_evaluate() -> None:
+    from engine.cli.uplift import evaluate_cmd
+
+    app.command("evaluate")(evaluate_cmd)
+
+
+_register_evaluate()

@@ -106,3 +106,26 @@ def decide_file(input_path: str | Path, out_dir: str | Path, *, settings: Settin
         files["contact_history"] = append_history(contact_history, history, contacts)
     run_id = log_decision_run(settings, decisions, files) if log_run else None
     return DecisionRunResult(summary=decisions.summary, files=files, mlflow_run_id=run_id)
+
+
+def policy_target(settings: Settings, policy_dir: str | Path, model: str | None = "champion", uplift: Any = True):
+    """The target policy of an off-policy evaluation (engine.uplift.evaluate.evaluate_policy's `target_actions`):
+    the shared decide function with the policy set in `policy_dir` - its arbitration mode, the uplift model when
+    it is `incremental_value` - on the logged subscribers' raw rows, without exploration; the action is the
+    policy's choice before the control group is held back (held-out subscribers keep their would-be offer)."""
+    import numpy as np
+    import pandas as pd
+
+    def target_actions(frame: pd.DataFrame) -> pd.DataFrame:
+        loaded = load_model(settings, model)
+        engine = load_policy_engine(policy_dir)
+        raw = frame[[c for c in [*loaded.input_columns, "subscriber_id"] if c in frame.columns]]
+        table = decide_frame(raw, loaded=loaded, policy_engine=engine, settings=settings, source="logged decisions",
+                             uplift=uplift_for(settings, engine, uplift), explore=False).table
+        table = table.assign(subscriber_id=table["subscriber_id"].astype(str)).set_index("subscriber_id")
+        table = table.reindex(frame["subscriber_id"].astype(str).to_numpy())
+        chosen = table["status"].isin(["offer", "control"]).to_numpy()
+        return pd.DataFrame({"offer_id": np.where(chosen, table["offer_id"].to_numpy(dtype=object), None),
+                             "channel": np.where(chosen, table["channel"].to_numpy(dtype=object), None)})
+
+    return target_actions
