@@ -45,6 +45,32 @@ def learned_rates(settings: Settings, learned: Mapping[tuple[str, str], float] |
     return None if learned is False else learned
 
 
+EMP_TAG, EMP_SHARE_TAG = "emp_threshold", "emp_contact_share"
+
+
+def resolve_risk_grades(settings: Settings, loaded: Any) -> Settings:
+    """The settings a run grades with: unchanged, or under `risk_grades.mode: emp` with 'high' set to the churn
+    model's EMP threshold (its version tag `emp_threshold`; engine/config.py RiskGrades) and 'medium' kept
+    below it. One line naming the version when it carries no EMP threshold."""
+    grades = settings.risk_grades
+    if grades.mode != "emp":
+        return settings
+    from engine.errors import ConfigError
+
+    raw = (getattr(loaded, "tags", None) or {}).get(EMP_TAG)
+    try:
+        high = float(raw) if raw is not None else float("nan")
+    except ValueError:
+        high = float("nan")
+    if not 0 < high < 1:
+        version = getattr(loaded, "version", None) or getattr(loaded, "uri", "?")
+        raise ConfigError(f"risk_grades.mode is 'emp' but model version {version} carries no EMP threshold",
+                          hint="retrain with `retain train` (it measures EMP on the hold-out), or set it with "
+                               "`retain uplift emp --data LABELLED --save`")
+    medium = grades.medium if grades.medium < high else high / 2
+    return settings.model_copy(update={"risk_grades": grades.model_copy(update={"high": high, "medium": medium})})
+
+
 def uplift_for(settings: Settings, policy_engine: Any, uplift: Any = True) -> Any:
     """The uplift model `arbitration: incremental_value` uses, resolved once per caller: True loads the
     registered `models:/uplift@champion` (None when there is none: the offers' prior effects are used and the
@@ -80,6 +106,7 @@ def decide_file(input_path: str | Path, out_dir: str | Path, *, settings: Settin
     history = read_history(contact_history)
     frame = read_table(input_path, what="subscriber table")
     loaded = load_model(settings, model)
+    settings = resolve_risk_grades(settings, loaded)
     learned = learned_rates(settings, learned, policy_dir)
     decisions = decide_frame(frame, loaded=loaded, policy_engine=policy_engine, settings=settings,
                              source=str(input_path), history=history, run_date=run_date, learned=learned,

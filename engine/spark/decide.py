@@ -37,7 +37,7 @@ from engine.data.schema import ID
 from engine.decision.constrain import Decisions, new_run_id
 from engine.decision.contact import read_history
 from engine.decision.orders import NO_DOMINANT_REASON, order_rows  # noqa: F401
-from engine.decision.run import DecisionRunResult, learned_rates, load_policy_engine
+from engine.decision.run import DecisionRunResult, learned_rates, load_policy_engine, resolve_risk_grades
 from engine.errors import DataError, RetainError
 from engine.model.churn import PROBABILITY
 from engine.spark import executor as ex
@@ -481,6 +481,7 @@ def decide_spark(input_path: str | Path, out_dir: str | Path, *, settings: Setti
     engine = load_policy_engine(policies)  # fail fast, before heavy work
     history = read_history(contact_history)
     loaded = load_model(settings, model)
+    settings = resolve_risk_grades(settings, loaded)
     learned = learned_rates(settings, learned, policies)
     spark = spark or spark_session(master)
     sc = spark.sparkContext
