@@ -124,11 +124,17 @@ def emp_cmd(
     incentive: Annotated[float | None, typer.Option(help="Cost of the retention incentive (default: median "
                                                          "offer cost).")] = None,
     contact: Annotated[float | None, typer.Option(help="Cost of one contact (default: median channel cost).")] = None,
+    save: Annotated[bool, typer.Option("--save", help="Record the EMP threshold on the model version (tags "
+                                                      "emp_threshold, emp_contact_share), for risk_grades.mode: "
+                                                      "emp.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     config: ConfigOpt = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
-    """Expected maximum profit (EMP, Verbraken et al. 2013) of the churn model and the contact share it implies."""
+    """Expected maximum profit (EMP, Verbraken et al. 2013) of the churn model and the contact share it implies.
+
+    With `risk_grades.mode: emp` in the config, `retain decide` grades 'high' above the EMP threshold the model
+    version carries (measured on the hold-out by `retain train`, or recorded here with --save)."""
     from dataclasses import asdict
 
     from engine.data.io import read_table
@@ -138,8 +144,14 @@ def emp_cmd(
 
     settings = settings_for(config, tracking_uri)
     costs = None if incentive is not None else [o.cost for o in load_policy_set(settings.policy_dir).offers.values()]
-    out = churn_model_emp(settings, load_model(settings, model), read_table(data, what="labelled table"), clv=clv,
+    loaded = load_model(settings, model)
+    out = churn_model_emp(settings, loaded, read_table(data, what="labelled table"), clv=clv,
                           incentive=incentive, contact=contact, offer_costs=costs)
+    if save:
+        from engine.model.registry import save_version_tags
+
+        save_version_tags(settings, loaded, {"emp_threshold": f"{out.result.threshold:.6g}",
+                                             "emp_contact_share": f"{out.result.contact_share:.6g}"})
     if as_json:
         typer.echo(json.dumps(asdict(out), default=str))
         return
@@ -147,3 +159,6 @@ def emp_cmd(
     console.print(f"EMP {r.emp:,.2f} per subscriber ({out.rows:,} rows, churn rate {r.churn_rate:.1%}; CLV "
                   f"{out.clv:,.2f}, incentive {out.incentive:,.2f}, contact {out.contact:,.2f}, acceptance ~ "
                   f"Beta(6, 14)): contact the top {r.contact_share:.1%} (churn probability >= {r.threshold:.3f})")
+    if save:
+        console.print(f"recorded on model version {loaded.version}: risk_grades.mode emp grades 'high' from "
+                      f"{r.threshold:.3f}")

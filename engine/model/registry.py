@@ -339,6 +339,15 @@ def load_model(settings: Settings, ref: str | None = None) -> LoadedModel:
                        tags=dict(getattr(mv, "tags", None) or {}) if mv else {})
 
 
+def save_version_tags(settings: Settings, loaded: LoadedModel, tags: dict[str, str]) -> None:
+    """Set tags on the loaded model's registered version (one line when it is not a registered version)."""
+    if not loaded.version:
+        raise ModelError(f"model '{loaded.uri}' is not a registered version: nothing to record the tags on")
+    client = connect(settings)
+    for key, value in tags.items():
+        client.set_model_version_tag(loaded.name, str(loaded.version), key, str(value))
+
+
 def holdout_rows(settings: Settings, loaded: LoadedModel) -> pd.DataFrame:
     """The hold-out rows logged with the model's training run: raw columns, label, prediction and, for
     versions trained since hold-outs are a function of the data, each row's hold-out key (`HOLDOUT_KEY`)."""
