@@ -138,8 +138,9 @@ def decide_file(input_path: str | Path, out_dir: str | Path, *, settings: Settin
 def policy_target(settings: Settings, policy_dir: str | Path, model: str | None = "champion", uplift: Any = True):
     """The target policy of an off-policy evaluation (engine.uplift.evaluate.evaluate_policy's `target_actions`):
     the shared decide function with the policy set in `policy_dir` - its arbitration mode, the uplift model when
-    it is `incremental_value` - on the logged subscribers' raw rows, without exploration; the action is the
-    policy's choice before the control group is held back (held-out subscribers keep their would-be offer)."""
+    it is `incremental_value` - on the logged subscribers' raw rows, on each run's own decision date, without
+    exploration; the action is the policy's choice before the control group is held back (held-out subscribers
+    keep their would-be offer)."""
     import numpy as np
     import pandas as pd
 
@@ -147,10 +148,18 @@ def policy_target(settings: Settings, policy_dir: str | Path, model: str | None 
         loaded = load_model(settings, model)
         engine = load_policy_engine(policy_dir)
         raw = frame[[c for c in [*loaded.input_columns, "subscriber_id"] if c in frame.columns]]
-        table = decide_frame(raw, loaded=loaded, policy_engine=engine, settings=settings, source="logged decisions",
-                             uplift=uplift_for(settings, engine, uplift), explore=False).table
-        table = table.assign(subscriber_id=table["subscriber_id"].astype(str)).set_index("subscriber_id")
-        table = table.reindex(frame["subscriber_id"].astype(str).to_numpy())
+        effect = uplift_for(settings, engine, uplift)
+        days = (frame["decided_on"].astype(str).str[:10] if "decided_on" in frame.columns
+                else pd.Series([None] * len(frame), index=frame.index))
+        parts = []
+        for day in pd.unique(days):  # each logged run decided again on its own date (offer validity, due dates)
+            rows = raw[(days == day).to_numpy()] if day is not None else raw
+            t = decide_frame(rows, loaded=loaded, policy_engine=engine, settings=settings, source="logged decisions",
+                             run_date=dt.date.fromisoformat(day) if day else None, uplift=effect,
+                             explore=False).table
+            parts.append(t.assign(_row=np.flatnonzero((days == day).to_numpy()) if day is not None
+                                  else np.arange(len(frame))))
+        table = pd.concat(parts, ignore_index=True).set_index("_row").sort_index()
         chosen = table["status"].isin(["offer", "control"]).to_numpy()
         return pd.DataFrame({"offer_id": np.where(chosen, table["offer_id"].to_numpy(dtype=object), None),
                              "channel": np.where(chosen, table["channel"].to_numpy(dtype=object), None)})
