@@ -21,8 +21,8 @@ chosen: P(a) = (1 - share) x [a is the arbitration's choice] + share / m (m elig
 included), then the control group is held out as before - P(contact) x (1 - control share), P(no contact)
 + control share x (1 - P(no contact)). For an explored subscriber "the arbitration's choice" is its best
 candidate before budget and capacity (`Assessment.best`). A subscriber with no candidate has propensity 1.
-An explored "no contact" has status `explored_none`. Share 0 (or `decide_frame(explore=False)`, as the
-what-if commands and the off-policy target use) gives exactly the decisions without exploration.
+An explored "no contact" has status `explored_none`. Share 0 (or `decide_frame(explore=False)`, as policy
+test cases and the off-policy target use) gives exactly the decisions without exploration.
 
 The state is updated in place with what the run used (budget spent, contacts per channel), so a caller
 that keeps a daily allowance - the HTTP service deciding one subscriber at a time - reads back what is
@@ -220,7 +220,7 @@ def constrain(assessment: Assessment, state: RunState, *, progress: ProgressFn |
               explore: bool = True) -> Decisions:
     """Allocate within the state's budget and capacity, hold out the control group, build the outputs.
 
-    `explore=False` turns exploration off for this call (what-if commands, off-policy targets)."""
+    `explore=False` turns exploration off for this call (policy test cases, off-policy targets)."""
     a = assessment
     scored, cands = a.scored, a.candidates
     n = len(scored)

@@ -110,7 +110,7 @@ def decide_frame(frame: pd.DataFrame, *, loaded: LoadedModel | None = None, poli
                  run_id: str | None = None, run_date: dt.date | None = None, source: str = "input",
                  history: pd.DataFrame | None = None, learned: Mapping[tuple[str, str], float] | None = None,
                  progress: ProgressFn | None = None, state: RunState | None = None,
-                 scored: bool = False, uplift: Any = None, explore: bool | None = None) -> Decisions:
+                 scored: bool = False, uplift: Any = None, explore: bool = True) -> Decisions:
     """Decide for every subscriber in `frame` (one row or millions).
 
     `state`: the run's budget and capacity left (and control group, capacity-grading cut-offs); from the
@@ -121,8 +121,8 @@ def decide_frame(frame: pd.DataFrame, *, loaded: LoadedModel | None = None, poli
     `uplift`: the uplift model for `arbitration: incremental_value` (engine.uplift.registry.load_uplift;
     engine.decision.run.uplift_for resolves it once per process); None uses the offers' prior effects and
     the summary's `effect` says so.
-    `explore`: apply the policy set's exploration share (engine/decision/constrain.py); default: on for
-    fresh rows, off for `scored=True` (the what-if commands ask what the policy itself would do).
+    `explore`: apply the policy set's exploration share (engine/decision/constrain.py); False decides without
+    it (policy test cases, the target policy of an off-policy evaluation).
     """
     state = state if state is not None else RunState.from_settings(settings, run_id=run_id)
     if run_id:
@@ -139,4 +139,4 @@ def decide_frame(frame: pd.DataFrame, *, loaded: LoadedModel | None = None, poli
         assessment = assess(frame, loaded=loaded, policy_engine=policy_engine, settings=settings,
                             run_date=run_date, history=history, learned=learned, source=source,
                             state=state, progress=progress, uplift=uplift)
-    return constrain(assessment, state, progress=progress, explore=(not scored) if explore is None else explore)
+    return constrain(assessment, state, progress=progress, explore=explore)
