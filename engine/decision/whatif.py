@@ -44,6 +44,22 @@ def _day(engine: Any, on: dt.date | None) -> dt.date:
     return on or getattr(engine, "decision_date", None) or dt.date.today()
 
 
+_UPLIFT: dict[str, Any] = {}  # tracking URI -> the uplift model incremental_value what-ifs use, loaded once
+
+
+def _uplift(settings: Any, engine: Any) -> Any:
+    """The uplift model `arbitration: incremental_value` decides with (engine.decision.run.uplift_for), loaded
+    once per process and tracking store; None for the other modes."""
+    from engine.decision.run import uplift_for
+
+    if getattr(engine.policy_set, "arbitration", None) != "incremental_value":
+        return None
+    key = str(getattr(settings, "tracking_uri", ""))
+    if key not in _UPLIFT:
+        _UPLIFT[key] = uplift_for(settings, engine)
+    return _UPLIFT[key]
+
+
 def decide_scored(engine: Any, frame: pd.DataFrame, *, on: dt.date | None = None, settings: Any = None,
                   history: pd.DataFrame | None = None, learned: Learned = None, source: str = "input",
                   state: RunState | None = None, explore: bool = True) -> Decisions:
@@ -54,9 +70,10 @@ def decide_scored(engine: Any, frame: pd.DataFrame, *, on: dt.date | None = None
     False decides without the policy set's exploration share.
     """
     engine.check_columns(frame)  # the policy set's own columns first, in its words
-    return decide_frame(frame, policy_engine=engine, settings=_settings(settings), run_date=_day(engine, on),
+    settings = _settings(settings)
+    return decide_frame(frame, policy_engine=engine, settings=settings, run_date=_day(engine, on),
                         history=history, learned=learned, source=source, state=state, scored=True,
-                        run_id="what-if", explore=explore)
+                        run_id="what-if", explore=explore, uplift=_uplift(settings, engine))
 
 
 def acceptance(offer_ids: np.ndarray, reasons: np.ndarray, policy_set: Any, settings: Any,
