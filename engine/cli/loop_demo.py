@@ -148,8 +148,9 @@ def _cycle(settings: Settings, n: int, month: Path, folder: Path, run_date: dt.d
 
 def _arbitrations(settings: Settings, month: Path, folder: Path, run_date: dt.date, console: Console,
                   learned: dict[tuple[str, str], float] | None) -> dict[str, Any]:
-    """Month 2 decided by acceptance arbitration (priors only, then learned rates; nothing recorded or sent)
-    next to the recorded incremental-value run: offers, cost and the simulator's true expected saves."""
+    """Month 2 decided by the policy set's own arbitration (`first` in the sample; acceptance priors, then learned
+    rates; nothing recorded or sent) next to the recorded incremental-value run: offers, cost and the
+    simulator's true expected saves."""
     from engine.data.io import read_table
     from engine.decision.decide import decide_frame
     from engine.decision.run import load_policy_engine
@@ -160,8 +161,9 @@ def _arbitrations(settings: Settings, month: Path, folder: Path, run_date: dt.da
     loaded, engine = load_model(settings, "champion"), load_policy_engine(settings.policy_dir)
     labels = frame[["subscriber_id", "churn", "churn_reason"]].astype({"subscriber_id": str})
     tables = {}
-    with console.status("deciding month 2 again with acceptance arbitration, for comparison..."):
-        for name, rates in (("acceptance, priors", None), ("acceptance, learned", learned)):
+    mode = engine.policy_set.arbitration
+    with console.status(f"deciding month 2 again with arbitration {mode}, for comparison..."):
+        for name, rates in ((f"{mode}, acceptance priors", None), (f"{mode}, learned rates", learned)):
             t = decide_frame(frame, loaded=loaded, policy_engine=engine, settings=settings, run_date=run_date,
                              source=str(month), learned=rates).table
             tables[name] = t.assign(subscriber_id=t["subscriber_id"].astype(str)).merge(labels, on="subscriber_id")
@@ -180,12 +182,12 @@ def _arbitrations(settings: Settings, month: Path, folder: Path, run_date: dt.da
         table.add_row(name, f"{len(sent):,}", f"{cost:,.0f}", f"{saves:,.1f}",
                       f"{rows[name]['saves_per_1000']:.2f}")
     console.print(table)
-    a, i = rows["acceptance, learned"], rows["incremental value"]
+    a, i, p = rows[f"{mode}, learned rates"], rows["incremental value"], rows[f"{mode}, acceptance priors"]
     ratio = i["saves_per_1000"] / a["saves_per_1000"] if a["saves_per_1000"] else float("nan")
     console.print(f"[bold]value of learning[/]: learned rates {a['true_saves']:,.1f} saves for {a['cost']:,.0f} vs "
-                  f"priors {rows['acceptance, priors']['true_saves']:,.1f} for "
-                  f"{rows['acceptance, priors']['cost']:,.0f}; [bold]incremental value[/]: {i['true_saves']:,.1f} "
-                  f"saves for {i['cost']:,.0f}, {ratio:.2f}x the saves per unit cost of acceptance arbitration")
+                  f"priors {p['true_saves']:,.1f} for {p['cost']:,.0f}; [bold]incremental value[/]: "
+                  f"{i['true_saves']:,.1f} saves for {i['cost']:,.0f}, {ratio:.2f}x the saves per unit cost of "
+                  f"arbitration {mode} with learned rates")
     return {"arbitrations": rows, "saves_per_cost_ratio": ratio}
 
 

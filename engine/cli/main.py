@@ -51,12 +51,13 @@ def _mount_sub_apps() -> None:
     app.add_typer(feedback_app, name="feedback",
                   help="Outcomes back in: ingest outcomes, record and list runs, learned acceptance, the store.")
     app.add_typer(data_app, name="data", help="Built-in data: generate simulated subscribers, show the schema.")
-    app.add_typer(policy_app, name="policy", help="Retention policies: validate, test, explain, simulate, match.")
+    app.add_typer(policy_app, name="policy", help="Retention policies: validate, test, explain, simulate, match; "
+                                                  "evaluate a changed set on logged decisions.")
     app.add_typer(drift_app, name="drift", help="Drift and performance checks with an alerting exit code.")
     from engine.cli.uplift import app as uplift_app
 
-    app.add_typer(uplift_app, name="uplift", help="Incremental effect of offers: train the uplift model, "
-                                                  "evaluate a changed policy on logged decisions.")
+    app.add_typer(uplift_app, name="uplift", help="Incremental effect of offers: train the uplift model, EMP; "
+                                                  "evaluate (alias of `retain policy evaluate`).")
 
 
 _mount_sub_apps()

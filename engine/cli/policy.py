@@ -26,7 +26,8 @@ err_console = Console(stderr=True, soft_wrap=True)
 
 
 app = typer.Typer(cls=ErrorGroup, no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
-                  help="Retention policies: validate, test, explain, simulate, match.")
+                  help="Retention policies: validate, test, explain, simulate, match; evaluate a changed set on "
+                       "logged decisions (off-policy).")
 
 PoliciesOpt = Annotated[Path, typer.Option("--policies", help="Policy folder (all *.yaml except tests/) or one "
                                                               "policy file.")]
