@@ -33,8 +33,15 @@ class RiskGrades(_Strict):
 
     With `capacity_high` / `capacity_medium` set, grades follow what the channels can handle instead: the
     top N subscribers by probability are high, the next M medium.
+
+    `mode: emp`: the 'high' cut-off is the churn model's EMP threshold (expected maximum profit, Verbraken et
+    al. 2013): the churn probability above which contacting pays, i.e. the top of the ranking whose share EMP
+    implies, measured on the model's hold-out at training (model version tag `emp_threshold`; `retain uplift
+    emp --save` sets it for older versions). `medium` stays, or becomes half the EMP threshold when it is
+    not below it (engine.decision.run.resolve_risk_grades).
     """
 
+    mode: Literal["thresholds", "emp"] = "thresholds"
     capacity_high: int | None = Field(None, gt=0)
     capacity_medium: int | None = Field(None, ge=0)
     high: float = Field(0.5, gt=0, lt=1)
@@ -42,6 +49,9 @@ class RiskGrades(_Strict):
 
     @model_validator(mode="after")
     def _ordered(self) -> RiskGrades:
+        if self.mode == "emp" and self.capacity_high is not None:
+            raise ValueError("mode 'emp' sets the high cut-off from the model; it cannot be combined with "
+                             "capacity_high")
         if self.medium >= self.high:
             raise ValueError(f"medium ({self.medium}) must be below high ({self.high})")
         return self

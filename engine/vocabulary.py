@@ -44,8 +44,9 @@ STATUS_BLOCKED = "blocked"  # contact rules removed every candidate (see blocked
 STATUS_NOT_WORTH = "not_worth_it"  # arbitration best_value: no candidate has a positive expected net value
 STATUS_OVER_BUDGET = "over_budget"
 STATUS_OVER_CAPACITY = "over_capacity"
+STATUS_EXPLORED_NONE = "explored_none"  # exploration drew "no contact" for a subscriber who had candidates
 STATUSES = (STATUS_OFFER, STATUS_CONTROL, STATUS_NONE, STATUS_SUPPRESSED, STATUS_BLOCKED, STATUS_NOT_WORTH,
-            STATUS_OVER_BUDGET, STATUS_OVER_CAPACITY)
+            STATUS_OVER_BUDGET, STATUS_OVER_CAPACITY, STATUS_EXPLORED_NONE)
 
 #: The spellings of yes and no accepted in any input column that holds a flag (any case).
 TRUE_WORDS = frozenset({"yes", "y", "true", "t", "1", "1.0"})

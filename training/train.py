@@ -282,8 +282,13 @@ def _tracked(settings: Settings, table: TrainingTable, hsplit: holdout.HoldoutSp
         reference = raw_hold.assign(**{table.config.target: y_hold.to_numpy(), PROBABILITY: p_hold,
                                        HOLDOUT_KEY: hold_keys.to_numpy()})
         reference = reference.loc[holdout.subsample(reference[HOLDOUT_KEY], cfg.reference_sample_rows)]
+        emp_tags = _emp_tags(settings, raw_hold, y_hold.to_numpy(), p_hold)
+        if emp_tags:
+            mlflow.log_metrics({"holdout_emp": float(emp_tags["emp"]),
+                                "holdout_emp_contact_share": float(emp_tags["emp_contact_share"])})
         version = _log_model(mlflow, client, settings, model, raw_train, reference, register,
-                             {"data_fingerprint": table.fingerprint, "code_version": code_version(),
+                             {**{k: v for k, v in emp_tags.items() if k != "emp"},
+                              "data_fingerprint": table.fingerprint, "code_version": code_version(),
                               "holdout_rule": hsplit.rule_json, "holdout_rows": str(len(raw_hold)),
                               "training_config": json.dumps({**settings.training.model_dump(), "trials": trials,
                                                              "seed": seed, "data": table.source}),
@@ -296,6 +301,32 @@ def _tracked(settings: Settings, table: TrainingTable, hsplit: holdout.HoldoutSp
         study_name=study_name, trials=len(study.trials), calibrated=bool(calibration),
         data_fingerprint=table.fingerprint, rows=len(table.frame), holdout_rule=hsplit.rule_json,
         holdout_rows=len(raw_hold), warnings=table.warnings)
+
+
+def _emp_tags(settings: Settings, raw_hold: pd.DataFrame, y_hold: np.ndarray, p_hold: np.ndarray) -> dict[str, str]:
+    """EMP of the model on its hold-out (engine.uplift.emp, the operator's figures) and the churn probability
+    above which contacting pays: the version tags `risk_grades.mode: emp` grades with. Empty when it cannot be
+    measured (no ARPU column for the customer lifetime value, one class in the hold-out)."""
+    from engine.uplift.emp import emp
+
+    if "arpu_m0" not in raw_hold.columns or len(np.unique(y_hold)) < 2:
+        return {}
+    try:
+        from engine.policy import load_policy_set
+
+        costs = [o.cost for o in load_policy_set(settings.policy_dir).offers.values()]
+    except Exception:  # noqa: BLE001 - no policy set here: the paper's incentive
+        costs = []
+    clv = float(pd.to_numeric(raw_hold["arpu_m0"], errors="coerce").mean()) * settings.arbitration.horizon_months
+    contact = [c.cost for c in settings.channels.values()]
+    if not clv > 0:
+        return {}
+    r = emp(y_hold, p_hold, clv=clv, incentive=float(np.median(costs)) if costs else 10.0,
+            contact=float(np.median(contact)) if contact else 0.0)
+    if not np.isfinite(r.threshold):
+        return {}
+    return {"emp": f"{r.emp:.6g}", "emp_threshold": f"{min(max(r.threshold, 1e-6), 1 - 1e-6):.6g}",
+            "emp_contact_share": f"{r.contact_share:.6g}"}
 
 
 def _params(best: dict[str, Any]) -> dict[str, Any]:

@@ -246,6 +246,19 @@ def render_report(report: Any, out: Console | None = None, *, rows: int = 20) ->
                           _fmt(r.net_revenue_kept, "money"), SHORT_VERDICTS.get(r.verdict, r.verdict),
                           style="red" if r.flagged else None)
         out.print(table)
+    if report.qini is not None and len(report.qini):
+        table = Table(title="Qini per offer (treated vs control ranked by the decision's expected saved value)",
+                      title_justify="left")
+        for col in ("offer", "treated/control", "Qini", "AUUC", "uplift@30%"):
+            table.add_column(col, justify="left" if col == "offer" else "right", no_wrap=True)
+        for r in report.qini.sort_values("treated", ascending=False).head(rows).itertuples():
+            table.add_row(str(r.offer_id), f"{r.treated:,}/{r.control:,}", _fmt(r.qini, "signed"),
+                          _fmt(r.auuc, "signed"), _fmt(r.uplift_at_30, "signed"))
+        out.print(table)
+    zero = report.no_effect
+    names = ", ".join(zero["offer_id"].astype(str).head(8)) if zero is not None and len(zero) else "none"
+    out.print(f"cost spent where the measured effect is indistinguishable from zero: "
+              f"{_fmt(report.no_effect_cost, 'money')} ({names})", highlight=False)
     out.print("verdicts: works = 95% CI above 0; ~0 = includes 0; <0? = below 0 but includes 0; harmful = CI below "
               "0; thin = under 20 control subscribers; none = no control subscribers", highlight=False)
     if report.flagged:
@@ -281,12 +294,14 @@ def report_command(
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Measured retention against the control group: uplift with 95% CIs per rule, offer, channel, value tier
-    and risk grade; retention success; cost per saved subscriber; net revenue kept; flagged rules.
+    and risk grade; retention success; cost per saved subscriber; net revenue kept; flagged rules; a Qini
+    curve and coefficient per offer; the cost spent where the measured effect is indistinguishable from zero.
     """
-    from engine.feedback.report import build_report, log_report, write_report
+    from engine.feedback.report import log_report, write_report
+    from engine.uplift.report import spend_report
 
     settings = settings_for(config, tracking_uri)
-    report = build_report(settings, run, window=window, overdue=overdue, url=store)
+    report = spend_report(settings, run, window=window, overdue=overdue, url=store)
     render_report(report, report_console())
     files = write_report(report, out) if out else {}
     if files:

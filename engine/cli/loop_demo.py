@@ -1,12 +1,16 @@
 """`retain demo --loop`: two monthly cycles of the closed loop, with the measurements checked against the truth.
 
-Cycle 1: decide on month 1 with the champion and the configured acceptance priors, record the run,
-simulate what the retention team reports back (`engine.feedback.outcomes`, a known truth), ingest it, report.
-Then learn acceptance rates from the outcomes (shrunk toward the priors) and run cycle 2 on month 2
-with them. After each report the measured uplift per rule (and overall) is printed next to the
-simulator's true effect, with whether the truth lies inside the 95% interval. For month 2 the demo also
-decides once more with the priors only (not recorded, nothing sent) and compares the true expected saves
-of both decision sets, so the value of learning is shown on the same subscribers, not claimed.
+Cycle 1: decide on month 1 with the champion and the configured acceptance priors (the sample policy set:
+acceptance arbitration, 5% exploration with logged propensities), record the run, simulate what the
+retention team reports back (`engine.feedback.outcomes`, a known truth), ingest it, report. Then learn
+acceptance rates from the outcomes (shrunk toward the priors) and train the uplift model on the logged run
+(`retain uplift train`: models:/uplift@champion), and run cycle 2 on month 2 with the same policies under
+`arbitration: incremental_value` (a copy of the policy set with that one line changed). After each report
+the measured uplift per rule (and overall) is printed next to the simulator's true effect, with whether the
+truth lies inside the 95% interval. For month 2 the demo also decides with acceptance arbitration (priors
+only, and learned rates; not recorded, nothing sent) and prints the true expected saves and cost of every
+way of deciding, so the value of learning and of arbitrating on incremental value is shown on the same
+subscribers, not claimed.
 """
 
 from __future__ import annotations
@@ -69,24 +73,46 @@ def _comparison_table(title: str, rows: pd.DataFrame, key: str) -> Table:
     return table
 
 
+def incremental_policies(src: Path, dest: Path) -> Path:
+    """A copy of the policy set in `src` arbitrating on incremental value (its policy.yaml's one line changed)."""
+    import re
+    import shutil
+
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(src, dest)
+    policy = dest / "policy.yaml"
+    text = policy.read_text() if policy.exists() else ""
+    line = "arbitration: incremental_value"
+    text, n = re.subn(r"(?m)^arbitration:.*$", line, text)
+    policy.write_text(text if n else f"{text.rstrip()}\n{line}\n".lstrip())
+    return dest
+
+
 def _cycle(settings: Settings, n: int, month: Path, folder: Path, run_date: dt.date, console: Console,
-           learned: dict[tuple[str, str], float] | None, outcome_seed: int) -> dict[str, Any]:
+           learned: dict[tuple[str, str], float] | None, outcome_seed: int,
+           policies: Path | None = None) -> dict[str, Any]:
     from engine.cli.feedback import render_report
     from engine.decision.run import decide_file
     from engine.feedback.ingest import ingest, record_run_dir
     from engine.feedback.outcomes import simulate_outcomes, true_effects
-    from engine.feedback.report import build_report, log_report, write_report
+    from engine.feedback.report import log_report, write_report
+    from engine.uplift.report import spend_report
 
     label = f"{n}/2"
     rates = f"{len(learned)} learned acceptance rates" if learned else "configured acceptance priors"
-    with console.status(f"cycle {label}: deciding with {rates}..."):
+    with console.status(f"cycle {label}: deciding..."):
         decided = decide_file(month, folder / "decisions", settings=settings, model="champion", run_date=run_date,
-                              learned=learned)
-    run = decided.summary["decision_run"]
+                              learned=learned, policy_dir=policies)
+    s = decided.summary
+    run = s["decision_run"]
+    how = (f"incremental value ({s.get('effect')})" if s.get("arbitration") == "incremental_value"
+           else f"arbitration {s.get('arbitration')} with {rates}")
     recorded = record_run_dir(settings, folder / "decisions")  # nothing written if decide_file recorded it
-    console.print(f"[green]cycle {label}[/] decided run {run} with {rates}: "
-                  f"{decided.summary['status'].get('offer', 0):,} offers, {decided.summary['control_group']:,} "
-                  f"control; {'recorded in' if recorded.recorded else 'already in'} the decision store")
+    explored = (s.get("exploration") or {}).get("explored", 0)
+    console.print(f"[green]cycle {label}[/] decided run {run} on {how}: {s['status'].get('offer', 0):,} offers, "
+                  f"{s['control_group']:,} control, {explored:,} explored (propensities recorded); "
+                  f"{'recorded in' if recorded.recorded else 'already in'} the decision store")
 
     outcomes = simulate_outcomes(folder / "decisions", seed=outcome_seed, settings=settings)
     write_table(outcomes, folder / "outcomes.csv")
@@ -96,7 +122,7 @@ def _cycle(settings: Settings, n: int, month: Path, folder: Path, run_date: dt.d
     console.print(f"[green]cycle {label}[/] ingested the same file again: {again.inserted} new, {again.updated} "
                   f"updated, {again.unchanged:,} unchanged (idempotent)")
 
-    report = build_report(settings, run)
+    report = spend_report(settings, run)
     files = write_report(report, folder / "report")
     log_report(settings, report, files)
     render_report(report, console, rows=12)
@@ -120,9 +146,11 @@ def _cycle(settings: Settings, n: int, month: Path, folder: Path, run_date: dt.d
             "rules_tested": len(testable), "flagged_rules": [f.rule_id for f in report.flagged]}
 
 
-def _value_of_learning(settings: Settings, month: Path, folder: Path, run_date: dt.date,
-                       console: Console) -> dict[str, float]:
-    """Month 2 decided again with priors only (nothing recorded or sent): true expected saves, both ways."""
+def _arbitrations(settings: Settings, month: Path, folder: Path, run_date: dt.date, console: Console,
+                  learned: dict[tuple[str, str], float] | None) -> dict[str, Any]:
+    """Month 2 decided by the policy set's own arbitration (`first` in the sample; acceptance priors, then learned
+    rates; nothing recorded or sent) next to the recorded incremental-value run: offers, cost and the
+    simulator's true expected saves."""
     from engine.data.io import read_table
     from engine.decision.decide import decide_frame
     from engine.decision.run import load_policy_engine
@@ -130,28 +158,37 @@ def _value_of_learning(settings: Settings, month: Path, folder: Path, run_date: 
     from engine.model.registry import load_model
 
     frame = read_table(month, what="subscriber table")
-    with console.status("deciding month 2 again with the priors only, for comparison..."):
-        priors = decide_frame(frame, loaded=load_model(settings, "champion"),
-                              policy_engine=load_policy_engine(settings.policy_dir), settings=settings,
-                              run_date=run_date, source=str(month)).table
+    loaded, engine = load_model(settings, "champion"), load_policy_engine(settings.policy_dir)
     labels = frame[["subscriber_id", "churn", "churn_reason"]].astype({"subscriber_id": str})
-    priors = priors.assign(subscriber_id=priors["subscriber_id"].astype(str)).merge(labels, on="subscriber_id")
-    learned, _ = load_run(folder / "decisions")
-    out = {}
-    for name, table in (("priors", priors), ("learned", learned)):
-        sent = table[table["status"] == "offer"]
+    tables = {}
+    mode = engine.policy_set.arbitration
+    with console.status(f"deciding month 2 again with arbitration {mode}, for comparison..."):
+        for name, rates in ((f"{mode}, acceptance priors", None), (f"{mode}, learned rates", learned)):
+            t = decide_frame(frame, loaded=loaded, policy_engine=engine, settings=settings, run_date=run_date,
+                             source=str(month), learned=rates).table
+            tables[name] = t.assign(subscriber_id=t["subscriber_id"].astype(str)).merge(labels, on="subscriber_id")
+    tables["incremental value"], _ = load_run(folder / "decisions")
+    rows: dict[str, dict[str, float]] = {}
+    table = Table(title="Month 2, the same subscribers decided three ways (true expected saves within 90 days, "
+                        "from the simulator's truth)", title_justify="left")
+    for col in ("arbitration", "offers", "cost", "true saves", "saves per 1,000 spent"):
+        table.add_column(col, justify="left" if col == "arbitration" else "right")
+    for name, t in tables.items():
+        sent = t[t["status"] == "offer"]
         cost = float((sent["offer_cost"] + sent["channel_cost"]).sum())
-        out[f"{name}_true_saves"] = float(subscriber_effects(sent, settings).sum())
-        out[f"{name}_offers"] = len(sent)
-        out[f"{name}_cost"] = cost
-    changed = priors.set_index("subscriber_id")["offer_id"].ne(learned.set_index("subscriber_id")["offer_id"])
-    out["offers_changed"] = int(changed.sum())
-    console.print(f"[bold]value of learning[/] (month 2, same subscribers, true expected saves within 90 days): "
-                  f"priors {out['priors_true_saves']:,.1f} saves from {out['priors_offers']:,} offers costing "
-                  f"{out['priors_cost']:,.0f}; learned rates {out['learned_true_saves']:,.1f} saves from "
-                  f"{out['learned_offers']:,} offers costing {out['learned_cost']:,.0f}; "
-                  f"{out['offers_changed']:,} subscribers got a different offer (or none)")
-    return out
+        saves = float(subscriber_effects(sent, settings).sum())
+        rows[name] = {"offers": len(sent), "cost": cost, "true_saves": saves,
+                      "saves_per_1000": 1000 * saves / cost if cost else float("nan")}
+        table.add_row(name, f"{len(sent):,}", f"{cost:,.0f}", f"{saves:,.1f}",
+                      f"{rows[name]['saves_per_1000']:.2f}")
+    console.print(table)
+    a, i, p = rows[f"{mode}, learned rates"], rows["incremental value"], rows[f"{mode}, acceptance priors"]
+    ratio = i["saves_per_1000"] / a["saves_per_1000"] if a["saves_per_1000"] else float("nan")
+    console.print(f"[bold]value of learning[/]: learned rates {a['true_saves']:,.1f} saves for {a['cost']:,.0f} vs "
+                  f"priors {p['true_saves']:,.1f} for {p['cost']:,.0f}; [bold]incremental value[/]: "
+                  f"{i['true_saves']:,.1f} saves for {i['cost']:,.0f}, {ratio:.2f}x the saves per unit cost of "
+                  f"arbitration {mode} with learned rates")
+    return {"arbitrations": rows, "saves_per_cost_ratio": ratio}
 
 
 def run_loop_demo(settings: Settings, *, rows: int, trials: int, out: Path, console: Console) -> dict[str, Any]:
@@ -189,11 +226,28 @@ def run_loop_demo(settings: Settings, *, rows: int, trials: int, out: Path, cons
         t.add_row(r.offer_id, r.reason, f"{r.contacted:,}", f"{r.measured:.1%}", f"{r.prior:.1%}", f"{r.learned:.1%}")
     console.print(t)
 
-    second = _cycle(settings, 2, months[1], out / "month_2", dates[1], console, learned, OUTCOME_SEEDS[1])
-    value = _value_of_learning(settings, months[1], out / "month_2", dates[1], console)
+    uplift = _train_uplift(settings, first["run"], console)
+    policies = incremental_policies(Path(settings.policy_dir), out / "policies_incremental")
+    second = _cycle(settings, 2, months[1], out / "month_2", dates[1], console, learned, OUTCOME_SEEDS[1],
+                    policies=policies)
+    value = _arbitrations(settings, months[1], out / "month_2", dates[1], console, learned)
     console.print("\n[bold]Loop outputs[/]")
     for n, cycle in ((1, first), (2, second)):
         console.print(f"  cycle {n}: run {cycle['run']}, report {cycle['report']}")
     console.print(f"  decision store: {store.display_url}   (retain feedback runs; retain report --run ID)")
     return {"model_version": version, "cycles": [first, second], "learned_rates": len(learned),
-            "value_of_learning": value}
+            "uplift_model_version": uplift, "value_of_learning": value}
+
+
+def _train_uplift(settings: Settings, run: str, console: Console) -> str | None:
+    """`retain uplift train` on cycle 1's logged run: models:/uplift@champion for cycle 2."""
+    from training.uplift import train_uplift
+
+    with console.status("training the uplift model on cycle 1's logged decisions and outcomes..."):
+        result = train_uplift(settings, runs=[run], policy_dir=settings.policy_dir)
+    fitted = {o: round(i["weight"], 2) for o, i in result.offers.items() if i.get("fitted")}
+    q = result.metrics.get("qini", float("nan"))
+    console.print(f"[green]loop[/] uplift model version {result.model_version} (alias champion) trained on run {run}: "
+                  f"{result.train_rows:,} rows, hold-out Qini {q:+.3f}; offers with a model of their own "
+                  f"(weight of the model vs the prior) {fitted or 'none: every offer uses its prior'}")
+    return result.model_version

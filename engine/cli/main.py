@@ -51,12 +51,13 @@ def _mount_sub_apps() -> None:
     app.add_typer(feedback_app, name="feedback",
                   help="Outcomes back in: ingest outcomes, record and list runs, learned acceptance, the store.")
     app.add_typer(data_app, name="data", help="Built-in data: generate simulated subscribers, show the schema.")
-    app.add_typer(policy_app, name="policy", help="Retention policies: validate, test, explain, simulate, match.")
+    app.add_typer(policy_app, name="policy", help="Retention policies: validate, test, explain, simulate, match; "
+                                                  "evaluate a changed set on logged decisions.")
     app.add_typer(drift_app, name="drift", help="Drift and performance checks with an alerting exit code.")
     from engine.cli.uplift import app as uplift_app
 
-    app.add_typer(uplift_app, name="uplift", help="Incremental effect of offers: train the uplift model, "
-                                                  "evaluate a changed policy on logged decisions.")
+    app.add_typer(uplift_app, name="uplift", help="Incremental effect of offers: train the uplift model, EMP; "
+                                                  "evaluate (alias of `retain policy evaluate`).")
 
 
 _mount_sub_apps()
@@ -246,9 +247,14 @@ def decide(
     """Score, explain, segment, match policies and arbitrate for every subscriber; write work orders.
 
     Each subscriber gets at most one offer: among the policy candidates, the one the policy set's arbitration
-    picks (`first`: the highest-priority rule; `best_value`: the best expected net value), within the run's
-    budget and each channel's capacity, never breaking the contact rules (opt-out, contact limit,
-    cool-down). A stable share of eligible subscribers is kept as a control group and gets no offer.
+    picks (`first`: the highest-priority rule; `best_value`: the best expected net value, P(churn) x P(accept)
+    x value kept x horizon - cost; `incremental_value`: the best incremental net value, effect on churn x
+    value kept x horizon - cost, the effect from models:/uplift@champion or, without one, the offers'
+    `effect:` priors - the output says which), within the run's budget and each channel's capacity, never
+    breaking the contact rules (opt-out, contact limit, cool-down). The policy set's exploration share (5% by
+    default) is drawn at random among each subscriber's eligible actions, and every decision records the
+    propensity of its action. A stable share of eligible subscribers is kept as a control group and gets no
+    offer.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -350,6 +356,14 @@ def render_decision_summary(s: dict[str, Any]) -> None:
     console.print(f"offer cost {s['total_offer_cost']:,.2f} + channel cost {s['total_channel_cost']:,.2f} = "
                   f"{s['budget_used']:,.2f} (budget {budget}); control group {s['control_group']:,}; "
                   f"expected saves {s['expected_saves']:,.1f}, expected value kept {s['expected_saved_value']:,.2f}")
+    ex = s.get("exploration") or {}
+    line = f"arbitration {s.get('arbitration', 'first')}"
+    if s.get("effect"):
+        line += f" (effects: {s['effect']})"
+    if ex.get("share"):
+        line += (f"; exploration {ex['share']:.0%}: {ex.get('explored', 0):,} subscribers drawn at random (seed "
+                 f"{ex.get('seed')}), propensities recorded")
+    console.print(line)
 
 
 # ---------------------------------------------------------------------------------------------

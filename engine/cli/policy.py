@@ -26,7 +26,8 @@ err_console = Console(stderr=True, soft_wrap=True)
 
 
 app = typer.Typer(cls=ErrorGroup, no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
-                  help="Retention policies: validate, test, explain, simulate, match.")
+                  help="Retention policies: validate, test, explain, simulate, match; evaluate a changed set on "
+                       "logged decisions (off-policy).")
 
 PoliciesOpt = Annotated[Path, typer.Option("--policies", help="Policy folder (all *.yaml except tests/) or one "
                                                               "policy file.")]
@@ -372,3 +373,14 @@ def schema(
         return
     write_text(text, out)
     console.print(f"wrote {out}", highlight=False)
+
+
+# `retain policy evaluate` (off-policy evaluation on logged runs) is defined with the uplift commands, where it is
+# also `retain uplift evaluate`.
+def _register_evaluate() -> None:
+    from engine.cli.uplift import evaluate_cmd
+
+    app.command("evaluate")(evaluate_cmd)
+
+
+_register_evaluate()

@@ -1,7 +1,7 @@
 """`retain uplift`: train the incremental-effect model; evaluate a changed policy on logged decisions.
 
 Thin: parse options, call one library function (training.uplift.train_uplift,
-engine.uplift.evaluate.evaluate_policy), render.
+engine.uplift.evaluate.evaluate_policy), render. `evaluate` is also `retain policy evaluate` (the main name).
 """
 
 from __future__ import annotations
@@ -30,31 +30,6 @@ WindowOpt = Annotated[int, typer.Option("--window", help="Churn window in days: 
 
 def _runs(text: str | None) -> list[str] | None:
     return [r.strip() for r in text.split(",") if r.strip()] if text else None
-
-
-def decide_target(settings, policy_dir: Path, model: str = "champion"):
-    """The target policy's actions for `evaluate_policy`: the shared decide function with the policy set in
-    `policy_dir` on the logged rows; the action is the policy's choice before the control group is held back.
-    (Wiring, not logic: it may move to engine.decision.run when the arbitration is wired.)"""
-    import numpy as np
-    import pandas as pd
-
-    def target_actions(frame: pd.DataFrame) -> pd.DataFrame:
-        from engine.decision.decide import decide_frame
-        from engine.decision.run import load_policy_engine
-        from engine.model.registry import load_model
-
-        loaded = load_model(settings, model)
-        raw = frame[[c for c in [*loaded.input_columns, "subscriber_id"] if c in frame.columns]]
-        table = decide_frame(raw, loaded=loaded, policy_engine=load_policy_engine(policy_dir), settings=settings,
-                             source="logged decisions").table
-        table = table.assign(subscriber_id=table["subscriber_id"].astype(str)).set_index("subscriber_id")
-        table = table.reindex(frame["subscriber_id"].astype(str).to_numpy())
-        chosen = table["status"].isin(["offer", "control"]).to_numpy()
-        return pd.DataFrame({"offer_id": np.where(chosen, table["offer_id"].to_numpy(dtype=object), None),
-                             "channel": np.where(chosen, table["channel"].to_numpy(dtype=object), None)})
-
-    return target_actions
 
 
 def _cell(value, column: str = "") -> str:
@@ -97,9 +72,9 @@ def train_cmd(
                   f"uplift@30% {m.get('uplift_at_30', float('nan')):+.4f}")
 
 
-@app.command("evaluate")
 def evaluate_cmd(
-    policies: Annotated[Path, typer.Option("--policies", help="The changed policy set to evaluate.")],
+    policies: Annotated[Path, typer.Option("--policies", help="The changed policy set (or arbitration mode) to "
+                                                              "evaluate.")],
     runs: RunsOpt = None,
     window: WindowOpt = 90,
     model: Annotated[str, typer.Option(help="Churn model the target policy decides with.")] = "champion",
@@ -111,12 +86,16 @@ def evaluate_cmd(
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Estimate what a changed policy set would have achieved on logged decisions: IPS, self-normalised IPS and
-    doubly robust saves, cost and net value with bootstrap 95% intervals; refused when overlap is too poor."""
+    doubly robust saves, cost and net value with bootstrap 95% intervals; refused when overlap is too poor.
+
+    Logged decisions are weighed by the propensities `retain decide` recorded (exploration and control group
+    included); runs recorded before propensities were stored use the control-group share."""
+    from engine.decision.run import policy_target
     from engine.uplift.evaluate import evaluate_policy
     from engine.uplift.registry import load_uplift
 
     settings = settings_for(config, tracking_uri)
-    ev = evaluate_policy(settings, target_actions=decide_target(settings, policies, model), runs=_runs(runs),
+    ev = evaluate_policy(settings, target_actions=policy_target(settings, policies, model), runs=_runs(runs),
                          uplift=load_uplift(settings), window=window, rounds=rounds, min_ess=min_ess, url=store)
     if as_json:
         typer.echo(json.dumps(ev.as_dict(), default=str))
@@ -127,7 +106,13 @@ def evaluate_cmd(
                              f"{ev.window}-day churn)", rows, cell=lambda v, c: f"{v:,.1f}" if isinstance(v, float)
                              else str(v)))
     console.print(f"effective sample size {ev.result.ess:,.1f} of the target's {ev.result.changed:,} contacts "
-                  f"({ev.result.matched:,} logged decisions agree); DR reward model: {ev.reward_model}")
+                  f"({ev.result.matched:,} logged decisions agree); DR reward model: {ev.reward_model}; "
+                  f"propensities: {ev.propensities}")
+
+
+EVALUATE_ALIAS_HELP = ("Alias of `retain policy evaluate`: what a changed policy set would have achieved on logged "
+                       "decisions (IPS, self-normalised IPS, doubly robust; 95% intervals).")
+app.command("evaluate", help=EVALUATE_ALIAS_HELP)(evaluate_cmd)
 
 
 @app.command("emp")
@@ -139,11 +124,17 @@ def emp_cmd(
     incentive: Annotated[float | None, typer.Option(help="Cost of the retention incentive (default: median "
                                                          "offer cost).")] = None,
     contact: Annotated[float | None, typer.Option(help="Cost of one contact (default: median channel cost).")] = None,
+    save: Annotated[bool, typer.Option("--save", help="Record the EMP threshold on the model version (tags "
+                                                      "emp_threshold, emp_contact_share), for risk_grades.mode: "
+                                                      "emp.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     config: ConfigOpt = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
-    """Expected maximum profit (EMP, Verbraken et al. 2013) of the churn model and the contact share it implies."""
+    """Expected maximum profit (EMP, Verbraken et al. 2013) of the churn model and the contact share it implies.
+
+    With `risk_grades.mode: emp` in the config, `retain decide` grades 'high' above the EMP threshold the model
+    version carries (measured on the hold-out by `retain train`, or recorded here with --save)."""
     from dataclasses import asdict
 
     from engine.data.io import read_table
@@ -153,8 +144,14 @@ def emp_cmd(
 
     settings = settings_for(config, tracking_uri)
     costs = None if incentive is not None else [o.cost for o in load_policy_set(settings.policy_dir).offers.values()]
-    out = churn_model_emp(settings, load_model(settings, model), read_table(data, what="labelled table"), clv=clv,
+    loaded = load_model(settings, model)
+    out = churn_model_emp(settings, loaded, read_table(data, what="labelled table"), clv=clv,
                           incentive=incentive, contact=contact, offer_costs=costs)
+    if save:
+        from engine.model.registry import save_version_tags
+
+        save_version_tags(settings, loaded, {"emp_threshold": f"{out.result.threshold:.6g}",
+                                             "emp_contact_share": f"{out.result.contact_share:.6g}"})
     if as_json:
         typer.echo(json.dumps(asdict(out), default=str))
         return
@@ -162,3 +159,6 @@ def emp_cmd(
     console.print(f"EMP {r.emp:,.2f} per subscriber ({out.rows:,} rows, churn rate {r.churn_rate:.1%}; CLV "
                   f"{out.clv:,.2f}, incentive {out.incentive:,.2f}, contact {out.contact:,.2f}, acceptance ~ "
                   f"Beta(6, 14)): contact the top {r.contact_share:.1%} (churn probability >= {r.threshold:.3f})")
+    if save:
+        console.print(f"recorded on model version {loaded.version}: risk_grades.mode emp grades 'high' from "
+                      f"{r.threshold:.3f}")

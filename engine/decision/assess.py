@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
 ProgressFn = Callable[[str, int, int], None]
 CHUNK_ROWS = 200_000
+INCREMENTAL = "incremental_value"
 REASON_COLUMNS = ("reason", "reason_share", "reason_signal")
 
 
@@ -59,8 +60,10 @@ class Assessment:
     rank 0 is the policy winner. Columns: row, subscriber_id, rank, rule_id, offer_id, channel, stage,
     priority, offer_cost, value_kept, p_accept (the rate used), p_prior (the offer's prior for the reason),
     p_learned (the learned rate, NaN when none), channel_cost, total_cost, expected_saved_value, net_value,
-    contactable (False when the channel is outbound and contact rules block the subscriber). This flat
-    frame is what the run-level step allocates over.
+    contactable (False when the channel is outbound and contact rules block the subscriber); under
+    `arbitration: incremental_value` also tau (the offer's incremental effect on churn), and the expected
+    saved value is tau x value kept x horizon instead of P(churn) x P(accept) x value kept x horizon. This
+    flat frame is what the run-level step allocates over.
     `matched_rules`: per row, the candidate list in evaluation order, comma-joined (with the suppression
     that ends it, if any).
     `blocked`: per row, why outbound contact is not allowed today ('' when it is).
@@ -77,6 +80,7 @@ class Assessment:
     policy_engine: Any
     loaded: LoadedModel
     suppressed_by: np.ndarray | None = None
+    effect_note: str | None = None  # incremental_value: where tau came from (uplift model, or the priors)
 
     def __len__(self) -> int:
         return len(self.scored)
@@ -90,8 +94,8 @@ class Assessment:
         """Per row, the index (into `candidates`) of its best candidate before run-level constraints, or -1.
 
         Among the contactable candidates: under `arbitration: first` the lowest rank, whatever its net value;
-        under `best_value` the highest positive net value (ties by priority, then rank). This is what the
-        subscriber gets when budget and capacity allow.
+        under `best_value` and `incremental_value` the highest positive net value (ties by priority, then
+        rank). This is what the subscriber gets when budget and capacity allow.
         """
         c = self.candidates
         ok = np.flatnonzero(c["contactable"].to_numpy() & eligible(c["net_value"].to_numpy(), self.prefer))
@@ -227,7 +231,7 @@ def rows_to_explain(scored: pd.DataFrame, policy_engine: Any, settings: Settings
 # ---------------------------------------------------------------------------------------------
 def _candidates(scored: pd.DataFrame, policy_engine: Any, settings: Settings, blocked: np.ndarray,
                 learned: Mapping[tuple[str, str], float] | None,
-                run_date: dt.date) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+                run_date: dt.date, uplift: Any = None) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     fc = policy_engine.flat_candidates(scored, run_date)
     rules = policy_engine.rules
     offers = policy_engine.policy_set.offers
@@ -293,6 +297,11 @@ def _candidates(scored: pd.DataFrame, policy_engine: Any, settings: Settings, bl
         "net_value": saved - total_cost,
         "contactable": contactable,
     })
+    if getattr(policy_engine.policy_set, "arbitration", None) == INCREMENTAL:
+        from engine.uplift.effect import incremental_net_value, priors_from_offers
+
+        cands = incremental_net_value(cands, scored.iloc[rows], uplift, priors_from_offers(offers),
+                                      settings.arbitration.horizon_months)
     ev = fc.evaluation
     listed = ev.listed or ev.considered
     matched_text = np.array([",".join(rule_ids[p] for p in c) for c in listed] or [""], dtype=object)
@@ -304,12 +313,15 @@ def _candidates(scored: pd.DataFrame, policy_engine: Any, settings: Settings, bl
 def assess_scored(scored: pd.DataFrame, *, loaded: LoadedModel, policy_engine: Any, settings: Settings,
                   run_date: dt.date, history: pd.DataFrame | None = None,
                   learned: Mapping[tuple[str, str], float] | None = None,
-                  progress: ProgressFn | None = None, explain: bool = True, source: str = "input") -> Assessment:
+                  progress: ProgressFn | None = None, explain: bool = True, source: str = "input",
+                  uplift: Any = None) -> Assessment:
     """The rest of `assess` for rows already scored and graded (see `score_rows`).
 
     `explain=False` keeps the reasons the rows already carry (a decisions table of an earlier run: what
     `retain policy simulate / match / explain / test` start from); rows without a reason column get 'none'.
     The policy set's declared attributes are checked and typed here (`validate_declared`).
+    `uplift`: the uplift model (engine.uplift.registry.load_uplift) for `arbitration: incremental_value`;
+    None uses the offers' prior effects (`effect:` in offers.yaml), and `effect_note` says so.
     """
     history = read_history(None) if history is None else history
     declared = getattr(policy_engine.policy_set, "declared", None) or {}
@@ -325,17 +337,33 @@ def assess_scored(scored: pd.DataFrame, *, loaded: LoadedModel, policy_engine: A
             if col not in scored.columns:
                 scored[col] = fill
     blocked = blocked_reasons(scored[ID], scored["opt_out"], history, run_date, settings.contact).to_numpy()
-    cands, matched, suppressed_by = _candidates(scored, policy_engine, settings, blocked, learned, run_date)
+    cands, matched, suppressed_by = _candidates(scored, policy_engine, settings, blocked, learned, run_date, uplift)
     if progress:
         progress("policies", 1, 1)
+    note = None
+    if getattr(policy_engine.policy_set, "arbitration", None) == INCREMENTAL:
+        note = effect_source(uplift)
     return Assessment(scored=scored, candidates=cands, matched_rules=matched, blocked=blocked, run_date=run_date,
-                      settings=settings, policy_engine=policy_engine, loaded=loaded, suppressed_by=suppressed_by)
+                      settings=settings, policy_engine=policy_engine, loaded=loaded, suppressed_by=suppressed_by,
+                      effect_note=note)
+
+
+def effect_source(uplift: Any) -> str:
+    """Where incremental_value's tau comes from, in words: the uplift model, or the priors (PRIOR_NOTE)."""
+    from engine.uplift.effect import effect_note
+
+    note = effect_note(uplift)
+    if note:
+        return note
+    uri = getattr(uplift, "uri", None) or "in memory"
+    version = getattr(uplift, "version", None)
+    return f"uplift model {uri}" + (f" (version {version})" if version else "")
 
 
 def assess(frame: pd.DataFrame, *, loaded: LoadedModel, policy_engine: Any, settings: Settings,
            run_date: dt.date | None = None, history: pd.DataFrame | None = None,
            learned: Mapping[tuple[str, str], float] | None = None, source: str = "input",
-           state: RunState | None = None, progress: ProgressFn | None = None) -> Assessment:
+           state: RunState | None = None, progress: ProgressFn | None = None, uplift: Any = None) -> Assessment:
     """Everything per subscriber, for one row or millions: validate, score, grade, segment, explain,
     candidates, contact rules, expected net value. Pure per row.
 
@@ -347,4 +375,4 @@ def assess(frame: pd.DataFrame, *, loaded: LoadedModel, policy_engine: Any, sett
         frame = validate_declared(frame, declared, source=source)
     scored = score_rows(frame, loaded, settings, source=source, state=state, progress=progress)
     return assess_scored(scored, loaded=loaded, policy_engine=policy_engine, settings=settings, run_date=run_date,
-                         history=history, learned=learned, progress=progress, source=source)
+                         history=history, learned=learned, progress=progress, source=source, uplift=uplift)

@@ -9,6 +9,21 @@ A subscriber whose first matching rule is a suppression (`Assessment.suppressed_
 `suppressed`, with the suppression's rule id, stage, priority and `note`; never in the control group, no
 work order.
 
+**Exploration** (`exploration: {share: ...}` in the policy set, default 5%): before allocation, a stable
+hash of (seed, subscriber id) picks a share of the subscribers with at least one contactable candidate;
+each gets an action drawn uniformly among its eligible actions - no contact and every contactable
+(offer, channel) - by a second hash draw (engine/uplift/explore.py). Their contacts are paid first from the
+budget and capacity; everyone else is allocated as before with what is left. The seed is the policy set's
+`exploration.seed`, else the decision date: the same subscriber gets the same draw alone, in any batch and
+in any Spark partition that day, and a different one next month. Every decision records `explored` and
+`propensity`, the probability with which its final action (the offer on its channel, or no contact) was
+chosen: P(a) = (1 - share) x [a is the arbitration's choice] + share / m (m eligible actions, no contact
+included), then the control group is held out as before - P(contact) x (1 - control share), P(no contact)
++ control share x (1 - P(no contact)). For an explored subscriber "the arbitration's choice" is its best
+candidate before budget and capacity (`Assessment.best`). A subscriber with no candidate has propensity 1.
+An explored "no contact" has status `explored_none`. Share 0 (or `decide_frame(explore=False)`, as policy
+test cases and the off-policy target use) gives exactly the decisions without exploration.
+
 The state is updated in place with what the run used (budget spent, contacts per channel), so a caller
 that keeps a daily allowance - the HTTP service deciding one subscriber at a time - reads back what is
 left. A batch builds its state from the settings (`RunState.from_settings`).
@@ -31,7 +46,14 @@ from engine.decision.arbitration import allocate_arrays
 from engine.decision.assess import Assessment
 from engine.decision.contact import control_mask
 from engine.decision.orders import summarise, work_orders
-from engine.vocabulary import STATUS_BLOCKED, STATUS_CONTROL, STATUS_NONE, STATUS_OFFER, STATUS_SUPPRESSED
+from engine.vocabulary import (
+    STATUS_BLOCKED,
+    STATUS_CONTROL,
+    STATUS_EXPLORED_NONE,
+    STATUS_NONE,
+    STATUS_OFFER,
+    STATUS_SUPPRESSED,
+)
 
 ProgressFn = Callable[[str, int, int], None]
 
@@ -103,8 +125,102 @@ def _take(values: pd.Series | pd.Categorical, idx: np.ndarray, n: int, pos: np.n
     return out
 
 
-def constrain(assessment: Assessment, state: RunState, *, progress: ProgressFn | None = None) -> Decisions:
-    """Allocate within the state's budget and capacity, hold out the control group, build the outputs."""
+@dataclass
+class ExplorationDraw:
+    """Per subscriber: explored or not, its drawn action (a candidate index or -1 for no contact), the number
+    m of eligible actions (no contact included) and its unconstrained best candidate (-1 if none)."""
+
+    share: float
+    seed: str
+    explored: np.ndarray
+    action: np.ndarray
+    n_actions: np.ndarray
+    best: np.ndarray
+
+
+def exploration_seed(assessment: Assessment) -> str:
+    seed = getattr(assessment.policy_engine.policy_set, "exploration_seed", None)
+    return str(seed) if seed is not None else assessment.run_date.isoformat()
+
+
+def draw_exploration(assessment: Assessment, share: float | None = None) -> ExplorationDraw:
+    """The exploration draw of the module docs; pure per subscriber (the same alone or in any batch)."""
+    from engine.uplift.explore import NO_CONTACT, explore
+
+    a = assessment
+    share = float(getattr(a.policy_engine.policy_set, "exploration_share", 0.0) if share is None else share)
+    seed = exploration_seed(a)
+    n = len(a.scored)
+    c = a.candidates
+    open_idx = np.flatnonzero(c["contactable"].to_numpy())
+    # one eligible action per distinct (offer, channel): the lowest-rank candidate carrying it
+    key = pd.DataFrame({"row": c["row"].to_numpy()[open_idx], "offer": c["offer_id"].cat.codes.to_numpy()[open_idx],
+                        "channel": c["channel"].cat.codes.to_numpy()[open_idx],
+                        "rank": c["rank"].to_numpy()[open_idx]})
+    order = np.lexsort((key["rank"].to_numpy(), key["row"].to_numpy()))
+    distinct = open_idx[order][~key.iloc[order].duplicated(["row", "offer", "channel"]).to_numpy()]
+    best = a.best()
+    greedy = np.full(n, NO_CONTACT, dtype=np.int64)
+    if len(distinct):  # the best candidate's (offer, channel), as an index into `distinct`
+        lookup = pd.Series(np.arange(len(distinct)), index=pd.MultiIndex.from_arrays(
+            [c["row"].to_numpy()[distinct], c["offer_id"].cat.codes.to_numpy()[distinct],
+             c["channel"].cat.codes.to_numpy()[distinct]]))
+        has = np.flatnonzero(best >= 0)
+        if len(has):
+            greedy[has] = lookup.reindex(pd.MultiIndex.from_arrays(
+                [has, c["offer_id"].cat.codes.to_numpy()[best[has]],
+                 c["channel"].cat.codes.to_numpy()[best[has]]])).to_numpy(dtype=np.int64)
+    ids = a.scored[ID].to_numpy(dtype=object)
+    ex = explore(c["row"].to_numpy()[distinct], n, greedy, ids, epsilon=share, seed=seed)
+    explored = ex.explored & (ex.n_actions > 1) & (share > 0)
+    action = np.where(explored & (ex.action >= 0), distinct[np.maximum(ex.action, 0)] if len(distinct) else -1,
+                      NO_CONTACT)
+    return ExplorationDraw(share=share, seed=seed, explored=explored, action=action.astype(np.int64),
+                           n_actions=ex.n_actions, best=best)
+
+
+def matches_best(draw: ExplorationDraw, cands: pd.DataFrame) -> np.ndarray:
+    """Per subscriber: explored, and its drawn action is its unconstrained best's (same offer and channel, or
+    both no contact)."""
+    out = np.zeros(len(draw.explored), dtype=bool)
+    at = np.flatnonzero(draw.explored)
+    if len(at) == 0:
+        return out
+    drawn, best = draw.action[at], draw.best[at]
+    same = (drawn >= 0) & (best >= 0)
+    for col in ("offer_id", "channel"):
+        codes = cands[col].cat.codes.to_numpy()
+        same &= np.where(same, codes[np.maximum(drawn, 0)] == codes[np.maximum(best, 0)], False)
+    out[at] = same | ((drawn < 0) & (best < 0))
+    return out
+
+
+def propensity_cases(draw: ExplorationDraw, hit_best: np.ndarray, control_share: float
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per subscriber, the propensity of its final action (module docs) if it ends (sent an offer, held out as
+    control, with no contact). `hit_best`: `matches_best`. Subscribers with one action (no contact) get 1."""
+    eps, m, c = draw.share, draw.n_actions.astype(float), control_share
+    explored = draw.explored
+    hit = np.where(explored, hit_best, True)  # the sent action is the arbitration's choice
+    p_sent = (1 - c) * ((1 - eps) * hit + eps / m)
+    none_ctrl = (1 - eps) * (explored & (draw.best < 0)) + eps / m  # the choice was a contact, unless explored
+    none = (1 - eps) * np.where(explored, draw.best < 0, True) + eps / m
+    p_control, p_none = none_ctrl + c * (1 - none_ctrl), none + c * (1 - none)
+    single = draw.n_actions <= 1
+    return tuple(np.where(single, 1.0, p) for p in (p_sent, p_control, p_none))  # type: ignore[return-value]
+
+
+def run_notes(arbitration: str, effect: str | None, share: float, seed: str, explored: int) -> dict[str, Any]:
+    """The summary keys every engine adds: the arbitration mode, where tau came from, the exploration."""
+    return {"arbitration": arbitration, "effect": effect,
+            "exploration": {"share": share, "seed": seed, "explored": explored}}
+
+
+def constrain(assessment: Assessment, state: RunState, *, progress: ProgressFn | None = None,
+              explore: bool = True) -> Decisions:
+    """Allocate within the state's budget and capacity, hold out the control group, build the outputs.
+
+    `explore=False` turns exploration off for this call (policy test cases, off-policy targets)."""
     a = assessment
     scored, cands = a.scored, a.candidates
     n = len(scored)
@@ -114,13 +230,35 @@ def constrain(assessment: Assessment, state: RunState, *, progress: ProgressFn |
     open_idx = np.flatnonzero(contactable)
     channel = cands["channel"].array
     ids = scored[ID].to_numpy(dtype=object)
+    draw = draw_exploration(a, share=None if explore else 0.0)
+    budget, capacity = state.budget_left, state.capacity_left
+    forced = np.zeros(0, dtype=np.int64)
+    explored_status = None
+    if draw.explored.any():  # explored contacts first, in value-density order, while budget and capacity allow
+        drawn = draw.action[draw.explored & (draw.action >= 0)]
+        first = allocate_arrays(
+            row=rows[drawn], key=ids, channel=channel.codes[drawn].astype(np.int64),
+            channel_names=[str(c) for c in channel.categories], priority=cands["priority"].to_numpy()[drawn],
+            rank=cands["rank"].to_numpy()[drawn], total_cost=cands["total_cost"].to_numpy()[drawn],
+            net_value=cands["net_value"].to_numpy()[drawn], n_rows=n, budget=budget, capacity=capacity,
+            prefer="first")
+        forced = drawn[first.chosen]
+        explored_status = first.status
+        budget = None if budget is None else first.budget_left
+        capacity = first.capacity_left
+        open_idx = open_idx[~draw.explored[rows[open_idx]]]
     result = allocate_arrays(
         row=rows[open_idx], key=ids, channel=channel.codes[open_idx].astype(np.int64),
         channel_names=[str(c) for c in channel.categories], priority=cands["priority"].to_numpy()[open_idx],
         rank=cands["rank"].to_numpy()[open_idx], total_cost=cands["total_cost"].to_numpy()[open_idx],
-        net_value=cands["net_value"].to_numpy()[open_idx], n_rows=n, budget=state.budget_left,
-        capacity=state.capacity_left, prefer=a.prefer)
+        net_value=cands["net_value"].to_numpy()[open_idx], n_rows=n, budget=budget,
+        capacity=capacity, prefer=a.prefer)
     chosen = open_idx[result.chosen]
+    if draw.explored.any():
+        chosen = np.sort(np.r_[chosen, forced])
+        result.status[draw.explored] = STATUS_EXPLORED_NONE
+        refused = explored_status != ""
+        result.status[refused] = explored_status[refused]  # drawn a contact the budget or capacity refused
     if progress:
         progress("arbitration", 1, 1)
 
@@ -136,6 +274,9 @@ def constrain(assessment: Assessment, state: RunState, *, progress: ProgressFn |
     control = np.zeros(n, dtype=bool)
     control[pos] = control_mask(pd.Series(ids[pos]), state.control)  # held out from what would be sent
     status[control] = STATUS_CONTROL
+    p_sent, p_control, p_none = propensity_cases(draw, matches_best(draw, cands), state.control.share)
+    propensity = np.where(status == STATUS_OFFER, p_sent, np.where(control, p_control, p_none))
+    propensity[status == STATUS_SUPPRESSED] = 1.0
 
     table = scored.copy(deep=False)
     winners = np.flatnonzero(cands["rank"].to_numpy() == 0)
@@ -174,6 +315,10 @@ def constrain(assessment: Assessment, state: RunState, *, progress: ProgressFn |
     table["model_version"] = a.loaded.version or a.loaded.uri
     table["decision_run"] = state.run_id
     table["decided_on"] = a.run_date.isoformat()
+    table["explored"] = draw.explored
+    table["propensity"] = propensity
+    if a.prefer == "incremental_value":
+        table["tau"] = _take(cands["tau"], chosen, n, pos, 0.0, float)
 
     offered = status == STATUS_OFFER
     spent = float(table["offer_cost"].to_numpy()[offered].sum() + table["channel_cost"].to_numpy()[offered].sum())
@@ -191,4 +336,6 @@ def constrain(assessment: Assessment, state: RunState, *, progress: ProgressFn |
     summary = summarise(table, run_id=state.run_id, run_date=a.run_date,
                         policy_hash=a.policy_engine.policy_set.content_hash, model_uri=a.loaded.uri,
                         model_version=a.loaded.version, budget=budget_at_start)
+    summary.update(run_notes(a.prefer, a.effect_note, draw.share if explore else 0.0, draw.seed,
+                             int(draw.explored.sum())))
     return Decisions(run_id=state.run_id, run_date=a.run_date, table=table, work_orders=orders, summary=summary)

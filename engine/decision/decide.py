@@ -54,7 +54,7 @@ SCORED_COLUMNS = (ID, "opt_out", PROBABILITY, "risk_grade", "value_tier")
 DECISION_COLUMNS = ("control", "policy_rule", "policy_offer", "matched_rules", "offer_id", "channel", "rule_id",
                     "stage", "priority", "p_accept", "offer_cost", "channel_cost", "expected_saved_value",
                     "net_value", "status", "blocked_reason", "note", "message", "policy_hash", "model_version",
-                    "decision_run", "decided_on")
+                    "decision_run", "decided_on", "explored", "propensity", "tau")
 
 __all__ = ["Assessment", "Decisions", "ProgressFn", "RunState", "assess", "constrain", "decide_frame", "due_date",
            "new_run_id", "render_messages", "score", "scored_rows", "work_orders"]
@@ -110,7 +110,7 @@ def decide_frame(frame: pd.DataFrame, *, loaded: LoadedModel | None = None, poli
                  run_id: str | None = None, run_date: dt.date | None = None, source: str = "input",
                  history: pd.DataFrame | None = None, learned: Mapping[tuple[str, str], float] | None = None,
                  progress: ProgressFn | None = None, state: RunState | None = None,
-                 scored: bool = False) -> Decisions:
+                 scored: bool = False, uplift: Any = None, explore: bool = True) -> Decisions:
     """Decide for every subscriber in `frame` (one row or millions).
 
     `state`: the run's budget and capacity left (and control group, capacity-grading cut-offs); from the
@@ -118,6 +118,11 @@ def decide_frame(frame: pd.DataFrame, *, loaded: LoadedModel | None = None, poli
     several calls against one allowance passes the same state each time.
     `scored=True`: `frame` already carries scores, grades, segments and reasons (a decisions table of an
     earlier run): they are kept, the model is not needed (see the module docs).
+    `uplift`: the uplift model for `arbitration: incremental_value` (engine.uplift.registry.load_uplift;
+    engine.decision.run.uplift_for resolves it once per process); None uses the offers' prior effects and
+    the summary's `effect` says so.
+    `explore`: apply the policy set's exploration share (engine/decision/constrain.py); False decides without
+    it (policy test cases, the target policy of an off-policy evaluation).
     """
     state = state if state is not None else RunState.from_settings(settings, run_id=run_id)
     if run_id:
@@ -127,11 +132,11 @@ def decide_frame(frame: pd.DataFrame, *, loaded: LoadedModel | None = None, poli
         rows = scored_rows(frame, source=source)
         assessment = assess_scored(rows, loaded=loaded or scored_model(frame), policy_engine=policy_engine,
                                    settings=settings, run_date=run_date, history=history, learned=learned,
-                                   progress=progress, explain=False, source=source)
+                                   progress=progress, explain=False, source=source, uplift=uplift)
     else:
         if loaded is None:
             raise TypeError("decide_frame needs the loaded model (or scored=True for already-scored rows)")
         assessment = assess(frame, loaded=loaded, policy_engine=policy_engine, settings=settings,
                             run_date=run_date, history=history, learned=learned, source=source,
-                            state=state, progress=progress)
-    return constrain(assessment, state, progress=progress)
+                            state=state, progress=progress, uplift=uplift)
+    return constrain(assessment, state, progress=progress, explore=explore)

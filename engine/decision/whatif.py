@@ -3,9 +3,12 @@
 
 Each runs `decide_frame(..., scored=True)` (engine/decision/decide.py) - the function `retain decide` runs,
 started from rows that already carry their scores: a decisions table of an earlier run, or a policy test
-case. Arbitration (`first` / `best_value`), contact rules, the control group, budget and capacity all apply,
-with the settings given (the same `Settings` object decide reads) and the decision date. So on the same rows,
-date and settings, what these report is what decide does; there is no second arbitration anywhere.
+case. Arbitration (`first` / `best_value` / `incremental_value`), exploration, contact rules, the control group,
+budget and capacity all apply, with the settings given (the same `Settings` object decide reads) and the
+decision date. So on the same rows, date and settings, what these report is what decide does; there is no
+second arbitration anywhere. Exploration draws by (decision date, subscriber id), so simulate, match and
+explain draw exactly what decide draws; test cases (`run_cases`) are decided without it, since a case states
+what the rules give.
 
 The policy package builds the figures, audiences, explanations and case verdicts from the results
 (engine.policy.simulate / match / explain / testing); it never imports this package, because the decision
@@ -41,18 +44,36 @@ def _day(engine: Any, on: dt.date | None) -> dt.date:
     return on or getattr(engine, "decision_date", None) or dt.date.today()
 
 
+_UPLIFT: dict[str, Any] = {}  # tracking URI -> the uplift model incremental_value what-ifs use, loaded once
+
+
+def _uplift(settings: Any, engine: Any) -> Any:
+    """The uplift model `arbitration: incremental_value` decides with (engine.decision.run.uplift_for), loaded
+    once per process and tracking store; None for the other modes."""
+    from engine.decision.run import uplift_for
+
+    if getattr(engine.policy_set, "arbitration", None) != "incremental_value":
+        return None
+    key = str(getattr(settings, "tracking_uri", ""))
+    if key not in _UPLIFT:
+        _UPLIFT[key] = uplift_for(settings, engine)
+    return _UPLIFT[key]
+
+
 def decide_scored(engine: Any, frame: pd.DataFrame, *, on: dt.date | None = None, settings: Any = None,
                   history: pd.DataFrame | None = None, learned: Learned = None, source: str = "input",
-                  state: RunState | None = None) -> Decisions:
+                  state: RunState | None = None, explore: bool = True) -> Decisions:
     """`retain decide`'s decision function on an already-scored table, with the policy engine `engine`.
 
     `settings` (default load_settings()), `history` (contact history) and `learned` (learned acceptance) are
-    what decide would be given; `state` the run's allowance (from the settings when not given).
+    what decide would be given; `state` the run's allowance (from the settings when not given); `explore`
+    False decides without the policy set's exploration share.
     """
     engine.check_columns(frame)  # the policy set's own columns first, in its words
-    return decide_frame(frame, policy_engine=engine, settings=_settings(settings), run_date=_day(engine, on),
+    settings = _settings(settings)
+    return decide_frame(frame, policy_engine=engine, settings=settings, run_date=_day(engine, on),
                         history=history, learned=learned, source=source, state=state, scored=True,
-                        run_id="what-if")
+                        run_id="what-if", explore=explore, uplift=_uplift(settings, engine))
 
 
 def acceptance(offer_ids: np.ndarray, reasons: np.ndarray, policy_set: Any, settings: Any,
@@ -176,7 +197,7 @@ def run_cases(engine: Any, cases: list[Any], *, settings: Any = None, learned: L
             if vocabulary.get(col) is not None and vocabulary[col].kind == "numeric":
                 frame[col] = pd.to_numeric(frame[col], errors="coerce").astype(float)
         table = decide_scored(engine, frame, on=lc.case.date, settings=settings, learned=learned,
-                              source=lc.where).table
+                              source=lc.where, explore=False).table  # a case states what the rules give
         got = {c: _plain(table[c].iloc[0]) for c in table.columns}
         results.append(compare_case(lc, got, engine.policy_set))
     return results

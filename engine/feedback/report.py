@@ -25,6 +25,18 @@ Other figures, per group: retention success rate = accepted and not churned / co
 offer; subscribers saved = uplift x treated; cost per saved subscriber = cost / saved (empty when
 uplift <= 0); net revenue kept = (mean revenue after of treated - of control) x treated - cost.
 `--overdue` lists work orders past their due date (three business days after the run) with no outcome.
+
+**Spend on saves** (added by engine.uplift.report.spend_report, which `retain report` runs: engine.uplift
+reads this package, so the figures are computed there and only carried and rendered here). Two figures look
+at whether money went where it changes churn:
+- *Cost spent where the measured effect is indistinguishable from zero*: the cost of the offers whose
+  uplift interval includes 0 (engine.uplift.report.cost_without_effect over the per-offer table).
+- *Qini per offer*: the offer's treated and control subscribers (with an outcome) ranked by the expected
+  saved value the decision carried (the arbitration's own score: P(churn) x P(accept) x value kept x horizon,
+  or tau x value kept x horizon under `incremental_value`); the Qini curve counts the extra stayers among the
+  top n against the control subscribers scaled to the same size, and the normalised Qini coefficient says
+  how well that score ranks who the offer actually keeps (1 perfect, 0 no better than random, below 0
+  worse). Offers with fewer than 20 subscribers in an arm get counts only (engine/uplift/metrics.py).
 """
 
 from __future__ import annotations
@@ -294,6 +306,9 @@ class Report:
     flagged: list[RuleFlag]
     overdue: pd.DataFrame | None = None
     counts: dict[str, int] = field(default_factory=dict)
+    qini: pd.DataFrame | None = None  # per offer: treated, control, qini, auuc, uplift_at_30 (+ curve points)
+    no_effect_cost: float = 0.0  # cost of offers whose uplift interval includes 0
+    no_effect: pd.DataFrame | None = None  # those offers: offer_id, uplift, ci_low, ci_high, cost
 
     @property
     def label(self) -> str:
@@ -321,6 +336,9 @@ class Report:
                 "tables": {k: records(v) for k, v in self.tables.items()},
                 "flagged_rules": [f.as_dict() for f in self.flagged],
                 "overdue": None if self.overdue is None else records(self.overdue),
+                "qini_by_offer": [] if self.qini is None else records(self.qini),
+                "cost_without_measured_effect": {"total": _num(self.no_effect_cost),
+                                                 "offers": [] if self.no_effect is None else records(self.no_effect)},
                 "method": "uplift = control churn - treated churn (intention to treat); 95% CI: Newcombe hybrid "
                           "score interval (Wilson per rate)"}
 
@@ -475,6 +493,18 @@ def charts(report: Report) -> dict[str, bytes]:
         ax.set_xlabel("net revenue kept (revenue gain vs control - cost)")
         ax.set_title("Net revenue kept per offer")
         out["net_revenue_by_offer.png"] = _png(fig)
+    curves = report.qini[report.qini["curve_x"].map(len) > 0] if report.qini is not None else pd.DataFrame()
+    if len(curves):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for r in curves.sort_values("treated", ascending=False).head(10).itertuples():
+            ax.plot(r.curve_x, r.curve_y, label=f"{r.offer_id} (Qini {r.qini:+.2f})")
+            ax.plot([0, 1], [0, r.curve_y[-1]], color="#bdc3c7", lw=0.6, ls="--")
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xlabel("share of the offer's subscribers, highest expected saved value first")
+        ax.set_ylabel(f"extra stayers vs control ({report.window} days)")
+        ax.set_title("Qini curve per offer (dashed: random targeting)")
+        ax.legend(fontsize=7)
+        out["qini_by_offer.png"] = _png(fig)
     return out
 
 
@@ -530,6 +560,13 @@ def render_html(report: Report, images: dict[str, bytes]) -> str:
              f"{html.escape(report.generated_at)}; {report.counts.get('outcomes', 0):,} outcomes for "
              f"{report.counts.get('decisions', 0):,} decisions.</p>",
              "<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>"]
+    parts.append(f"<p>Cost spent where the measured effect is indistinguishable from zero (offers whose uplift "
+                 f"interval includes 0): <b>{_fmt('cost', report.no_effect_cost)}</b>"
+                 + (f" ({html.escape(', '.join(report.no_effect['offer_id'].astype(str)))})"
+                    if report.no_effect is not None and len(report.no_effect) else "") + "</p>")
+    if report.qini is not None and len(report.qini):
+        q = report.qini.drop(columns=["curve_x", "curve_y"])
+        parts.append("<h2>Qini per offer</h2>" + q.to_html(index=False, border=0, float_format=lambda v: f"{v:+.3f}"))
     if report.flagged:
         parts.append("<h2>Flagged rules</h2><ul>" + "".join(f"<li>{html.escape(f.line())}</li>"
                                                              for f in report.flagged) + "</ul>")

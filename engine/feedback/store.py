@@ -73,7 +73,7 @@ class StoreError(RetainError):
 # ---------------------------------------------------------------------------------------------
 # the schema (current version) and its migrations
 # ---------------------------------------------------------------------------------------------
-def _tables_v1(md: sa.MetaData) -> dict[str, sa.Table]:
+def _tables_v1(md: sa.MetaData, decision_extra: Sequence[sa.Column] = ()) -> dict[str, sa.Table]:
     """The tables as created by migration 1. Frozen: later changes are new migrations."""
     text = sa.String(64)
     runs = sa.Table(
@@ -113,6 +113,7 @@ def _tables_v1(md: sa.MetaData) -> dict[str, sa.Table]:
         sa.Column("expected_saved_value", sa.Float),
         sa.Column("net_value", sa.Float),
         sa.Column("arpu", sa.Float),
+        *decision_extra,
     )
     orders = sa.Table(
         "work_orders", md,
@@ -157,7 +158,8 @@ def _version_table(md: sa.MetaData) -> sa.Table:
 #: The current schema, used by every query. Keep it equal to what the migrations build.
 metadata = sa.MetaData()
 schema_version = _version_table(metadata)
-_current = _tables_v1(metadata)
+#: `decisions` also has the columns later migrations added (migration 3: exploration).
+_current = _tables_v1(metadata, decision_extra=[sa.Column("propensity", sa.Float), sa.Column("explored", sa.Boolean)])
 decision_runs, decisions, work_orders, outcomes = (_current[k] for k in
                                                    ("decision_runs", "decisions", "work_orders", "outcomes"))
 #: Outcome value columns, in table order.
@@ -184,9 +186,18 @@ def _m2_due_date_index(conn: Connection) -> None:
     conn.execute(sa.text("CREATE INDEX ix_work_orders_due_date ON work_orders (due_date)"))
 
 
+def _m3_propensity(conn: Connection) -> None:
+    # Exploration: the probability with which each decision's action was chosen, and whether it was drawn at
+    # random; off-policy evaluation (retain policy evaluate) weighs logged decisions by it. NULL for runs
+    # recorded before: readers derive it from the control-group share.
+    conn.execute(sa.text("ALTER TABLE decisions ADD COLUMN propensity FLOAT"))
+    conn.execute(sa.text("ALTER TABLE decisions ADD COLUMN explored BOOLEAN"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "decision runs, decisions, work orders, outcomes", _m1_initial),
     Migration(2, "index work orders by due date (retain report --overdue)", _m2_due_date_index),
+    Migration(3, "decisions: propensity and explored (exploration, off-policy evaluation)", _m3_propensity),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

@@ -20,7 +20,7 @@ import urllib.request
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -270,6 +270,7 @@ class LoadedModel:
     version: str | None
     run_id: str | None
     model: Any  # a ChurnModel from engine.model.portable, or its hashed copy logged with the version
+    tags: dict[str, str] = field(default_factory=dict)  # the registered version's tags (emp_threshold, ...)
 
     @property
     def input_columns(self) -> list[str]:
@@ -334,7 +335,17 @@ def load_model(settings: Settings, ref: str | None = None) -> LoadedModel:
                          hint="pass a version trained with `retain train`; see `retain models list`")
     return LoadedModel(uri=uri, name=mv.name if mv else settings.model_name,
                        version=str(mv.version) if mv else None,
-                       run_id=mv.run_id if mv else pyfunc.metadata.run_id, model=inner)
+                       run_id=mv.run_id if mv else pyfunc.metadata.run_id, model=inner,
+                       tags=dict(getattr(mv, "tags", None) or {}) if mv else {})
+
+
+def save_version_tags(settings: Settings, loaded: LoadedModel, tags: dict[str, str]) -> None:
+    """Set tags on the loaded model's registered version (one line when it is not a registered version)."""
+    if not loaded.version:
+        raise ModelError(f"model '{loaded.uri}' is not a registered version: nothing to record the tags on")
+    client = connect(settings)
+    for key, value in tags.items():
+        client.set_model_version_tag(loaded.name, str(loaded.version), key, str(value))
 
 
 def holdout_rows(settings: Settings, loaded: LoadedModel) -> pd.DataFrame:

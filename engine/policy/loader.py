@@ -31,6 +31,7 @@ from engine.policy.model import (
     Action,
     AttributeSpec,
     DeclaredAttribute,
+    ExplorationSpec,
     Offer,
     OfferSpec,
     PolicyFile,
@@ -375,6 +376,7 @@ class _Collected:
         self.declared: dict[str, DeclaredAttribute] = {}
         self.declared_specs: list[AttributeSpec] = []
         self.arbitration: tuple[str, str] | None = None  # (mode, where)
+        self.exploration: tuple[Any, str] | None = None  # (ExplorationSpec, where)
 
     @property
     def vocabulary(self) -> dict[str, Any]:
@@ -436,6 +438,9 @@ def load_policy_set(path: str | Path) -> PolicySet:
                                    for a in sorted(col.declared_specs, key=lambda a: a.name)]
     if arbitration != "first":
         canonical["arbitration"] = arbitration
+    exploration = col.exploration[0] if col.exploration else ExplorationSpec()
+    if col.exploration:
+        canonical["exploration"] = exploration.model_dump(mode="json")
     digest = hashlib.sha256(json.dumps(canonical, sort_keys=True, separators=(",", ":"),
                                        ensure_ascii=False, default=str).encode()).hexdigest()
     fields = set()
@@ -444,7 +449,9 @@ def load_policy_set(path: str | Path) -> PolicySet:
             fields |= {name for name, _ in template_fields(r.action.message)}
     return PolicySet(offers=offers, rules=rules, files=displays, root=root_arg, content_hash=digest,
                      attributes=referenced_attributes(rules, offers), template_fields=fields,
-                     declared=dict(col.declared), arbitration=arbitration)
+                     declared=dict(col.declared), arbitration=arbitration,
+                     exploration_share=float(exploration.share),
+                     exploration_seed=None if exploration.seed is None else str(exploration.seed))
 
 
 def _policy_error(problems: list[str], root: str) -> PolicyError:
@@ -476,6 +483,8 @@ def _load_file(data: Any, display: str, file_index: int, col: _Collected) -> Non
                                 f"(hint: {maybe}allowed top-level fields: {', '.join(allowed)})")
     if "arbitration" in data:
         _load_arbitration(data, display, col)
+    if "exploration" in data:
+        _load_exploration(data, display, col)
     for section in ("offers", "rules"):
         items = data.get(section)
         if items is None:
@@ -507,6 +516,25 @@ def _load_arbitration(data: Any, display: str, col: _Collected) -> None:
                             f"{col.arbitration[1]} (hint: state the arbitration mode once, in policy.yaml)")
         return
     col.arbitration = (mode, where)
+
+
+def _load_exploration(data: Any, display: str, col: _Collected) -> None:
+    line = data.key_lines.get("exploration", 1)
+    where = f"{display}:{line}"
+    raw = data["exploration"]
+    try:
+        spec = ExplorationSpec.model_validate(dict(raw) if isinstance(raw, dict) else raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err.get("loc", ())) or "exploration"
+        col.problems.append(f"{where}: exploration: {field}: {err['msg']} (hint: e.g. `exploration: {{share: 0.05}}`; "
+                            f"share between 0 and 0.5, 0 disables)")
+        return
+    if col.exploration and col.exploration[0] != spec:
+        col.problems.append(f"{where}: exploration: contradicts the one set at {col.exploration[1]} "
+                            f"(hint: state exploration once, in policy.yaml)")
+        return
+    col.exploration = (spec, where)
 
 
 def _load_declarations(data: Any, display: str, col: _Collected) -> None:

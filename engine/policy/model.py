@@ -150,11 +150,26 @@ class AttributeSpec(_Strict):
         return self
 
 
-ArbitrationMode = Literal["first", "best_value"]
+ArbitrationMode = Literal["first", "best_value", "incremental_value"]
 ARBITRATION_MODES: dict[str, str] = {
     "first": "the highest-priority matching rule wins (DMN's priority hit policy); lower ones are fallbacks",
     "best_value": "the candidate with the highest expected net value wins; ties go to the higher priority",
+    "incremental_value": "the candidate with the highest incremental net value wins (effect on churn x value kept "
+                         "x horizon - cost, from the uplift model or the offers' `effect:`); ties go to the higher "
+                         "priority",
 }
+#: Share of decisions explored when a policy set does not say (`exploration: {share: ...}`).
+DEFAULT_EXPLORATION_SHARE = 0.05
+
+
+class ExplorationSpec(_Strict):
+    """A share of decisions chosen at random among the subscriber's eligible actions (no contact included)."""
+
+    share: float = Field(DEFAULT_EXPLORATION_SHARE, ge=0, le=0.5,
+                         description="Share of subscribers whose action is drawn at random among their eligible "
+                                     "ones, no contact included (0 disables; default 0.05)")
+    seed: str | int | None = Field(None, description="Seed of the stable draw (default: the decision date, so a "
+                                                     "subscriber gets the same draw in any batch that day)")
 
 
 class PolicyFile(_Strict):
@@ -164,6 +179,9 @@ class PolicyFile(_Strict):
     arbitration: ArbitrationMode | None = Field(
         None, description="How the winner is chosen among a subscriber's candidates: " + "; ".join(
             f"'{k}': {v}" for k, v in ARBITRATION_MODES.items()) + " (default: first)")
+    exploration: ExplorationSpec | None = Field(
+        None, description="Exploration: a share of decisions drawn at random so that other policies can be "
+                          "evaluated on the logs (default share 0.05)")
     attributes: list[AttributeSpec] = Field(default_factory=list)
     offers: list[OfferSpec] = Field(default_factory=list)
     rules: list[RuleSpec] = Field(default_factory=list)
@@ -264,6 +282,13 @@ class PolicySet:
     template_fields: set[str] = field(default_factory=set)
     declared: dict[str, DeclaredAttribute] = field(default_factory=dict)
     arbitration: str = "first"
+    exploration_share: float = DEFAULT_EXPLORATION_SHARE
+    exploration_seed: str | None = None
+
+    @property
+    def effect_priors(self) -> dict[str, float]:
+        """offer id -> its prior incremental effect (`effect:`), for offers that state one."""
+        return {oid: float(o.effect) for oid, o in self.offers.items() if o.effect is not None}
 
     @property
     def acceptance_priors(self) -> dict[str, dict[str, float]]:

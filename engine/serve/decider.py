@@ -34,6 +34,7 @@ import pandas as pd
 from engine.config import Settings
 from engine.data.schema import ID
 from engine.decision.decide import Decisions, RunState, decide_frame
+from engine.decision.run import resolve_risk_grades
 from engine.errors import DataError
 from engine.feedback.store import Store, now_iso, open_store
 from engine.model.churn import PROBABILITY
@@ -341,7 +342,7 @@ class Decider:
         t0 = time.perf_counter()
         bundle = self.state.bundle
         assert bundle is not None
-        settings = self.state.settings
+        settings = resolve_risk_grades(self.state.settings, bundle.loaded)  # risk_grades.mode emp: the model's
         today = dt.date.today()
         frame = batch[0].frame if len(batch) == 1 else pd.concat([j.frame for j in batch], ignore_index=True)
         ids = frame[ID].astype(str)
@@ -363,7 +364,8 @@ class Decider:
                              risk_cutoffs=(settings.risk_grades.high, settings.risk_grades.medium))
             decisions = decide_frame(frame, loaded=bundle.loaded, policy_engine=bundle.policy_engine,
                                      settings=settings, run_id=run_id, run_date=today, source="request",
-                                     history=history, learned=bundle.learned, state=state)
+                                     history=history, learned=bundle.learned, state=state,
+                                     uplift=getattr(bundle, "uplift", None))
             items = spend_of(state)
             contacts = contacts_of(run_id, today, decisions.work_orders)
             if not self.shared or not items:

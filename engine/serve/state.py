@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import Settings
-from engine.decision.run import load_policy_engine
+from engine.decision.run import load_policy_engine, uplift_for
 from engine.errors import RetainError
 from engine.model.registry import LoadedModel, connect, load_model, model_uri
 
@@ -33,6 +33,7 @@ class Bundle:
     policy_engine: Any
     policy_signature: tuple
     learned: dict[tuple[str, str], float] | None
+    uplift: Any = None  # the uplift model `arbitration: incremental_value` uses (None: the offers' priors)
     loaded_at: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
 
     @property
@@ -107,7 +108,7 @@ class ServingState:
         sig = policy_signature(self.policy_dir)
         policy_engine = load_policy_engine(self.policy_dir)
         loaded = load_model(self.settings, self.model_ref)
-        self.bundle = Bundle(loaded, policy_engine, sig, self._learned())
+        self.bundle = Bundle(loaded, policy_engine, sig, self._learned(), uplift_for(self.settings, policy_engine))
         log.info("serving model %s (version %s), policies %s (hash %s)", loaded.uri, loaded.version,
                  self.policy_dir.name, policy_engine.policy_set.content_hash[:12])
         return self.bundle
@@ -131,6 +132,7 @@ class ServingState:
                 updates["policy_signature"] = sig
                 if engine.policy_set.content_hash != current.policy_hash:
                     updates["policy_engine"] = engine
+                    updates["uplift"] = uplift_for(self.settings, engine)
                     what.append(f"policies {current.policy_hash[:12]} -> {engine.policy_set.content_hash[:12]}")
             if self.use_learned and time.monotonic() - self._learned_at > self.learned_refresh_seconds:
                 updates["learned"] = self._learned()

@@ -40,7 +40,7 @@ from engine.data.schema import ID
 from engine.decision.constrain import Decisions, new_run_id
 from engine.decision.contact import read_history
 from engine.decision.orders import NO_DOMINANT_REASON, order_rows  # noqa: F401
-from engine.decision.run import DecisionRunResult, learned_rates, load_policy_engine
+from engine.decision.run import DecisionRunResult, learned_rates, load_policy_engine, resolve_risk_grades
 from engine.errors import DataError, RetainError
 from engine.model.churn import PROBABILITY
 from engine.spark import executor as ex
@@ -239,11 +239,15 @@ def _cutoffs(spark, df, job: ex.Job, settings: Settings) -> tuple[float, float] 
     return capacity_cutoffs(top, grades)
 
 
-def _final_table(decided, chosen, capacity_left: Mapping[str, int | None], *, broadcast: bool = False):
-    """Apply the allocation to the per-partition decisions (see the module docs, step 4)."""
+def _final_table(decided, chosen, capacity_left: Mapping[str, int | None], *, broadcast: bool = False,
+                 explored_status=None):
+    """Apply the allocation to the per-partition decisions (see the module docs, step 4). `explored_status`:
+    (subscriber_id, _xstatus) of explored subscribers whose drawn contact budget or capacity refused."""
     from pyspark.sql import functions as F
 
     t = decided.join(F.broadcast(chosen) if broadcast else chosen, ID, "left")
+    if explored_status is not None:
+        t = t.join(F.broadcast(explored_status), ID, "left")
     has = F.size("_c_channel") > 0
     picked = has & F.col("_pick").isNotNull()
     refused = has & F.col("_pick").isNull()
@@ -255,9 +259,13 @@ def _final_table(decided, chosen, capacity_left: Mapping[str, int | None], *, br
 
     new = {
         "status": (F.when(control, F.lit(STATUS_CONTROL)).when(picked, F.lit(STATUS_OFFER))
+                   .when(refused & F.col("_xstatus").isNotNull() if explored_status is not None else F.lit(False),
+                         F.col("_xstatus") if explored_status is not None else F.lit(None))
                    .when(refused & F.element_at("_c_channel", 1).isin(full), F.lit(STATUS_OVER_CAPACITY))
                    .when(refused, F.lit(STATUS_OVER_BUDGET)).otherwise(F.col("status"))),
         "control": F.when(has, control).otherwise(F.col("control")),
+        "propensity": (F.when(control, F.col("_c_p_control")).when(picked, F.col("_c_p_sent"))
+                       .when(refused, F.col("_c_p_none")).otherwise(F.col("propensity"))),
     }
     for col in ("offer_id", "channel", "rule_id", "stage", "message"):
         new[col] = F.when(picked, at(f"_c_{col}")).when(refused, F.lit(None).cast("string")).otherwise(F.col(col))
@@ -268,8 +276,34 @@ def _final_table(decided, chosen, capacity_left: Mapping[str, int | None], *, br
     for col in ("offer_cost", "channel_cost"):
         new[col] = (F.when(control, F.lit(0.0)).when(picked, at(f"_c_{col}")).when(refused, F.lit(0.0))
                     .otherwise(F.col(col)))
+    for col in ("tau",):
+        if col in decided.columns:
+            new[col] = F.when(picked, at(f"_c_{col}")).when(refused, F.lit(0.0)).otherwise(F.col(col))
     columns = [c for c in decided.columns if not c.startswith("_c_") and c != ex.CONTROL_FLAG]
     return t.select(*[new[c].alias(c) if c in new else F.col(c) for c in columns])
+
+
+def _explored_first(spark, explored: pd.DataFrame, channels: list[str], budget: float | None,
+                    capacity: Mapping[str, int | None]):
+    """The explored subscribers' drawn contacts (one candidate each, at most 5% of the rows by default) allocated
+    on the driver with `allocate_arrays`, exactly as constrain does before everyone else: (budget left,
+    capacity left, picks DataFrame (subscriber_id, _pick), refused DataFrame (subscriber_id, _xstatus))."""
+    from engine.decision.arbitration import CHOSEN, allocate_arrays
+
+    codes = np.array([channels.index(ch) for ch in explored["ch"]], dtype=np.int64)
+    ids = explored[ID].astype(str).to_numpy(dtype=object)
+    n = len(explored)
+    res = allocate_arrays(row=np.arange(n), key=ids, channel=codes, channel_names=channels,
+                          priority=np.zeros(n), rank=np.zeros(n, dtype=np.int64),
+                          total_cost=explored["cost"].to_numpy(dtype=float),
+                          net_value=explored["net"].to_numpy(dtype=float), n_rows=n, budget=budget,
+                          capacity=capacity, prefer="first")
+    picks = spark.createDataFrame(pd.DataFrame({ID: ids[res.chosen], "_pick": explored["k"].to_numpy()[res.chosen]
+                                                .astype("int32")}), f"{ID} string, _pick int")
+    refused = np.flatnonzero(res.status != CHOSEN)
+    status = spark.createDataFrame(pd.DataFrame({ID: ids[refused], "_xstatus": res.status[refused].astype(object)}),
+                                   f"{ID} string, _xstatus string")
+    return (None if budget is None else res.budget_left), res.capacity_left, picks, status
 
 
 def _partition_counts(batches):
@@ -425,6 +459,21 @@ def _summary(final, *, run_id: str, run_date: dt.date, policy_hash: str, model_u
     }
 
 
+def _run_notes(final, engine, run_date: dt.date) -> dict[str, Any]:
+    """constrain's run_notes: arbitration mode, where tau came from (the priors: executors do not load the
+    uplift model), exploration share, seed and how many were explored."""
+    from pyspark.sql import functions as F
+
+    from engine.decision.assess import INCREMENTAL, effect_source
+    from engine.decision.constrain import run_notes
+
+    ps = engine.policy_set
+    explored = _run(final.agg(F.sum(F.col("explored").cast("long")).alias("n")).collect)[0]["n"]
+    seed = str(ps.exploration_seed) if ps.exploration_seed is not None else run_date.isoformat()
+    return run_notes(ps.arbitration, effect_source(None) if ps.arbitration == INCREMENTAL else None,
+                     ps.exploration_share, seed, int(explored or 0))
+
+
 def decide_spark(input_path: str | Path, out_dir: str | Path, *, settings: Settings, model: str | None = None,
                  policy_dir: str | Path | None = None, master: str | None = None, spark=None,
                  contact_history: str | Path | None = None, run_date: dt.date | None = None,
@@ -455,6 +504,7 @@ def decide_spark(input_path: str | Path, out_dir: str | Path, *, settings: Setti
     engine = load_policy_engine(policies)  # fail fast, before heavy work
     history = read_history(contact_history)
     loaded = load_model(settings, model)
+    settings = resolve_risk_grades(settings, loaded)
     learned = learned_rates(settings, learned, policies)
     spark = spark or spark_session(master)
     sc = spark.sparkContext
@@ -485,17 +535,29 @@ def decide_spark(input_path: str | Path, out_dir: str | Path, *, settings: Setti
     _run(decided.count)
     _mark("assess")
 
-    cands = decided.select(ID, F.posexplode(F.arrays_zip("_c_channel", "_c_total_cost", "_c_density")))
-    cands = cands.select(ID, F.col("pos").cast("int").alias("k"), F.col("col._c_channel").alias("ch"),
-                         F.col("col._c_total_cost").alias("cost"), F.col("col._c_density").alias("density"))
+    cands = decided.select(ID, "_c_explored", F.posexplode(F.arrays_zip("_c_channel", "_c_total_cost",
+                                                                         "_c_density", "_c_net_value")))
+    cands = cands.select(ID, "_c_explored", F.col("pos").cast("int").alias("k"), F.col("col._c_channel").alias("ch"),
+                         F.col("col._c_total_cost").alias("cost"), F.col("col._c_density").alias("density"),
+                         F.col("col._c_net_value").alias("net"))
     channels = sorted({r["ch"] for r in _run(cands.select("ch").distinct().collect)} | set(settings.channels))
     capacity = {ch: c.daily_capacity for ch, c in settings.channels.items()}
-    alloc = _run(allocate, spark, cands, channels=channels, budget=settings.arbitration.budget, capacity=capacity,
-                 partitions=partitions)
+    budget = settings.arbitration.budget
+    explored = _run(cands.filter(F.col("_c_explored")).select(ID, "k", "ch", "cost", "net").toPandas)
+    explored_picks = explored_status = None
+    if len(explored):  # explored subscribers' drawn contacts are paid first, as constrain does
+        budget, capacity, explored_picks, explored_status = _explored_first(spark, explored, channels, budget,
+                                                                            capacity)
+    alloc = _run(allocate, spark, cands.filter(~F.col("_c_explored")).select(ID, "k", "ch", "cost", "density"),
+                 channels=channels, budget=budget, capacity=capacity, partitions=partitions)
     _mark(f"allocate ({alloc.rounds} rounds)")
+    chosen = alloc.chosen
+    if explored_picks is not None:
+        chosen = chosen.unionByName(explored_picks)
+        alloc.chosen_rows += explored_picks.count()
     # picks of up to BROADCAST_PICKS subscribers go to every task (the wide decisions table is not shuffled)
-    final = _final_table(decided, alloc.chosen, alloc.capacity_left,
-                         broadcast=alloc.chosen_rows <= BROADCAST_PICKS).persist(StorageLevel.MEMORY_AND_DISK)
+    final = _final_table(decided, chosen, alloc.capacity_left, broadcast=alloc.chosen_rows <= BROADCAST_PICKS,
+                         explored_status=explored_status).persist(StorageLevel.MEMORY_AND_DISK)
     _run(final.count)
 
     out = _as_uri(out_dir)
@@ -515,6 +577,7 @@ def decide_spark(input_path: str | Path, out_dir: str | Path, *, settings: Setti
         _mark("work orders")
         summary = _summary(final, run_id=run_id, run_date=run_date, policy_hash=engine.policy_set.content_hash,
                            model_uri=loaded.uri, model_version=loaded.version, budget=settings.arbitration.budget)
+        summary.update(_run_notes(final, engine, run_date))
         _mark("summary")
         summary["input"] = source if "://" in source else str(Path(source).resolve())
         files = {"decisions": _join(out, DECISIONS_DIR)}

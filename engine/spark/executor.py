@@ -11,6 +11,10 @@ The per-subscriber work is `engine.decision.assess` + `constrain` with an unlimi
 budget and no capacity limit, constrain gives each subscriber its best candidate (and the control
 group, the decision-table columns, statuses none/blocked/not_worth); the subscriber's other eligible
 candidates travel along as arrays (in preference order), for the distributed allocation to fall back on.
+An explored subscriber (engine/decision/constrain.py, exploration) carries only its drawn candidate (none
+when it drew no contact) and `_c_explored`: the driver pays those first, as the local run does. Each row
+also carries the propensity of its final action for each way it can end (`_c_p_sent`, `_c_p_control`,
+`_c_p_none`), for the final table to pick from once the allocation is known.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ CANDIDATE_ARRAYS = {
     "_c_message": pa.string(), "_c_priority": pa.int64(), "_c_total_cost": pa.float64(),
     "_c_density": pa.float64(), "_c_p_accept": pa.float64(), "_c_offer_cost": pa.float64(),
     "_c_channel_cost": pa.float64(), "_c_expected_saved_value": pa.float64(), "_c_net_value": pa.float64(),
+    "_c_tau": pa.float64(),
 }
 CONTROL_FLAG = "_in_control"  # control_mask of the subscriber (only meaningful when it has candidates)
 
@@ -172,7 +177,14 @@ def decide_rows(frame: pd.DataFrame, job: Job) -> tuple[pd.DataFrame, dict[str, 
     """The per-subscriber decision for rows of one partition: the decision table with each subscriber's
     best candidate, and its eligible candidates as (offsets, values) per array column."""
     from engine.decision.arbitration import eligible, preference_order
-    from engine.decision.constrain import RunState, constrain, render_messages
+    from engine.decision.constrain import (
+        RunState,
+        constrain,
+        draw_exploration,
+        matches_best,
+        propensity_cases,
+        render_messages,
+    )
     from engine.decision.contact import control_mask
     from engine.decision.decide import assess
 
@@ -189,6 +201,15 @@ def decide_rows(frame: pd.DataFrame, job: Job) -> tuple[pd.DataFrame, dict[str, 
     rows = c["row"].to_numpy()[ok]
     order = ok[preference_order(rows, c["rank"].to_numpy()[ok], c["priority"].to_numpy()[ok],
                                 c["net_value"].to_numpy()[ok], a.prefer)]
+    draw = draw_exploration(a)
+    if draw.explored.any():  # an explored subscriber's only candidate is its drawn one (none: no candidate)
+        order = order[~draw.explored[c["row"].to_numpy()[order]]]
+        drawn = draw.action[draw.explored & (draw.action >= 0)]
+        order = np.concatenate([order, drawn])
+        order = order[np.argsort(c["row"].to_numpy()[order], kind="stable")]
+    p_sent, p_control, p_none = propensity_cases(draw, matches_best(draw, c), job.settings.control_group.share)
+    table["_c_explored"] = draw.explored
+    table["_c_p_sent"], table["_c_p_control"], table["_c_p_none"] = p_sent, p_control, p_none
     n = len(table)
     cand_rows = c["row"].to_numpy()[order]
     counts = np.bincount(cand_rows, minlength=n)
@@ -215,6 +236,7 @@ def decide_rows(frame: pd.DataFrame, job: Job) -> tuple[pd.DataFrame, dict[str, 
         "_c_p_accept": col("p_accept").astype(float), "_c_offer_cost": col("offer_cost").astype(float),
         "_c_channel_cost": col("channel_cost").astype(float),
         "_c_expected_saved_value": col("expected_saved_value").astype(float), "_c_net_value": net,
+        "_c_tau": col("tau").astype(float) if "tau" in c.columns else np.zeros(len(order)),
     }
     control = np.zeros(n, dtype=bool)
     has = np.flatnonzero(counts > 0)

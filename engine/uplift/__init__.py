@@ -13,5 +13,5 @@
 
 Nothing here imports engine.decision or engine.policy: the decision core calls in (incremental_effect,
 explore), so the other direction would be an import cycle (tests/test_layout.py). The target policy of
-`retain uplift evaluate` is wired in the CLI (engine.cli.uplift.decide_target).
+`retain policy evaluate` is wired one level up, in engine.decision.run.policy_target.
 """

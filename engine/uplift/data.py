@@ -5,10 +5,11 @@ subscriber's raw inputs; each run names the table it decided on (`decision_runs.
 learns from those raw rows, so this reads them back and joins them by subscriber_id. A run whose input is
 gone cannot be learned from: it is named in the error (keep inputs, or decide again).
 
-Propensity: P(logged action) per row, from a `propensity` column of `decisions` when the store has one
-(once exploration is logged), else from the control group alone: a subscriber the arbitration chose was
-sent its offer with probability 1 - share and held back with probability share; everyone else had no
-contact with probability 1 (the logging policy was deterministic for them).
+Propensity: P(logged action) per row, from the `propensity` column of `decisions` (store migration 3: what
+`retain decide` records, exploration and control group included), else - for rows recorded before it - from
+the control group alone: a subscriber the arbitration chose was sent its offer with probability 1 - share and
+held back with probability share; everyone else had no contact with probability 1 (the logging policy was
+deterministic for them). `propensity_source` says which per row ('logged' or 'derived').
 """
 
 from __future__ import annotations
@@ -86,10 +87,13 @@ def logged_frame(settings: Settings, runs: list[str] | None = None, *, window: i
     accepted = frame["accepted"].fillna(False).astype(bool).to_numpy()
     frame["cost"] = (frame["channel_cost"].fillna(0).to_numpy() * contacted
                      + frame["offer_cost"].fillna(0).to_numpy() * accepted)
-    if "propensity" not in frame.columns or frame["propensity"].isna().all():
-        status = frame["status"].to_numpy(dtype=object)
-        frame["propensity"] = np.where(status == STATUS_OFFER, 1 - share,
-                                       np.where(status == STATUS_CONTROL, share, 1.0))
+    status = frame["status"].to_numpy(dtype=object)
+    derived = np.where(status == STATUS_OFFER, 1 - share, np.where(status == STATUS_CONTROL, share, 1.0))
+    logged = (pd.to_numeric(frame["propensity"], errors="coerce").to_numpy(dtype=float)
+              if "propensity" in frame.columns else np.full(len(frame), np.nan))
+    has = np.isfinite(logged) & (logged > 0)
+    frame["propensity"] = np.where(has, logged, derived)
+    frame["propensity_source"] = np.where(has, "logged", "derived")
     return frame
 
 

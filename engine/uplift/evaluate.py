@@ -1,9 +1,10 @@
-"""`retain uplift evaluate`: what a changed policy set (or arbitration mode) would have achieved on logged runs.
+"""`retain policy evaluate` (alias `retain uplift evaluate`): what a changed policy set (or arbitration mode)
+would have achieved on logged runs.
 
 Logged rows come from the decision store with their outcomes and propensities (engine.uplift.data). The
 target policy's action per row comes from a callback, `target_actions(frame) -> DataFrame[offer_id, channel]`
 (one row per logged row, same order; no offer = no contact). The CLI's default callback
-(engine.cli.uplift.decide_target) runs the shared decide function with the new policy set on the logged
+(engine.decision.run.policy_target) runs the shared decide function with the new policy set on the logged
 subscribers' raw rows, the action being the policy's choice before the control group is held back. It lives
 above engine.decision, not here, because the decision core imports engine.uplift (incremental_effect):
 engine.uplift never imports engine.decision.
@@ -38,9 +39,11 @@ class PolicyEvaluation:
     result: OPEResult
     logged: dict[str, float]  # what the logging policy did: saves are not observable, cost and contacts are
     reward_model: str
+    propensities: str = "logged"  # where the logged propensities came from (see engine.uplift.data)
 
     def as_dict(self) -> dict[str, Any]:
         return {"runs": self.runs, "window": self.window, "reward_model": self.reward_model, "logged": self.logged,
+                "propensities": self.propensities,
                 **self.result.as_dict()}
 
 
@@ -104,5 +107,11 @@ def evaluate_policy(settings: Settings, *, target_actions: TargetActionsFn, runs
                       contrast={"stayed": True, "net_value": True}, rounds=rounds, seed=seed, min_ess=min_ess)
     summary = {"rows": float(n), "contacts": float(sent.sum()), "cost": float(cost.sum()),
                "control": float((frame["status"] == "control").sum())}
+    source = frame["propensity_source"] if "propensity_source" in frame.columns else pd.Series(["logged"] * n)
+    n_logged = int((source == "logged").sum())
+    propensities = ("logged by retain decide" if n_logged == n else
+                    "derived from the control-group share (runs recorded before propensities were stored)"
+                    if n_logged == 0 else f"logged for {n_logged:,} of {n:,} rows, the rest derived from the "
+                                          "control-group share")
     return PolicyEvaluation(runs=sorted(frame["decision_run"].astype(str).unique()), window=window, result=result,
-                            logged=summary, reward_model=reward_model)
+                            logged=summary, reward_model=reward_model, propensities=propensities)

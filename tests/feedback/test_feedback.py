@@ -124,11 +124,17 @@ def test_migrations_apply_in_order_once_and_refuse_a_newer_store(tmp_path, setti
     indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert "ix_work_orders_due_date" in indexes  # migration 2
 
-    # a store at version 1 gets exactly migration 2
-    db.execute("DELETE FROM schema_version WHERE version = 2")
+    columns = {r[1] for r in db.execute("PRAGMA table_info(decisions)")}
+    assert {"propensity", "explored"} <= columns  # migration 3
+
+    # a store at version 1 gets exactly migrations 2 and 3
+    db.execute("DELETE FROM schema_version WHERE version >= 2")
     db.execute("DROP INDEX ix_work_orders_due_date")
+    db.execute("ALTER TABLE decisions DROP COLUMN propensity")
+    db.execute("ALTER TABLE decisions DROP COLUMN explored")
     db.commit()
-    assert store.migrate() == [2]
+    assert store.migrate() == [2, 3]
+    assert {"propensity", "explored"} <= {r[1] for r in db.execute("PRAGMA table_info(decisions)")}
 
     db.execute("INSERT INTO schema_version VALUES (99, 'from the future', '2099-01-01')")
     db.commit()

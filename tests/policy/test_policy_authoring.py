@@ -46,7 +46,7 @@ def test_a_bad_date_is_one_line_with_file_line_offer_and_field_and_no_follow_on(
     assert code == 2
     problems = [ln for ln in lines if "offers.yaml" in ln or "rules/" in ln]
     assert len(problems) == 1, lines
-    assert "offers.yaml:49: offer 'bonus_data': field 'valid_to'" in problems[0] and words in problems[0]
+    assert "offers.yaml:57: offer 'bonus_data': field 'valid_to'" in problems[0] and words in problems[0]
     assert not any("unknown offer" in ln for ln in lines)
 
 

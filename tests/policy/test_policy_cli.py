@@ -146,7 +146,10 @@ def test_simulate_with_baseline_writes_report(runner, decisions, sample_copy, tm
     # decided as decide decides: the control group, opt-outs (the VIP manager calls) and capacity keep some of
     # them from the VIP package, so the change is at most the newly matching subscribers, all to the package
     assert 0 < c["changed_offer"] <= more_vip
-    assert {t["to_offer"] for t in figures["transitions"]} <= {"vip_loyalty_package", "(none)"}
+    # (a newly matching subscriber drawn for exploration draws among its new candidates: another offer, rarely)
+    moved = pd.DataFrame(figures["transitions"])
+    to_package = moved.loc[moved["to_offer"].isin(["vip_loyalty_package", "(none)"]), "subscribers"].sum()
+    assert to_package >= 0.8 * moved["subscribers"].sum()
     assert c["cost_change"] > 0
     assert figures["totals"]["subscribers"] == len(frame)
     by_rule = {r["rule_id"]: r for r in figures["by_rule"]}
@@ -160,7 +163,8 @@ def test_simulate_json(runner, decisions):
     data = json.loads(res.output.strip().splitlines()[-1])
     assert data["subscribers"] == sum(data["status"].values()) == 3000
     assert data["totals"]["reached"] == data["status"]["offer"]  # sent; the control group is held out
-    assert set(data["status"]) <= {"offer", "control", "blocked", "over_budget", "over_capacity", "suppressed"}
+    assert set(data["status"]) <= {"offer", "control", "blocked", "over_budget", "over_capacity", "suppressed",
+                                   "explored_none"}
     assert abs(sum(r["cost"] for r in data["by_offer"]) - data["totals"]["cost"]) < 0.01
 
 

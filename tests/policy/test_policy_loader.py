@@ -270,3 +270,44 @@ def test_published_json_schema_is_current():
     assert rule["additionalProperties"] is False and rule["properties"]["when"]["anyOf"][0] == {
         "$ref": "#/$defs/Condition"}
     assert json_schema()["title"]
+
+
+@pytest.mark.parametrize("mode", ["first", "best_value", "incremental_value"])
+def test_every_arbitration_mode_loads(tmp_path, mode):
+    folder = write_set(tmp_path, RULE)
+    (folder / "policy.yaml").write_text(f"arbitration: {mode}\n")
+    assert load_policy_set(folder).arbitration == mode
+
+
+def test_an_unknown_arbitration_mode_is_one_line_naming_the_file(tmp_path, runner):
+    from engine.cli.main import app
+
+    folder = write_set(tmp_path, RULE)
+    (folder / "policy.yaml").write_text("description: x\narbitration: incremental\n")
+    with pytest.raises(PolicyError) as err:
+        load_policy_set(folder)
+    message = str(err.value)
+    assert "\n" not in message and "policy.yaml:2" in message and "unknown mode 'incremental'" in message
+    assert "did you mean 'incremental_value'" in message
+    res = runner.invoke(app, ["policy", "validate", "--policies", str(folder)])
+    assert res.exit_code == 2 and "policy.yaml:2" in res.output and "Traceback" not in res.output
+
+
+def test_exploration_share_loads_defaults_and_refuses_bad_values(tmp_path):
+    folder = write_set(tmp_path, RULE)
+    default = load_policy_set(folder)
+    assert default.exploration_share == 0.05 and default.exploration_seed is None
+    (folder / "policy.yaml").write_text("exploration: {share: 0, seed: may}\n")
+    off = load_policy_set(folder)
+    assert (off.exploration_share, off.exploration_seed) == (0.0, "may")
+    assert off.content_hash != default.content_hash
+    (folder / "policy.yaml").write_text("exploration: {share: 0.9}\n")
+    with pytest.raises(PolicyError) as err:
+        load_policy_set(folder)
+    assert "policy.yaml:1: exploration: share" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_sample_offers_state_their_prior_effect():
+    ps = load_policy_set(SAMPLE)
+    assert set(ps.effect_priors) == set(ps.offers) and ps.effect_priors["care_message"] == 0.0
+    assert ps.exploration_share == 0.05

@@ -118,3 +118,35 @@ def test_churn_model_emp_uses_the_operator_figures():
     direct = emp(frame["churn"], Model().predict_proba(frame), clv=out.clv, incentive=10.0, contact=1.0)
     assert out.result.emp == pytest.approx(direct.emp) and out.incentive == 10.0 and out.contact == 1.0
     assert out.result.emp > 0 and 0 < out.result.contact_share < 1
+
+
+def test_risk_grades_mode_emp_takes_the_high_cut_off_from_the_model_version(trained, month_files):
+    import datetime as dt
+
+    import pandas as pd
+    import pytest
+
+    from engine.config import Settings
+    from engine.decision.decide import decide_frame
+    from engine.decision.run import load_policy_engine, resolve_risk_grades
+    from engine.errors import ConfigError
+    from engine.model.registry import LoadedModel, load_model
+
+    settings = trained.settings()
+    loaded = load_model(settings, "champion")
+    threshold = float(loaded.tags["emp_threshold"])  # measured on the hold-out by retain train
+    assert 0 < threshold < 1 and 0 < float(loaded.tags["emp_contact_share"]) < 1
+    assert resolve_risk_grades(settings, loaded) is settings  # mode thresholds: unchanged
+    emp_settings = settings.model_copy(update={"risk_grades": settings.risk_grades.model_copy(update={"mode": "emp"})})
+    graded = resolve_risk_grades(emp_settings, loaded)
+    assert graded.risk_grades.high == threshold and graded.risk_grades.medium < threshold
+    frame = pd.read_parquet(month_files["same"]).head(2000)
+    t = decide_frame(frame, loaded=loaded, policy_engine=load_policy_engine("policies"), settings=graded,
+                     run_date=dt.date(2026, 11, 23)).table
+    assert ((t["churn_probability"] >= threshold) == (t["risk_grade"] == "high")).all()
+    with pytest.raises(ConfigError) as err:
+        resolve_risk_grades(emp_settings, LoadedModel(uri="models:/churn/9", name="churn", version="9", run_id=None,
+                                                      model=None))
+    assert "model version 9 carries no EMP threshold" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(ValueError):
+        Settings(risk_grades={"mode": "emp", "capacity_high": 100})
