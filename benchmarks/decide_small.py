@@ -3,7 +3,9 @@
 The service's fixed cost per request is this call: it is what limits latency and throughput at a few
 concurrent clients. The call is made as the service makes it (request rows as the app builds them from
 JSON, contact history from the store's shape, a RunState with today's allowance and threshold grading).
-Prints the median and best of `--repeat` calls per size; `--profile` prints the top of a cProfile.
+Prints the median, best and 90th percentile wall time of `--repeat` calls per size, and the median CPU time
+of the calling thread (steadier than wall time on a machine shared with other jobs); `--profile` prints the
+top of a cProfile.
 
     .venv/bin/python benchmarks/decide_small.py                              # trains a small model first
     .venv/bin/python benchmarks/decide_small.py --config C --tracking-uri U --profile
@@ -84,19 +86,21 @@ def main() -> None:
             frames = request_frames(args.repeat + 5, size)
             for f in frames[:5]:  # warm-up: first calls build caches
                 call(f)
-            times = []
+            times, cpu = [], []
             prof = cProfile.Profile() if args.profile else None
             for f in frames[5:]:
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.thread_time()
                 if prof:
                     prof.enable()
                 call(f)
                 if prof:
                     prof.disable()
                 times.append(time.perf_counter() - t)
-            ms = np.array(times) * 1000
+                cpu.append(time.thread_time() - c)
+            ms, cpu_ms = np.array(times) * 1000, np.array(cpu) * 1000
             print(json.dumps({"rows": size, "calls": len(ms), "median_ms": round(float(np.median(ms)), 2),
-                              "best_ms": round(float(ms.min()), 2), "p90_ms": round(float(np.percentile(ms, 90)), 2)}),
+                              "best_ms": round(float(ms.min()), 2), "p90_ms": round(float(np.percentile(ms, 90)), 2),
+                              "cpu_median_ms": round(float(np.median(cpu_ms)), 2)}),
                   flush=True)
             if prof:
                 pstats.Stats(prof).sort_stats("cumulative").print_stats(45)
