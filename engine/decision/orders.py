@@ -30,18 +30,23 @@ def due_date(run_date: dt.date, business_days: int = 3) -> dt.date:
     return np.busday_offset(np.datetime64(run_date), business_days, roll="forward").astype(dt.date)
 
 
-def reason_text(rows: pd.DataFrame, labels: Mapping[str, str]) -> np.ndarray:
-    """'competitor offer: contacted a competitor' per row (the words of `engine.model.reasons.reason_words`)."""
-    reason = rows["reason"].to_numpy(dtype=object)
-    signal = rows["reason_signal"].to_numpy(dtype=object)
-    out = np.full(len(rows), NO_DOMINANT_REASON, dtype=object)
+Rows = pd.DataFrame | Mapping[str, np.ndarray]
+
+
+def reason_text(rows: Rows, labels: Mapping[str, str]) -> np.ndarray:
+    """'competitor offer: contacted a competitor' per row (the words of `engine.model.reasons.reason_words`).
+
+    `rows`: a frame, or its columns as arrays."""
+    reason = np.asarray(rows["reason"], dtype=object)
+    signal = np.asarray(rows["reason_signal"], dtype=object)
+    out = np.full(len(reason), NO_DOMINANT_REASON, dtype=object)
     has = (reason != NO_REASON) & pd.notna(signal) & (signal != "")
     if not has.any():
         return out
     for sig in pd.unique(signal[has]):
         at = np.flatnonzero(has & (signal == sig))
-        if sig in rows.columns:
-            codes, uniques = pd.factorize(rows[sig].to_numpy()[at], use_na_sentinel=False)
+        if sig in rows:
+            codes, uniques = pd.factorize(np.asarray(rows[sig])[at], use_na_sentinel=False)
             words = np.array([signal_text(sig, u) for u in uniques], dtype=object)[codes]
         else:
             words = np.full(len(at), signal_text(sig, None), dtype=object)
@@ -55,23 +60,38 @@ def order_rows(rows: pd.DataFrame, numbers: np.ndarray, run_id: str, run_date: d
                labels: Mapping[str, str]) -> pd.DataFrame:
     """The columns of a work order for offered rows numbered `numbers` within the run (one place for the
     order's layout: the local engine numbers a run's orders at once, Spark per partition with offsets)."""
-    return pd.DataFrame({
-        "order_id": np.char.add(f"{run_id}-", np.char.zfill(np.asarray(numbers).astype(str), 7)).astype(object),
-        ID: rows[ID].to_numpy(),
-        "channel": rows["channel"].to_numpy(),
-        "priority": rows["priority"].to_numpy(),
-        "risk_grade": rows["risk_grade"].to_numpy(),
-        "churn_probability": rows[PROBABILITY].round(4).to_numpy(),
-        "value_tier": rows["value_tier"].to_numpy(),
-        "reason": rows["reason"].to_numpy(),
+    return pd.DataFrame(order_columns(rows, numbers, run_id, run_date, labels))
+
+
+def order_ids(run_id: str, numbers: np.ndarray) -> np.ndarray:
+    """Work-order ids: the run id and the order's number within the run, '<run>-0000001'."""
+    return np.char.add(f"{run_id}-", np.char.zfill(np.asarray(numbers).astype(str), 7)).astype(object)
+
+
+def order_columns(rows: Rows, numbers: np.ndarray, run_id: str, run_date: dt.date,
+                  labels: Mapping[str, str]) -> dict[str, np.ndarray]:
+    """`order_rows` as column arrays (a frame's columns, or the columns themselves, in; arrays out)."""
+    def col(name: str) -> np.ndarray:
+        return np.asarray(rows[name])
+
+    n = len(col(ID))
+    return {
+        "order_id": order_ids(run_id, numbers),
+        ID: col(ID),
+        "channel": col("channel"),
+        "priority": col("priority"),
+        "risk_grade": col("risk_grade"),
+        "churn_probability": np.round(col(PROBABILITY), 4),
+        "value_tier": col("value_tier"),
+        "reason": col("reason"),
         "reason_text": reason_text(rows, labels),
-        "offer_id": rows["offer_id"].to_numpy(),
-        "offer_cost": rows["offer_cost"].to_numpy(),
-        "expected_net_value": rows["net_value"].round(2).to_numpy(),
-        "message": rows["message"].to_numpy(),
-        "rule_id": rows["rule_id"].to_numpy(),
-        "due_date": due_date(run_date).isoformat(),
-    })
+        "offer_id": col("offer_id"),
+        "offer_cost": col("offer_cost"),
+        "expected_net_value": np.round(col("net_value"), 2),
+        "message": col("message"),
+        "rule_id": col("rule_id"),
+        "due_date": np.full(n, due_date(run_date).isoformat(), dtype=object),
+    }
 
 
 def work_orders(table: pd.DataFrame, settings: Settings, run_id: str, run_date: dt.date, *,
@@ -87,17 +107,16 @@ def work_orders(table: pd.DataFrame, settings: Settings, run_id: str, run_date: 
               "offer_id", "offer_cost", "net_value", "message", "rule_id"]
     signals = [s for s in pd.unique(table["reason_signal"].to_numpy(dtype=object)[offered])
                if isinstance(s, str) and s in table.columns and s not in wanted]
-    rows = table[wanted + signals].iloc[offered]  # only the columns an order needs, not the whole table
-    n = len(rows)
-    orders = order_rows(rows, np.arange(1, n + 1), run_id, run_date, labels or settings.reason_labels)
+    # only the columns an order needs, not the whole table, as arrays (pandas costs ~2 ms a one-subscriber run)
+    rows = {c: table[c].to_numpy()[offered] for c in wanted + signals}
+    n = len(offered)
+    orders = order_columns(rows, np.arange(1, n + 1), run_id, run_date, labels or settings.reason_labels)
     # by channel, then priority and expected net value (both descending), stable: as
     # sort_values(["channel", "priority", "expected_net_value"], ascending=[True, False, False], kind="stable")
-    # then groupby("channel"), in numpy (the pandas calls cost ~2 ms for a one-subscriber run)
-    channel = orders["channel"].to_numpy(dtype=object)
-    codes, names = pd.factorize(channel, sort=True)
-    order = np.lexsort((-orders["expected_net_value"].to_numpy(dtype=float),
-                        -orders["priority"].to_numpy(dtype=float), codes))
-    columns = {c: orders[c].to_numpy() for c in orders.columns if c != "channel"}
+    # then groupby("channel")
+    codes, names = pd.factorize(orders["channel"].astype(object), sort=True)
+    order = np.lexsort((-orders["expected_net_value"].astype(float), -orders["priority"].astype(float), codes))
+    columns = {c: v for c, v in orders.items() if c != "channel"}
     window = call_window(settings.contact)
     out = {}
     for code, ch in enumerate(names):

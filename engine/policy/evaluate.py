@@ -61,6 +61,8 @@ from engine.vocabulary import PREFERRED_TO_CHANNEL
 
 OUTPUT_COLUMNS = ["offer_id", "channel", "rule_id", "stage", "priority", "matched_rules", "message", "note"]
 _KEY_LIMIT = 2**62
+#: Up to this many classes, don't-care merging is skipped (exact either way: it only saves durable-rules calls).
+FEW_CLASSES = 64
 #: Classes remembered per policy engine (see `PolicyEngine._match_classes`); cleared when full.
 MEMO_CLASSES = 100_000
 _MAX_FLOAT = float(np.finfo(float).max)
@@ -208,11 +210,15 @@ class PolicyEngine:
             cards.append(card)
         # 1. classes of identical codes
         _, first, inverse = _unique_rows(codes, cards, n)
-        # 2. merge classes that differ only in attributes no live rule looks at (see _dont_care)
-        class_codes = [c[first] for c in codes]
-        reps = {name: Column(col.values[first], col.missing[first]) for name, col in columns.items()}
-        merged_codes, merged_cards = self._dont_care(class_codes, cards, reps, len(first))
-        _, first2, inverse2 = _unique_rows(merged_codes, merged_cards, len(first))
+        # 2. merge classes that differ only in attributes no live rule looks at (see _dont_care); for a few
+        # classes the merge costs more than it saves (the classes' answers are mostly remembered)
+        if len(first) > FEW_CLASSES:
+            class_codes = [c[first] for c in codes]
+            reps = {name: Column(col.values[first], col.missing[first]) for name, col in columns.items()}
+            merged_codes, merged_cards = self._dont_care(class_codes, cards, reps, len(first))
+            _, first2, inverse2 = _unique_rows(merged_codes, merged_cards, len(first))
+        else:
+            first2 = inverse2 = np.arange(len(first), dtype=np.int64)
         ev = self._match_classes(columns, first[first2], inverse2[inverse], on)
         ev.distinct_inputs = len(first)
         return ev
