@@ -229,7 +229,7 @@ def create_app(cfg: ServeConfig | None = None, *, token: str | None = None) -> F
     from engine.feedback.store import open_store
     from engine.serve.decider import Decider, Recorder
     from engine.serve.ledger import Ledger
-    from engine.serve.state import ServingState
+    from engine.serve.state import ServingState, settle_heap
 
     cfg = cfg or ServeConfig.from_env()
     if not log.handlers:
@@ -263,6 +263,7 @@ def create_app(cfg: ServeConfig | None = None, *, token: str | None = None) -> F
 
         decider = Decider(state, ledger, recorder, max_batch_rows=cfg.max_batch_rows, shared=cfg.workers > 1,
                           on_batch=on_batch)
+        settle_heap()  # loaded once: keep the garbage collector's full passes off it (see settle_heap)
         parts.update(state=state, decider=decider, recorder=recorder, store=store.display_url)
         state.start()
         log.info("ready: decision store %s, token %s", store.display_url, "required" if token else "not set")

@@ -33,17 +33,16 @@ import pandas as pd
 
 from engine.config import Settings
 from engine.data.schema import ID
+from engine.decision.contact import SAME_DAY_REASON  # noqa: F401 - the reason the service shows, kept importable here
 from engine.decision.decide import Decisions, RunState, decide_frame
 from engine.errors import DataError
 from engine.feedback.store import Store, now_iso, open_store
 from engine.model.churn import PROBABILITY
 from engine.serve.ledger import Ledger, contacts_of, spend_of
 from engine.serve.state import ServingState
-from engine.vocabulary import OUTBOUND_CHANNELS
 
 log = logging.getLogger("retain.serve")
 _STOP = object()
-SAME_DAY_REASON = "already contacted today"
 CLAIM_ATTEMPTS = 3
 
 
@@ -67,29 +66,14 @@ class Job:
 # ---------------------------------------------------------------------------------------------
 # contact rules over the store's history
 # ---------------------------------------------------------------------------------------------
-def same_day_history(history: pd.DataFrame, today: dt.date, max_contacts_30d: int) -> tuple[pd.DataFrame, set[str]]:
-    """Make a subscriber contacted today (on any channel) reach the contact limit, so decide blocks
-    outbound contact for the rest of the day; returns the padded history and those subscribers.
-
-    A shim until the contact rules have a per-day limit of their own (see README_SECTION.md): the
-    padding rows are passed to the decide function only, never stored.
-    """
-    if len(history) == 0 or max_contacts_30d <= 0:
-        return history, set()
-    today_rows = history[[d == today for d in history["contacted_on"]]]
-    if len(today_rows) == 0:
-        return history, set()
-    age = np.array([(today - d).days for d in history["contacted_on"]])
-    outbound = history[(age >= 0) & (age < 30) & history["channel"].isin(list(OUTBOUND_CHANNELS)).to_numpy()]
-    counts = outbound.groupby(ID).size()
-    ids = sorted(set(today_rows[ID]))
-    pad = []
-    for s in ids:
-        missing = max_contacts_30d - int(counts.get(s, 0))
-        pad += [{ID: s, "contacted_on": today, "channel": "sms", "offer_id": None, "outcome": "pending"}] * missing
-    if pad:
-        history = pd.concat([history, pd.DataFrame(pad)[list(history.columns)]], ignore_index=True)
-    return history, set(ids)
+def serving_settings(settings: Settings) -> Settings:
+    """The settings the service decides with: the configured ones, with at most one contact a day per
+    subscriber unless `contact.max_contacts_per_day` says otherwise, so a subscriber who comes back the same
+    day (or is asked about twice) is not contacted twice ('already contacted today'); an inbound prompt can
+    still be shown."""
+    if settings.contact.max_contacts_per_day is not None:
+        return settings
+    return settings.model_copy(update={"contact": settings.contact.model_copy(update={"max_contacts_per_day": 1})})
 
 
 def response_rows(table: pd.DataFrame, orders: dict[str, pd.DataFrame], run_id: str) -> list[dict[str, Any]]:
@@ -276,6 +260,8 @@ class Decider:
         self.recorder = recorder
         self.max_batch_rows = max_batch_rows
         self.on_batch = on_batch
+        self._settings: Settings | None = None
+        self._settings_of: Settings | None = None
         self._queue: queue.Queue = queue.Queue()
         self._carry: deque[Job] = deque()
         self._thread = threading.Thread(target=self._run, name="retain-decider", daemon=True)
@@ -341,13 +327,14 @@ class Decider:
         t0 = time.perf_counter()
         bundle = self.state.bundle
         assert bundle is not None
-        settings = self.state.settings
+        if self._settings_of is not self.state.settings:
+            self._settings, self._settings_of = serving_settings(self.state.settings), self.state.settings
+        settings = self._settings
         today = dt.date.today()
         frame = batch[0].frame if len(batch) == 1 else pd.concat([j.frame for j in batch], ignore_index=True)
         ids = frame[ID].astype(str)
         lookback = max(30, settings.contact.cooldown_days_after_decline)
         history = self.ledger.history(ids, today, lookback)
-        history, contacted_today = same_day_history(history, today, settings.contact.max_contacts_30d)
         t1 = time.perf_counter()
         claimed = False  # if every claim failed (store down), the writer records the spending later
         for attempt in range(CLAIM_ATTEMPTS + 1):
@@ -374,9 +361,6 @@ class Decider:
             self.ledger.refresh(today)  # another worker took part of what was left: look again
         t2 = time.perf_counter()
         table = decisions.table
-        if contacted_today:
-            limit = table["blocked_reason"].astype(str).str.startswith("contact limit")
-            table.loc[limit & table[ID].astype(str).isin(contacted_today), "blocked_reason"] = SAME_DAY_REASON
         decisions.summary["input"] = "retain serve"
         if claimed:  # taken from the allowance and logged in the store already
             items, contacts = {}, contacts.iloc[0:0]
