@@ -120,11 +120,7 @@ def record_runs(store: Store, conn: Any, runs: list[Decisions]) -> None:
     run_rows, decision_rows, order_rows = [], [], []
     for d in runs:
         rows = _decision_rows(d.table, d.run_id)
-        orders = _orders_frame(d.work_orders).assign(decision_run=d.run_id)
-        for col in ("offer_id", "rule_id", "priority"):
-            if col not in orders.columns:
-                orders[col] = None
-        orders["due_date"] = orders["due_date"].astype(str).str[:10]
+        orders = _orders_frame(d.work_orders)
         s = d.summary
         run_rows.append({
             "decision_run": d.run_id, "decided_on": d.run_date.isoformat(), "recorded_at": now_iso(),
@@ -136,11 +132,16 @@ def record_runs(store: Store, conn: Any, runs: list[Decisions]) -> None:
         })
         decision_rows.append(rows)
         if len(orders):
-            order_rows.append(orders[ORDER_COLUMNS])
+            order_rows.append(orders.assign(decision_run=d.run_id))
     store.insert_frame(conn, decision_runs, pd.DataFrame(run_rows))
     store.insert_frame(conn, decisions, pd.concat(decision_rows, ignore_index=True))
-    if order_rows:
-        store.insert_frame(conn, work_orders, pd.concat(order_rows, ignore_index=True))
+    if order_rows:  # the columns fixed once for all runs, as record_run fixes them per run
+        orders = pd.concat(order_rows, ignore_index=True)
+        for col in ("offer_id", "rule_id", "priority"):
+            if col not in orders.columns:
+                orders[col] = None
+        orders["due_date"] = orders["due_date"].astype(str).str[:10]
+        store.insert_frame(conn, work_orders, orders[ORDER_COLUMNS])
 
 
 # ---------------------------------------------------------------------------------------------
