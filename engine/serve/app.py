@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -310,9 +309,8 @@ def create_app(cfg: ServeConfig | None = None, *, token: str | None = None) -> F
                     if not (v is None or isinstance(v, str | int | float | bool))]
         if problems:
             return JSONResponse({"error": "invalid request", "detail": problems[:20]}, status_code=422)
-        frame = pd.DataFrame([r.model_dump() for r in body.subscribers])
         try:
-            rows = await asyncio.wrap_future(decider.submit(frame))
+            rows = await asyncio.wrap_future(decider.submit([r.model_dump() for r in body.subscribers]))
         except DataError as exc:
             return JSONResponse(data_error_body(exc), status_code=422)
         return Response(json.dumps({"decisions": rows}), media_type="application/json")
