@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
 ProgressFn = Callable[[str, int, int], None]
 CHUNK_ROWS = 200_000
+CHUNK_SMALL = 64
 REASON_COLUMNS = ("reason", "reason_share", "reason_signal")
 
 
@@ -220,7 +221,8 @@ def reason_columns(scored: pd.DataFrame, rows: np.ndarray, loaded: LoadedModel, 
     if len(rows) == 0:
         return {"reason": reason, "reason_share": share, "reason_signal": signal}
     needs = getattr(loaded.model, "input_columns", None)
-    source = scored[list(needs)] if needs and set(needs) <= set(scored.columns) else scored
+    # the model's columns only, so chunks of a big batch do not copy the rest (a few rows: not worth a copy)
+    source = scored[list(needs)] if n > CHUNK_SMALL and needs and set(needs) <= set(scored.columns) else scored
     for start, stop in _chunks(len(rows), chunk_rows):
         part = rows[start:stop]
         r = loaded.model.explain(source if len(part) == n else source.iloc[part])

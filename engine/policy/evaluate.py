@@ -157,6 +157,7 @@ class PolicyEngine:
         #: (day, class codes) -> matching rule positions: a policy set's answer for a class never changes, so
         #: a real-time caller deciding one subscriber at a time asks durable-rules once per class and day.
         self._matched_memo: dict[tuple, tuple[int, ...]] = {}
+        self._channels: tuple[np.ndarray, list[str]] | None = None
 
     # -----------------------------------------------------------------------------------------
     @property
@@ -382,6 +383,19 @@ class PolicyEngine:
 
         Same semantics as `resolve_channels`, as a lookup: table[rule position, preferred code].
         """
+        prefs = list(PREFERRED_TO_CHANNEL)
+        needs_pref = any(r.action.channel == PREFERRED for r in self.rules)
+        if needs_pref and "preferred_channel" in frame.columns:
+            row_code = pd.Categorical(frame["preferred_channel"].to_numpy(dtype=object), categories=prefs).codes
+            row_code = np.where(row_code < 0, len(prefs), row_code).astype(np.int64)
+        else:
+            row_code = np.full(len(frame), len(prefs), dtype=np.int64)
+        if self._channels is None:  # the rules' part depends on the policy set only: built once
+            self._channels = self._channel_codes()
+        table, names = self._channels
+        return ChannelTable(table, row_code, list(names))
+
+    def _channel_codes(self) -> tuple[np.ndarray, list[str]]:
         rules = self.rules
         offers = self.policy_set.offers
         names: list[str] = []
@@ -394,12 +408,6 @@ class PolicyEngine:
             return index[channel]
 
         prefs = list(PREFERRED_TO_CHANNEL)
-        needs_pref = any(r.action.channel == PREFERRED for r in rules)
-        if needs_pref and "preferred_channel" in frame.columns:
-            row_code = pd.Categorical(frame["preferred_channel"].to_numpy(dtype=object), categories=prefs).codes
-            row_code = np.where(row_code < 0, len(prefs), row_code).astype(np.int64)
-        else:
-            row_code = np.full(len(frame), len(prefs), dtype=np.int64)
         table = np.zeros((len(rules) + 1, len(prefs) + 1), dtype=np.int64)
         for p, rule in enumerate(rules):
             if rule.suppresses:  # never a candidate
@@ -413,7 +421,7 @@ class PolicyEngine:
                 mapped = PREFERRED_TO_CHANNEL[prefs[j]] if j < len(prefs) else None
                 table[p, j] = code(mapped if mapped in allowed else allowed[0])
         table[len(rules), :] = -1
-        return ChannelTable(table, row_code, names)
+        return table, names
 
     def reachable(self, frame: pd.DataFrame, attribute: str, values: list[Any],
                   on: dt.date | None = None) -> np.ndarray:
