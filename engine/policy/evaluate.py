@@ -62,7 +62,7 @@ from engine.vocabulary import PREFERRED_TO_CHANNEL
 OUTPUT_COLUMNS = ["offer_id", "channel", "rule_id", "stage", "priority", "matched_rules", "message", "note"]
 _KEY_LIMIT = 2**62
 #: Up to this many classes, don't-care merging is skipped (exact either way: it only saves durable-rules calls).
-FEW_CLASSES = 64
+FEW_CLASSES = 256
 #: Classes remembered per policy engine (see `PolicyEngine._match_classes`); cleared when full.
 MEMO_CLASSES = 100_000
 _MAX_FLOAT = float(np.finfo(float).max)
@@ -598,7 +598,7 @@ def _codes(plan: _Plan, col: Column) -> tuple[np.ndarray, int]:
         code[col.missing] = 2
         return code, 3
     k = len(plan.values)
-    if len(col.values) <= 64:  # a dictionary look-up beats building a Categorical (~50 us) for a few rows
+    if len(col.values) <= 256:  # a dictionary look-up beats building a Categorical (~50 us) for a few rows
         index = {v: i for i, v in enumerate(plan.values)}
         code = np.array([index.get(v, k) if isinstance(v, str) else k for v in col.values.tolist()], dtype=np.int64)
     else:
