@@ -119,6 +119,9 @@ class ContactRules(_Strict):
     """Contact law: fatigue limit, cool-down after a refusal, quiet hours for calls."""
 
     max_contacts_30d: int = Field(2, ge=0, description="Outbound contacts allowed per subscriber in 30 days")
+    max_contacts_per_day: int | None = Field(
+        None, ge=1, description="Contacts (any channel) after which a subscriber gets no outbound contact again "
+                                "the same day; empty means no daily limit (`retain serve` uses 1 when empty)")
     cooldown_days_after_decline: int = Field(30, ge=0)
     quiet_hours_start: str = Field("20:00", pattern=r"^\d{2}:\d{2}$")
     quiet_hours_end: str = Field("09:00", pattern=r"^\d{2}:\d{2}$")

@@ -43,7 +43,7 @@ import pandas as pd
 from engine.config import ControlGroup, Settings
 from engine.data.schema import ID
 from engine.decision.arbitration import allocate_arrays
-from engine.decision.assess import Assessment
+from engine.decision.assess import Assessment, with_columns
 from engine.decision.contact import control_mask
 from engine.decision.orders import summarise, work_orders
 from engine.vocabulary import (
@@ -217,10 +217,13 @@ def run_notes(arbitration: str, effect: str | None, share: float, seed: str, exp
 
 
 def constrain(assessment: Assessment, state: RunState, *, progress: ProgressFn | None = None,
-              explore: bool = True) -> Decisions:
+              explore: bool = True, outputs: bool = True) -> Decisions:
     """Allocate within the state's budget and capacity, hold out the control group, build the outputs.
 
-    `explore=False` turns exploration off for this call (policy test cases, off-policy targets)."""
+    `explore=False` turns exploration off for this call (policy test cases, off-policy targets).
+    `outputs=False` skips the work orders and the summary (a caller that builds its own, such as a Spark
+    partition, or that does not need them): the decision table and the state are the same either way.
+    """
     a = assessment
     scored, cands = a.scored, a.candidates
     n = len(scored)
@@ -230,6 +233,7 @@ def constrain(assessment: Assessment, state: RunState, *, progress: ProgressFn |
     open_idx = np.flatnonzero(contactable)
     channel = cands["channel"].array
     ids = scored[ID].to_numpy(dtype=object)
+    priority_c, rank_c = cands["priority"].to_numpy(), cands["rank"].to_numpy()
     draw = draw_exploration(a, share=None if explore else 0.0)
     budget, capacity = state.budget_left, state.capacity_left
     forced = np.zeros(0, dtype=np.int64)
@@ -238,8 +242,8 @@ def constrain(assessment: Assessment, state: RunState, *, progress: ProgressFn |
         drawn = draw.action[draw.explored & (draw.action >= 0)]
         first = allocate_arrays(
             row=rows[drawn], key=ids, channel=channel.codes[drawn].astype(np.int64),
-            channel_names=[str(c) for c in channel.categories], priority=cands["priority"].to_numpy()[drawn],
-            rank=cands["rank"].to_numpy()[drawn], total_cost=cands["total_cost"].to_numpy()[drawn],
+            channel_names=[str(c) for c in channel.categories], priority=priority_c[drawn],
+            rank=rank_c[drawn], total_cost=cands["total_cost"].to_numpy()[drawn],
             net_value=cands["net_value"].to_numpy()[drawn], n_rows=n, budget=budget, capacity=capacity,
             prefer="first")
         forced = drawn[first.chosen]
@@ -249,8 +253,8 @@ def constrain(assessment: Assessment, state: RunState, *, progress: ProgressFn |
         open_idx = open_idx[~draw.explored[rows[open_idx]]]
     result = allocate_arrays(
         row=rows[open_idx], key=ids, channel=channel.codes[open_idx].astype(np.int64),
-        channel_names=[str(c) for c in channel.categories], priority=cands["priority"].to_numpy()[open_idx],
-        rank=cands["rank"].to_numpy()[open_idx], total_cost=cands["total_cost"].to_numpy()[open_idx],
+        channel_names=[str(c) for c in channel.categories], priority=priority_c[open_idx],
+        rank=rank_c[open_idx], total_cost=cands["total_cost"].to_numpy()[open_idx],
         net_value=cands["net_value"].to_numpy()[open_idx], n_rows=n, budget=budget,
         capacity=capacity, prefer=a.prefer)
     chosen = open_idx[result.chosen]
@@ -272,65 +276,69 @@ def constrain(assessment: Assessment, state: RunState, *, progress: ProgressFn |
     suppressed = supp >= 0  # the first matching rule is a suppression: no candidate at all
     status[suppressed] = STATUS_SUPPRESSED
     control = np.zeros(n, dtype=bool)
-    control[pos] = control_mask(pd.Series(ids[pos]), state.control)  # held out from what would be sent
+    if len(pos):
+        control[pos] = control_mask(pd.Series(ids[pos]), state.control)  # held out from what would be sent
     status[control] = STATUS_CONTROL
     p_sent, p_control, p_none = propensity_cases(draw, matches_best(draw, cands), state.control.share)
     propensity = np.where(status == STATUS_OFFER, p_sent, np.where(control, p_control, p_none))
     propensity[status == STATUS_SUPPRESSED] = 1.0
 
-    table = scored.copy(deep=False)
-    winners = np.flatnonzero(cands["rank"].to_numpy() == 0)
-    table["control"] = control
-    table["policy_rule"] = _take(cands["rule_id"].array, winners, n, rows[winners], None, object)
-    table["policy_offer"] = _take(cands["offer_id"].array, winners, n, rows[winners], None, object)
-    table["matched_rules"] = a.matched_rules
+    winners = np.flatnonzero(rank_c == 0)
+    new: dict[str, Any] = {"control": control}
+    new["policy_rule"] = _take(cands["rule_id"].array, winners, n, rows[winners], None, object)
+    new["policy_offer"] = _take(cands["offer_id"].array, winners, n, rows[winners], None, object)
+    new["matched_rules"] = a.matched_rules
     for col in ("offer_id", "channel", "rule_id", "stage"):
-        table[col] = _take(cands[col].array, chosen, n, pos, None, object)
+        new[col] = _take(cands[col].array, chosen, n, pos, None, object)
     note = np.full(n, None, dtype=object)
     supp_priority = np.zeros(n, dtype=float)
     if suppressed.any():  # the suppression is the decision's rule, with its note
         at = np.flatnonzero(suppressed)
         by = supp[at]
         rule_names = np.array([r.id for r in rules], dtype=object)
-        table["policy_rule"] = np.where(suppressed, rule_names[np.where(suppressed, supp, 0)], table["policy_rule"])
-        rule_col = table["rule_id"].to_numpy(dtype=object).copy()
-        stage_col = table["stage"].to_numpy(dtype=object).copy()
-        rule_col[at] = rule_names[by]
-        stage_col[at] = np.array([r.stage for r in rules], dtype=object)[by]
+        new["policy_rule"] = np.where(suppressed, rule_names[np.where(suppressed, supp, 0)], new["policy_rule"])
+        new["rule_id"][at] = rule_names[by]
+        new["stage"][at] = np.array([r.stage for r in rules], dtype=object)[by]
         note[at] = np.array([r.action.note for r in rules], dtype=object)[by]
         supp_priority[at] = np.array([r.priority for r in rules], dtype=float)[by]
-        table["rule_id"] = rule_col
-        table["stage"] = stage_col
     for col in ("priority", "p_accept", "offer_cost", "channel_cost", "expected_saved_value", "net_value"):
         values = _take(cands[col], chosen, n, pos, 0.0, float)
         if col in ("offer_cost", "channel_cost"):
             values[control] = 0.0  # nothing is spent on the control group
-        table[col] = values
-    table["priority"] = np.where(suppressed, supp_priority, table["priority"].to_numpy()).astype(int)
-    table["status"] = status
-    table["blocked_reason"] = np.where(status == STATUS_BLOCKED, a.blocked, "").astype(object)
-    table["note"] = note
-    table["message"] = render_messages(a.policy_engine, table, pos, table["rule_id"].to_numpy()[pos])
-    table["policy_hash"] = a.policy_engine.policy_set.content_hash
-    table["model_version"] = a.loaded.version or a.loaded.uri
-    table["decision_run"] = state.run_id
-    table["decided_on"] = a.run_date.isoformat()
-    table["explored"] = draw.explored
-    table["propensity"] = propensity
+        new[col] = values
+    new["priority"] = np.where(suppressed, supp_priority, new["priority"]).astype(int)
+    new["status"] = status
+    new["blocked_reason"] = np.where(status == STATUS_BLOCKED, a.blocked, "").astype(object)
+    new["note"] = note
+    new["message"] = np.full(n, None, dtype=object)
+    new["policy_hash"] = a.policy_engine.policy_set.content_hash
+    new["model_version"] = a.loaded.version or a.loaded.uri
+    new["decision_run"] = state.run_id
+    new["decided_on"] = a.run_date.isoformat()
+    new["explored"] = draw.explored
+    new["propensity"] = propensity
     if a.prefer == "incremental_value":
-        table["tau"] = _take(cands["tau"], chosen, n, pos, 0.0, float)
+        new["tau"] = _take(cands["tau"], chosen, n, pos, 0.0, float)
 
     offered = status == STATUS_OFFER
-    spent = float(table["offer_cost"].to_numpy()[offered].sum() + table["channel_cost"].to_numpy()[offered].sum())
-    sent = pd.Series(table["channel"].to_numpy()[offered]).value_counts()
+    offer_cost, channel_cost, chosen_channel = new["offer_cost"], new["channel_cost"], new["channel"]
+    table = with_columns(scored, new)
+    if len(pos):  # templates may name any column of the table, decision columns included
+        table["message"] = render_messages(a.policy_engine, table, pos, table["rule_id"].to_numpy()[pos])
+
+    spent = float(offer_cost[offered].sum() + channel_cost[offered].sum())
     state.spent += spent
     if state.budget_left is not None:
         state.budget_left = max(0.0, state.budget_left - spent)
-    for ch, k in sent.items():
-        state.contacts[str(ch)] = state.contacts.get(str(ch), 0) + int(k)
-        if state.capacity_left.get(str(ch)) is not None:
-            state.capacity_left[str(ch)] = max(0, int(state.capacity_left[str(ch)]) - int(k))
+    if offered.any():
+        names, counts = np.unique(chosen_channel[offered].astype(str), return_counts=True)
+        for ch, k in zip(names.tolist(), counts.tolist(), strict=True):
+            state.contacts[ch] = state.contacts.get(ch, 0) + int(k)
+            if state.capacity_left.get(ch) is not None:
+                state.capacity_left[ch] = max(0, int(state.capacity_left[ch]) - int(k))
 
+    if not outputs:
+        return Decisions(run_id=state.run_id, run_date=a.run_date, table=table, work_orders={}, summary={})
     labels = a.loaded.model.reason_labels if hasattr(a.loaded.model, "reason_labels") else {}
     orders = work_orders(table, a.settings, state.run_id, a.run_date, labels=labels or a.settings.reason_labels)
     summary = summarise(table, run_id=state.run_id, run_date=a.run_date,

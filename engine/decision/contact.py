@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -65,26 +66,49 @@ def read_history(path: str | Path | None) -> pd.DataFrame:
     return out
 
 
+SAME_DAY_REASON = "already contacted today"
+
+
+def daily_limit_reason(limit: int) -> str:
+    return SAME_DAY_REASON if limit == 1 else f"contact limit ({limit} a day)"
+
+
+def _days(values: pd.Series) -> np.ndarray:
+    """Contact dates as datetime64[D]: date objects directly (the store's and read_history's), else pandas."""
+    items = values.tolist()
+    if all(type(v) is dt.date for v in items):
+        return np.array(items, dtype="datetime64[D]")
+    return pd.to_datetime(values).to_numpy(dtype="datetime64[D]")
+
+
 def blocked_reasons(subscriber_ids: pd.Series, opt_out: pd.Series, history: pd.DataFrame, today: dt.date,
                     rules: ContactRules) -> pd.Series:
     """Why each subscriber may not be contacted by an outbound channel today ('' when they may).
 
+    In order of precedence: opted out; the daily limit (`max_contacts_per_day` contacts today on any channel,
+    when set); the 30-day limit of outbound contacts; the cool-down after a declined offer.
     History rows for subscribers outside this population are ignored here (and kept in the file).
     """
     ids = subscriber_ids.astype(str).to_numpy()
     reason = np.full(len(ids), "", dtype=object)
     if len(history):
-        h = history
-        contacted = pd.to_datetime(h["contacted_on"]).to_numpy(dtype="datetime64[D]")
-        age = (np.datetime64(today, "D") - contacted).astype(float)  # days since each contact
-        recent = h[(age >= 0) & (age < 30) & h["channel"].isin(list(OUTBOUND_CHANNELS)).to_numpy()]
-        counts = recent.groupby(ID).size()
-        n = pd.Series(ids).map(counts).fillna(0).to_numpy()
+        h_ids = history[ID].to_numpy(dtype=object)
+        age = (np.datetime64(today, "D") - _days(history["contacted_on"])).astype(float)  # days since each contact
+        outbound = np.isin(history["channel"].to_numpy(dtype=object), np.array(list(OUTBOUND_CHANNELS), dtype=object))
+        recent = Counter(h_ids[(age >= 0) & (age < 30) & outbound].tolist())
+        n = np.array([recent.get(i, 0) for i in ids.tolist()], dtype=float)
         reason = np.where(n >= rules.max_contacts_30d, f"contact limit ({rules.max_contacts_30d} in 30 days)", reason)
-        declined = h[(h["outcome"] == "declined") & (age >= 0) & (age < rules.cooldown_days_after_decline)]
-        in_cooldown = pd.Series(ids).isin(set(declined[ID])).to_numpy()
+        declined = (history["outcome"].to_numpy(dtype=object) == "declined") & (age >= 0) & (
+            age < rules.cooldown_days_after_decline)
+        cooling = set(h_ids[declined].tolist())
+        in_cooldown = np.array([i in cooling for i in ids.tolist()], dtype=bool)
         reason = np.where(in_cooldown & (reason == ""), f"cool-down after a declined offer "
                                                         f"({rules.cooldown_days_after_decline} days)", reason)
+        if rules.max_contacts_per_day is not None:
+            todays = Counter(h_ids[age == 0].tolist())
+            k = np.array([todays.get(i, 0) for i in ids.tolist()], dtype=np.int64)
+            reason = np.where(k >= rules.max_contacts_per_day, daily_limit_reason(rules.max_contacts_per_day),
+                              reason)
     reason = np.where(opt_out.astype(bool).to_numpy(), "opted out", reason)
     return pd.Series(reason, index=subscriber_ids.index, dtype=object)
 

@@ -7,6 +7,7 @@ run with hundreds of thousands of orders spends milliseconds here.
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +24,7 @@ from engine.model.reasons import signal_text
 from engine.vocabulary import CALL_CHANNELS, NO_REASON, STATUS_OFFER
 
 NO_DOMINANT_REASON = "no dominant churn reason"
+SMALL_COUNT_ROWS = 4096
 
 
 def due_date(run_date: dt.date, business_days: int = 3) -> dt.date:
@@ -131,12 +133,27 @@ def work_orders(table: pd.DataFrame, settings: Settings, run_id: str, run_date: 
 def summarise(table: pd.DataFrame, *, run_id: str, run_date: dt.date, policy_hash: str, model_uri: str,
               model_version: Any, budget: float | None) -> dict[str, Any]:
     t = table
-    offered = t[t["status"] == STATUS_OFFER]
+    arrays = {c: t[c].to_numpy() for c in ("status", "risk_grade", "value_tier", "reason", "blocked_reason", "channel",
+                                           "offer_id", "offer_cost", "channel_cost", PROBABILITY, "p_accept",
+                                           "expected_saved_value", "net_value")}
+    offered = arrays["status"] == STATUS_OFFER
 
-    def counts(s: pd.Series) -> dict[str, int]:
-        return {str(k): int(v) for k, v in s.value_counts().items()}
+    def counts(name: str, rows: np.ndarray | None = None) -> dict[str, int]:
+        """Series.value_counts() as a dict, by count descending. For a few rows without tied counts (one
+        subscriber's run) a Counter gives the same dict in a tenth of the time; pandas orders ties its own way."""
+        values = arrays[name] if rows is None else arrays[name][rows]
+        if len(values) <= SMALL_COUNT_ROWS:
+            found = Counter(v for v in values.tolist() if not (v is None or v != v))
+            if len(set(found.values())) == len(found):
+                return {str(k): int(v) for k, v in found.most_common()}
+        return {str(k): int(v) for k, v in pd.Series(values).value_counts().items()}
 
-    spent = float((offered["offer_cost"] + offered["channel_cost"]).sum())
+    def total(name: str) -> float:
+        return float(pd.Series(arrays[name][offered]).sum())
+
+    offer_cost, channel_cost = pd.Series(arrays["offer_cost"][offered]), pd.Series(arrays["channel_cost"][offered])
+    spent = float((offer_cost + channel_cost).sum())
+    saves = pd.Series(arrays[PROBABILITY][offered]) * pd.Series(arrays["p_accept"][offered])
     return {
         "decision_run": run_id,
         "decided_on": run_date.isoformat(),
@@ -144,20 +161,20 @@ def summarise(table: pd.DataFrame, *, run_id: str, run_date: dt.date, policy_has
         "model": model_uri,
         "model_version": model_version,
         "policy_hash": policy_hash,
-        "risk_grades": counts(t["risk_grade"]),
-        "value_tiers": counts(t["value_tier"]),
-        "reasons": counts(t.loc[t["reason"] != NO_REASON, "reason"]),
-        "status": counts(t["status"]),
-        "blocked": counts(t.loc[t["blocked_reason"] != "", "blocked_reason"]),
-        "offers_per_channel": counts(offered["channel"]),
-        "offers": counts(offered["offer_id"]),
+        "risk_grades": counts("risk_grade"),
+        "value_tiers": counts("value_tier"),
+        "reasons": counts("reason", arrays["reason"] != NO_REASON),
+        "status": counts("status"),
+        "blocked": counts("blocked_reason", arrays["blocked_reason"] != ""),
+        "offers_per_channel": counts("channel", offered),
+        "offers": counts("offer_id", offered),
         "control_group": int(t["control"].sum()),
-        "total_offer_cost": round(float(offered["offer_cost"].sum()), 2),
-        "total_channel_cost": round(float(offered["channel_cost"].sum()), 2),
+        "total_offer_cost": round(float(offer_cost.sum()), 2),
+        "total_channel_cost": round(float(channel_cost.sum()), 2),
         "budget": budget,
         "budget_used": round(spent, 2),
-        "expected_saves": round(float((offered[PROBABILITY] * offered["p_accept"]).sum()), 1),
-        "expected_saved_value": round(float(offered["expected_saved_value"].sum()), 2),
-        "expected_net_value": round(float(offered["net_value"].sum()), 2),
+        "expected_saves": round(float(saves.sum()), 1),
+        "expected_saved_value": round(total("expected_saved_value"), 2),
+        "expected_net_value": round(total("net_value"), 2),
         "mean_churn_probability": round(float(t[PROBABILITY].mean()), 4),
     }

@@ -156,14 +156,15 @@ def record_run_parts(settings: Settings, summary: Mapping[str, Any], tables: Ite
 
 
 def _decision_rows(table: pd.DataFrame, run: str) -> pd.DataFrame:
-    out = pd.DataFrame({"decision_run": run, "subscriber_id": table["subscriber_id"].astype(str).to_numpy()})
-    for col in DECISION_COLUMNS[2:]:
+    cols: dict[str, Any] = {"decision_run": run, "subscriber_id": table["subscriber_id"].astype(str).to_numpy()}
+    for col in DECISION_COLUMNS[2:]:  # one constructor: column inserts cost ~0.15 ms each on a one-row run
         if col == "arpu":
-            out[col] = table["arpu_m0"].to_numpy(dtype=float) if "arpu_m0" in table else np.nan
+            cols[col] = table["arpu_m0"].to_numpy(dtype=float) if "arpu_m0" in table else np.nan
         elif col in table.columns:
-            out[col] = table[col].to_numpy()
+            cols[col] = table[col].to_numpy()
         else:
-            out[col] = None
+            cols[col] = None
+    out = pd.DataFrame(cols, index=pd.RangeIndex(len(table)))
     out["control"] = out["control"].astype(bool)
     if out["subscriber_id"].duplicated().any():
         dup = out.loc[out["subscriber_id"].duplicated(), "subscriber_id"].iloc[0]

@@ -37,6 +37,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import string
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +61,10 @@ from engine.vocabulary import PREFERRED_TO_CHANNEL
 
 OUTPUT_COLUMNS = ["offer_id", "channel", "rule_id", "stage", "priority", "matched_rules", "message", "note"]
 _KEY_LIMIT = 2**62
+#: Up to this many classes, don't-care merging is skipped (exact either way: it only saves durable-rules calls).
+FEW_CLASSES = 256
+#: Classes remembered per policy engine (see `PolicyEngine._match_classes`); cleared when full.
+MEMO_CLASSES = 100_000
 _MAX_FLOAT = float(np.finfo(float).max)
 
 
@@ -148,6 +153,11 @@ class PolicyEngine:
         self.position_of = {r.id: i for i, r in enumerate(self.rules)}
         self._vocabulary: dict[str, Attribute] = dict(policy_set.vocabulary)
         self._plans = _plans(self._conditions, policy_set.attributes, self._vocabulary)
+        self._required = frozenset(policy_set.required_columns)
+        #: (day, class codes) -> matching rule positions: a policy set's answer for a class never changes, so
+        #: a real-time caller deciding one subscriber at a time asks durable-rules once per class and day.
+        self._matched_memo: dict[tuple, tuple[int, ...]] = {}
+        self._channels: tuple[np.ndarray, list[str]] | None = None
 
     # -----------------------------------------------------------------------------------------
     @property
@@ -160,12 +170,24 @@ class PolicyEngine:
     def _day(self, on: dt.date | None) -> dt.date:
         return on or self.decision_date or dt.date.today()
 
-    def check_columns(self, frame: pd.DataFrame) -> None:
-        self.policy_set.require_declared(frame.columns)
-        missing = sorted(self.policy_set.required_columns - set(frame.columns))
+    def check_columns(self, frame: pd.DataFrame | Iterable[str]) -> None:
+        names = set(frame.columns if isinstance(frame, pd.DataFrame) else frame)
+        self.policy_set.require_declared(names)
+        missing = sorted(self._required - names)
         if missing:
             raise DataError(f"the policy set needs column(s) {missing}, which the table does not have",
                             hint="policies are evaluated on scored decisions, e.g. the output of `retain decide`")
+
+    def _columns(self, frame: pd.DataFrame, skip: str | None = None) -> dict[str, Column]:
+        """Every rule input of `frame` prepared for evaluation (all but `skip`)."""
+        columns: dict[str, Column] = {}
+        for plan in self._plans:
+            if plan.name == skip:
+                continue
+            col = prepare_column(plan.name, frame[plan.name], self._vocabulary.get(plan.name))
+            _check_numeric(plan, frame[plan.name], col)
+            columns[plan.name] = col
+        return columns
 
     def evaluate(self, frame: pd.DataFrame, on: dt.date | None = None, *, per_row: bool = False) -> Evaluation:
         """Match every rule for every row: once per class of identical rule inputs, or with
@@ -174,14 +196,13 @@ class PolicyEngine:
         n = len(frame)
         if n == 0:
             return Evaluation(np.zeros(0, dtype=np.int64), [], [], 0)
-        columns: dict[str, Column] = {}
-        for plan in self._plans:
-            col = prepare_column(plan.name, frame[plan.name], self._vocabulary.get(plan.name))
-            _check_numeric(plan, frame[plan.name], col)
-            columns[plan.name] = col
+        return self._evaluate_columns(self._columns(frame), n, on, per_row=per_row)
+
+    def _evaluate_columns(self, columns: dict[str, Column], n: int, on: dt.date | None, *,
+                          per_row: bool = False) -> Evaluation:
         if per_row or n == 1:
             first = inverse = np.arange(n, dtype=np.int64)
-            return self._match_classes(columns, first, inverse, on)
+            return self._match_classes(columns, first, inverse, on, remember=not per_row)
         codes: list[np.ndarray] = []
         cards: list[int] = []
         for plan in self._plans:
@@ -190,34 +211,60 @@ class PolicyEngine:
             cards.append(card)
         # 1. classes of identical codes
         _, first, inverse = _unique_rows(codes, cards, n)
-        # 2. merge classes that differ only in attributes no live rule looks at (see _dont_care)
-        class_codes = [c[first] for c in codes]
-        reps = {name: Column(col.values[first], col.missing[first]) for name, col in columns.items()}
-        merged_codes, merged_cards = self._dont_care(class_codes, cards, reps, len(first))
-        _, first2, inverse2 = _unique_rows(merged_codes, merged_cards, len(first))
+        # 2. merge classes that differ only in attributes no live rule looks at (see _dont_care); for a few
+        # classes the merge costs more than it saves (the classes' answers are mostly remembered)
+        if len(first) > FEW_CLASSES:
+            class_codes = [c[first] for c in codes]
+            reps = {name: Column(col.values[first], col.missing[first]) for name, col in columns.items()}
+            merged_codes, merged_cards = self._dont_care(class_codes, cards, reps, len(first))
+            _, first2, inverse2 = _unique_rows(merged_codes, merged_cards, len(first))
+        else:
+            first2 = inverse2 = np.arange(len(first), dtype=np.int64)
         ev = self._match_classes(columns, first[first2], inverse2[inverse], on)
         ev.distinct_inputs = len(first)
         return ev
 
     def _match_classes(self, columns: dict[str, Column], first: np.ndarray, inverse: np.ndarray,
-                       on: dt.date | None) -> Evaluation:
-        """Assert one representative row per class to durable-rules."""
-        values: dict[str, list[Any]] = {}
-        for name, col in columns.items():
-            picked = col.values[first]
-            if picked.dtype.kind == "f":
-                picked = np.clip(picked, -_MAX_FLOAT, _MAX_FLOAT)
-            listed = picked.tolist()
-            for i in np.flatnonzero(col.missing[first]).tolist():
-                listed[i] = None
-            values[name] = listed
-        facts = facts_from_columns(values, len(first), self._flags, self._day(on))
-        hits = self._ruleset.match(facts)
-        matched = [tuple(sorted(self.position_of[k] for k in h)) for h in hits]
+                       on: dt.date | None, *, remember: bool = True) -> Evaluation:
+        """Assert one representative row per class to durable-rules, or recall what a representative of
+        the same class matched on the same day (`remember`; see `_class_keys`)."""
+        day = self._day(on)
+        matched: list[tuple[int, ...] | None] = [None] * len(first)
+        keys: list[tuple] = []
+        if remember:
+            keys = self._class_keys(columns, first, day)
+            matched = [self._matched_memo.get(k) for k in keys]
+        todo = np.array([i for i, m in enumerate(matched) if m is None], dtype=np.int64)
+        if len(todo):
+            at = first[todo]
+            values: dict[str, list[Any]] = {}
+            for name, col in columns.items():
+                picked = col.values[at]
+                if picked.dtype.kind == "f":
+                    picked = np.clip(picked, -_MAX_FLOAT, _MAX_FLOAT)
+                listed = picked.tolist()
+                for i in np.flatnonzero(col.missing[at]).tolist():
+                    listed[i] = None
+                values[name] = listed
+            facts = facts_from_columns(values, len(at), self._flags, day)
+            hits = self._ruleset.match(facts)
+            if remember and len(self._matched_memo) + len(todo) > MEMO_CLASSES:
+                self._matched_memo.clear()
+            for i, h in zip(todo.tolist(), hits, strict=True):
+                matched[i] = tuple(sorted(self.position_of[k] for k in h))
+                if remember:
+                    self._matched_memo[keys[i]] = matched[i]
         listed = [self._truncate(m) for m in matched]
         considered = [tuple(p for p in c if not self.rules[p].suppresses) for c in listed]
         suppressor = [c[0] if c and self.rules[c[0]].suppresses else -1 for c in listed]
         return Evaluation(inverse, matched, considered, len(inverse), len(first), listed, suppressor)
+
+    def _class_keys(self, columns: dict[str, Column], rows: np.ndarray, day: dt.date) -> list[tuple]:
+        """Per row: (day, its class code on every rule input). Rows with equal keys match the same rules,
+        the premise of evaluating one representative per class (see the module docs)."""
+        codes = [_codes(plan, Column(columns[plan.name].values[rows], columns[plan.name].missing[rows]))[0].tolist()
+                 for plan in self._plans]
+        return [(day, *k) for k in zip(*codes, strict=True)] if codes else [(day,)] * len(rows)
 
     def _dont_care(self, codes: list[np.ndarray], cards: list[int], reps: dict[str, Column],
                    n: int) -> tuple[list[np.ndarray], list[int]]:
@@ -336,6 +383,19 @@ class PolicyEngine:
 
         Same semantics as `resolve_channels`, as a lookup: table[rule position, preferred code].
         """
+        prefs = list(PREFERRED_TO_CHANNEL)
+        needs_pref = any(r.action.channel == PREFERRED for r in self.rules)
+        if needs_pref and "preferred_channel" in frame.columns:
+            row_code = pd.Categorical(frame["preferred_channel"].to_numpy(dtype=object), categories=prefs).codes
+            row_code = np.where(row_code < 0, len(prefs), row_code).astype(np.int64)
+        else:
+            row_code = np.full(len(frame), len(prefs), dtype=np.int64)
+        if self._channels is None:  # the rules' part depends on the policy set only: built once
+            self._channels = self._channel_codes()
+        table, names = self._channels
+        return ChannelTable(table, row_code, list(names))
+
+    def _channel_codes(self) -> tuple[np.ndarray, list[str]]:
         rules = self.rules
         offers = self.policy_set.offers
         names: list[str] = []
@@ -348,12 +408,6 @@ class PolicyEngine:
             return index[channel]
 
         prefs = list(PREFERRED_TO_CHANNEL)
-        needs_pref = any(r.action.channel == PREFERRED for r in rules)
-        if needs_pref and "preferred_channel" in frame.columns:
-            row_code = pd.Categorical(frame["preferred_channel"].to_numpy(dtype=object), categories=prefs).codes
-            row_code = np.where(row_code < 0, len(prefs), row_code).astype(np.int64)
-        else:
-            row_code = np.full(len(frame), len(prefs), dtype=np.int64)
         table = np.zeros((len(rules) + 1, len(prefs) + 1), dtype=np.int64)
         for p, rule in enumerate(rules):
             if rule.suppresses:  # never a candidate
@@ -367,7 +421,7 @@ class PolicyEngine:
                 mapped = PREFERRED_TO_CHANNEL[prefs[j]] if j < len(prefs) else None
                 table[p, j] = code(mapped if mapped in allowed else allowed[0])
         table[len(rules), :] = -1
-        return ChannelTable(table, row_code, names)
+        return table, names
 
     def reachable(self, frame: pd.DataFrame, attribute: str, values: list[Any],
                   on: dt.date | None = None) -> np.ndarray:
@@ -382,22 +436,29 @@ class PolicyEngine:
         if n == 0:
             return np.zeros(0, dtype=bool)
         others = [plan for plan in self._plans if plan.name != attribute]
+        columns = self._columns(frame, skip=attribute)
         codes: list[np.ndarray] = []
         cards: list[int] = []
         for plan in others:
-            col = prepare_column(plan.name, frame[plan.name], self._vocabulary.get(plan.name))
-            _check_numeric(plan, frame[plan.name], col)
-            code, card = _codes(plan, col)
+            code, card = _codes(plan, columns[plan.name])
             codes.append(code)
             cards.append(card)
         if codes:
             _, first, inverse = _unique_rows(codes, cards, n)
         else:
             first, inverse = np.zeros(1, dtype=np.int64), np.zeros(n, dtype=np.int64)
-        needed = sorted((self.policy_set.required_columns | {p.name for p in self._plans}) - {attribute})
-        reps = frame.iloc[first][[c for c in needed if c in frame.columns]].reset_index(drop=True)
-        trial = pd.concat([reps.assign(**{attribute: v}) for v in values], ignore_index=True)
-        ev = self.evaluate(trial, on)
+        # every representative with every value (value-major), evaluated as the frame of those rows would be
+        self.check_columns([*frame.columns, attribute])
+        k = len(first)
+        trial = {name: Column(np.tile(col.values[first], len(values)), np.tile(col.missing[first], len(values)))
+                 for name, col in columns.items()}
+        plan = next((p for p in self._plans if p.name == attribute), None)
+        if plan is not None:  # no rule reads it: every value gives the same answer
+            series = pd.Series(np.repeat(np.asarray(values, dtype=object), k))
+            col = prepare_column(attribute, series, self._vocabulary.get(attribute))
+            _check_numeric(plan, series, col)
+            trial[attribute] = col
+        ev = self._evaluate_columns({p.name: trial[p.name] for p in self._plans}, k * len(values), on)
         has_class = np.array([bool(c) for c in ev.considered] or [False], dtype=bool)  # suppressed: no candidate
         has = has_class[ev.classes].reshape(len(values), len(first)).any(axis=0)
         return has[inverse]
@@ -537,7 +598,11 @@ def _codes(plan: _Plan, col: Column) -> tuple[np.ndarray, int]:
         code[col.missing] = 2
         return code, 3
     k = len(plan.values)
-    code = pd.Categorical(col.values, categories=list(plan.values)).codes.astype(np.int64)
+    if len(col.values) <= 256:  # a dictionary look-up beats building a Categorical (~50 us) for a few rows
+        index = {v: i for i, v in enumerate(plan.values)}
+        code = np.array([index.get(v, k) if isinstance(v, str) else k for v in col.values.tolist()], dtype=np.int64)
+    else:
+        code = pd.Categorical(col.values, categories=list(plan.values)).codes.astype(np.int64)
     code[code < 0] = k
     code[col.missing] = k + 1
     return code, k + 2

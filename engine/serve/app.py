@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -229,7 +228,7 @@ def create_app(cfg: ServeConfig | None = None, *, token: str | None = None) -> F
     from engine.feedback.store import open_store
     from engine.serve.decider import Decider, Recorder
     from engine.serve.ledger import Ledger
-    from engine.serve.state import ServingState
+    from engine.serve.state import ServingState, settle_heap
 
     cfg = cfg or ServeConfig.from_env()
     if not log.handlers:
@@ -263,6 +262,7 @@ def create_app(cfg: ServeConfig | None = None, *, token: str | None = None) -> F
 
         decider = Decider(state, ledger, recorder, max_batch_rows=cfg.max_batch_rows, shared=cfg.workers > 1,
                           on_batch=on_batch)
+        settle_heap()  # loaded once: keep the garbage collector's full passes off it (see settle_heap)
         parts.update(state=state, decider=decider, recorder=recorder, store=store.display_url)
         state.start()
         log.info("ready: decision store %s, token %s", store.display_url, "required" if token else "not set")
@@ -309,9 +309,8 @@ def create_app(cfg: ServeConfig | None = None, *, token: str | None = None) -> F
                     if not (v is None or isinstance(v, str | int | float | bool))]
         if problems:
             return JSONResponse({"error": "invalid request", "detail": problems[:20]}, status_code=422)
-        frame = pd.DataFrame([r.model_dump() for r in body.subscribers])
         try:
-            rows = await asyncio.wrap_future(decider.submit(frame))
+            rows = await asyncio.wrap_future(decider.submit([r.model_dump() for r in body.subscribers]))
         except DataError as exc:
             return JSONResponse(data_error_body(exc), status_code=422)
         return Response(json.dumps({"decisions": rows}), media_type="application/json")

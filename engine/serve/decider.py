@@ -33,6 +33,7 @@ import pandas as pd
 
 from engine.config import Settings
 from engine.data.schema import ID
+from engine.decision.contact import SAME_DAY_REASON  # noqa: F401 - the reason the service shows, kept importable here
 from engine.decision.decide import Decisions, RunState, decide_frame
 from engine.decision.run import resolve_risk_grades
 from engine.errors import DataError
@@ -40,11 +41,9 @@ from engine.feedback.store import Store, now_iso, open_store
 from engine.model.churn import PROBABILITY
 from engine.serve.ledger import Ledger, contacts_of, spend_of
 from engine.serve.state import ServingState
-from engine.vocabulary import OUTBOUND_CHANNELS
 
 log = logging.getLogger("retain.serve")
 _STOP = object()
-SAME_DAY_REASON = "already contacted today"
 CLAIM_ATTEMPTS = 3
 
 
@@ -56,41 +55,38 @@ def new_serve_run_id(now: dt.datetime | None = None) -> str:
 
 @dataclass
 class Job:
-    frame: pd.DataFrame
+    """One request: its subscriber rows as records (one dict per row, as the request body gives them)."""
+
+    records: list[dict[str, Any]]
     future: Future = field(default_factory=Future)
     enqueued: float = field(default_factory=time.perf_counter)
 
     @property
     def ids(self) -> set[str]:
-        return set(self.frame[ID].astype(str))
+        return {str(r.get(ID)) for r in self.records}
+
+
+def batch_frame(jobs: list[Job]) -> pd.DataFrame:
+    """One frame for the rows of every job in a decide call, built once from all their records.
+
+    Why not a frame per request and a concat: building and concatenating one-row frames costs ~1 ms a
+    request, and pandas warns on every concat of a one-row frame whose empty nullable number is None. The
+    records give the same frame: columns in order of first appearance, types inferred over all rows.
+    """
+    return pd.DataFrame([r for job in jobs for r in job.records])
 
 
 # ---------------------------------------------------------------------------------------------
 # contact rules over the store's history
 # ---------------------------------------------------------------------------------------------
-def same_day_history(history: pd.DataFrame, today: dt.date, max_contacts_30d: int) -> tuple[pd.DataFrame, set[str]]:
-    """Make a subscriber contacted today (on any channel) reach the contact limit, so decide blocks
-    outbound contact for the rest of the day; returns the padded history and those subscribers.
-
-    A shim until the contact rules have a per-day limit of their own (see README_SECTION.md): the
-    padding rows are passed to the decide function only, never stored.
-    """
-    if len(history) == 0 or max_contacts_30d <= 0:
-        return history, set()
-    today_rows = history[[d == today for d in history["contacted_on"]]]
-    if len(today_rows) == 0:
-        return history, set()
-    age = np.array([(today - d).days for d in history["contacted_on"]])
-    outbound = history[(age >= 0) & (age < 30) & history["channel"].isin(list(OUTBOUND_CHANNELS)).to_numpy()]
-    counts = outbound.groupby(ID).size()
-    ids = sorted(set(today_rows[ID]))
-    pad = []
-    for s in ids:
-        missing = max_contacts_30d - int(counts.get(s, 0))
-        pad += [{ID: s, "contacted_on": today, "channel": "sms", "offer_id": None, "outcome": "pending"}] * missing
-    if pad:
-        history = pd.concat([history, pd.DataFrame(pad)[list(history.columns)]], ignore_index=True)
-    return history, set(ids)
+def serving_settings(settings: Settings) -> Settings:
+    """The settings the service decides with: the configured ones, with at most one contact a day per
+    subscriber unless `contact.max_contacts_per_day` says otherwise, so a subscriber who comes back the same
+    day (or is asked about twice) is not contacted twice ('already contacted today'); an inbound prompt can
+    still be shown."""
+    if settings.contact.max_contacts_per_day is not None:
+        return settings
+    return settings.model_copy(update={"contact": settings.contact.model_copy(update={"max_contacts_per_day": 1})})
 
 
 def response_rows(table: pd.DataFrame, orders: dict[str, pd.DataFrame], run_id: str) -> list[dict[str, Any]]:
@@ -137,11 +133,7 @@ def record_runs(store: Store, conn: Any, runs: list[Decisions]) -> None:
     run_rows, decision_rows, order_rows = [], [], []
     for d in runs:
         rows = _decision_rows(d.table, d.run_id)
-        orders = _orders_frame(d.work_orders).assign(decision_run=d.run_id)
-        for col in ("offer_id", "rule_id", "priority"):
-            if col not in orders.columns:
-                orders[col] = None
-        orders["due_date"] = orders["due_date"].astype(str).str[:10]
+        orders = _orders_frame(d.work_orders)
         s = d.summary
         run_rows.append({
             "decision_run": d.run_id, "decided_on": d.run_date.isoformat(), "recorded_at": now_iso(),
@@ -153,11 +145,16 @@ def record_runs(store: Store, conn: Any, runs: list[Decisions]) -> None:
         })
         decision_rows.append(rows)
         if len(orders):
-            order_rows.append(orders[ORDER_COLUMNS])
+            order_rows.append(orders.assign(decision_run=d.run_id))
     store.insert_frame(conn, decision_runs, pd.DataFrame(run_rows))
     store.insert_frame(conn, decisions, pd.concat(decision_rows, ignore_index=True))
-    if order_rows:
-        store.insert_frame(conn, work_orders, pd.concat(order_rows, ignore_index=True))
+    if order_rows:  # the columns fixed once for all runs, as record_run fixes them per run
+        orders = pd.concat(order_rows, ignore_index=True)
+        for col in ("offer_id", "rule_id", "priority"):
+            if col not in orders.columns:
+                orders[col] = None
+        orders["due_date"] = orders["due_date"].astype(str).str[:10]
+        store.insert_frame(conn, work_orders, orders[ORDER_COLUMNS])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,13 +274,18 @@ class Decider:
         self.recorder = recorder
         self.max_batch_rows = max_batch_rows
         self.on_batch = on_batch
+        self._settings: Settings | None = None
+        self._settings_of: Settings | None = None
         self._queue: queue.Queue = queue.Queue()
         self._carry: deque[Job] = deque()
         self._thread = threading.Thread(target=self._run, name="retain-decider", daemon=True)
         self._thread.start()
 
-    def submit(self, frame: pd.DataFrame) -> Future:
-        job = Job(frame)
+    def submit(self, records: list[dict[str, Any]] | pd.DataFrame) -> Future:
+        """Queue one request's subscribers (records, or a frame of them); the future gets their decisions."""
+        if isinstance(records, pd.DataFrame):
+            records = records.to_dict("records")
+        job = Job(records)
         self._queue.put(job)
         return job.future
 
@@ -291,7 +293,7 @@ class Decider:
         first = self._carry.popleft() if self._carry else self._queue.get()
         if first is _STOP:
             return None
-        batch, rows, ids = [first], len(first.frame), first.ids
+        batch, rows, ids = [first], len(first.records), first.ids
         carried: list[Job] = []
         while rows < self.max_batch_rows:
             if self._carry:
@@ -305,13 +307,13 @@ class Decider:
                 carried.append(job)
                 break
             j_ids = job.ids
-            if rows + len(job.frame) > self.max_batch_rows or ids & j_ids:  # one subscriber once per call
+            if rows + len(job.records) > self.max_batch_rows or ids & j_ids:  # one subscriber once per call
                 carried.append(job)
-                if rows + len(job.frame) > self.max_batch_rows:
+                if rows + len(job.records) > self.max_batch_rows:
                     break
                 continue
             batch.append(job)
-            rows += len(job.frame)
+            rows += len(job.records)
             ids |= j_ids
         self._carry.extendleft(reversed(carried))
         return batch
@@ -342,13 +344,14 @@ class Decider:
         t0 = time.perf_counter()
         bundle = self.state.bundle
         assert bundle is not None
-        settings = resolve_risk_grades(self.state.settings, bundle.loaded)  # risk_grades.mode emp: the model's
+        if self._settings_of is not self.state.settings:
+            self._settings, self._settings_of = serving_settings(self.state.settings), self.state.settings
+        settings = resolve_risk_grades(self._settings, bundle.loaded)  # risk_grades.mode emp: the model's
         today = dt.date.today()
-        frame = batch[0].frame if len(batch) == 1 else pd.concat([j.frame for j in batch], ignore_index=True)
+        frame = batch_frame(batch)
         ids = frame[ID].astype(str)
         lookback = max(30, settings.contact.cooldown_days_after_decline)
         history = self.ledger.history(ids, today, lookback)
-        history, contacted_today = same_day_history(history, today, settings.contact.max_contacts_30d)
         t1 = time.perf_counter()
         claimed = False  # if every claim failed (store down), the writer records the spending later
         for attempt in range(CLAIM_ATTEMPTS + 1):
@@ -376,9 +379,6 @@ class Decider:
             self.ledger.refresh(today)  # another worker took part of what was left: look again
         t2 = time.perf_counter()
         table = decisions.table
-        if contacted_today:
-            limit = table["blocked_reason"].astype(str).str.startswith("contact limit")
-            table.loc[limit & table[ID].astype(str).isin(contacted_today), "blocked_reason"] = SAME_DAY_REASON
         decisions.summary["input"] = "retain serve"
         if claimed:  # taken from the allowance and logged in the store already
             items, contacts = {}, contacts.iloc[0:0]
@@ -387,7 +387,7 @@ class Decider:
         rows = response_rows(table, decisions.work_orders, run_id)
         start = 0
         for job in batch:
-            n = len(job.frame)
+            n = len(job.records)
             job.future.set_result(rows[start:start + n])
             start += n
         if self.on_batch:

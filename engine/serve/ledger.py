@@ -28,6 +28,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
@@ -78,13 +79,20 @@ def spend_of(state: RunState) -> dict[str, float]:
 
 def contacts_of(run_id: str, run_date: dt.date, work_orders: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     """One row per published work order, in `serve_contacts`' columns."""
-    parts = [pd.DataFrame({"order_id": o["order_id"].astype(str).to_numpy(), "decision_run": run_id,
-                           ID: o[ID].astype(str).to_numpy(), "contacted_on": run_date.isoformat(),
-                           "channel": ch, "offer_id": o["offer_id"].astype(object).to_numpy()})
-             for ch, o in work_orders.items() if len(o)]
+    parts = [(ch, o) for ch, o in work_orders.items() if len(o)]
     if not parts:
         return pd.DataFrame(columns=[c.key for c in contacts_table.c])
-    return pd.concat(parts, ignore_index=True)
+
+    def text(col: str) -> np.ndarray:
+        return np.array([str(v) for o in (o for _ch, o in parts) for v in o[col].tolist()], dtype=object)
+
+    n = sum(len(o) for _ch, o in parts)
+    return pd.DataFrame({  # one frame from arrays (per-channel frames and a concat cost ~1 ms a request)
+        "order_id": text("order_id"), "decision_run": np.full(n, run_id, dtype=object), ID: text(ID),
+        "contacted_on": np.full(n, run_date.isoformat(), dtype=object),
+        "channel": np.concatenate([np.full(len(o), ch, dtype=object) for ch, o in parts]),
+        "offer_id": np.concatenate([o["offer_id"].to_numpy(dtype=object) for _ch, o in parts]),
+    })
 
 
 class Ledger:

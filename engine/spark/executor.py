@@ -193,7 +193,7 @@ def decide_rows(frame: pd.DataFrame, job: Job) -> tuple[pd.DataFrame, dict[str, 
                      risk_cutoffs=job.risk_cutoffs)
     a = assess(frame, loaded=loaded, policy_engine=engine, settings=job.settings, run_date=job.run_date,
                history=job.history, learned=job.learned, source=job.source, state=state)
-    decisions = constrain(a, state)
+    decisions = constrain(a, state, outputs=False)  # the driver builds work orders and the summary
     table = decisions.table
 
     c = a.candidates

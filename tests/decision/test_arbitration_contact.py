@@ -113,6 +113,30 @@ def test_contact_rules(tmp_path):
     assert why.iloc[3] == "opted out"
 
 
+def test_daily_contact_limit_counts_every_channel_and_comes_first():
+    today = dt.date(2026, 11, 23)
+    history = pd.DataFrame({
+        "subscriber_id": ["A", "B", "B", "C", "D", "E"],
+        "contacted_on": [today, today, dt.date(2026, 11, 20), dt.date(2026, 11, 22), today, today],
+        "channel": ["app_popup", "sms", "sms", "sms", "sms", "front_desk"],
+        "offer_id": ["x"] * 6,
+        "outcome": ["pending", "pending", "declined", "pending", "pending", "pending"],
+    })
+    ids = pd.Series(["A", "B", "C", "D", "E", "F"])
+    opt_out = pd.Series([False, False, False, False, True, False])
+    daily = blocked_reasons(ids, opt_out, history, today, ContactRules(max_contacts_per_day=1))
+    assert list(daily) == ["already contacted today", "already contacted today", "", "already contacted today",
+                           "opted out", ""]
+    twice = blocked_reasons(ids, opt_out, history, today, ContactRules(max_contacts_per_day=2))
+    assert twice.iloc[0] == "" and twice.iloc[1].startswith("contact limit (2 in 30 days)")
+    # without the rule (the default) the same history blocks as it always did
+    assert list(blocked_reasons(ids, opt_out, history, today, ContactRules())) == [
+        "", "contact limit (2 in 30 days)", "", "", "opted out", ""]
+    # dates as text (a history file) read the same as date objects
+    as_text = history.assign(contacted_on=history["contacted_on"].astype(str))
+    assert list(blocked_reasons(ids, opt_out, as_text, today, ContactRules(max_contacts_per_day=1))) == list(daily)
+
+
 def test_bad_contact_history_is_one_clear_error(tmp_path):
     from engine.errors import DataError
 

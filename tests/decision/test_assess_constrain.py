@@ -113,6 +113,13 @@ def test_fast_validation_returns_what_the_schema_returns(batch_20k):
     pd.testing.assert_frame_equal(validate_rows(batch_20k), validate_subscribers(batch_20k))
     as_object = batch_20k.astype({"subscriber_id": object, "plan": "category"})
     pd.testing.assert_frame_equal(validate_rows(as_object), validate_subscribers(as_object))
+    # one row as the HTTP service builds it: an empty nullable number is None in an object column
+    one = pd.DataFrame([{**batch_20k.iloc[0].to_dict(), "contract_months_left": None}])
+    assert one["contract_months_left"].dtype == object
+    pd.testing.assert_frame_equal(validate_rows(one), validate_subscribers(one))
+    mixed = pd.DataFrame(batch_20k.head(3).to_dict("records")).astype({"contract_months_left": object})
+    mixed.loc[1, "contract_months_left"] = None
+    pd.testing.assert_frame_equal(validate_rows(mixed), validate_subscribers(mixed))
     # anything not plainly right goes to the schema, so errors read exactly as before
     bad = batch_20k.head(50).copy()
     bad.loc[3, "arpu_m0"] = -5.0

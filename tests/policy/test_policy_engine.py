@@ -255,3 +255,29 @@ def test_suppressions_exclusions_and_rule_dates_in_the_engine(tmp_path):
     # reachable: a suppressed row has no candidate under any reason it could have
     reach = engine.reachable(frame.drop(columns=["reason"]), "reason", ["price"], TODAY)
     assert reach.tolist() == [False, True, False, True]
+
+
+def test_remembered_classes_give_what_durable_rules_gives():
+    """A real-time caller evaluates a few rows at a time: each class's matches are remembered per policy engine
+    and day, so durable-rules is asked once per class. The answers stay those of evaluating every row."""
+    engine = PolicyEngine(load_policy_set(ROOT / "policies"), decision_date=TODAY)
+    reference = PolicyEngine(load_policy_set(ROOT / "policies"), decision_date=TODAY)
+    frame = synthetic_frame(600, seed=4)
+    asked = []
+    match = engine._ruleset.match
+    engine._ruleset.match = lambda facts: asked.append(len(facts)) or match(facts)
+    passes = []
+    for _ in range(2):
+        asked.clear()
+        for size in (1, 8, 40):  # small frames, as the HTTP service decides them
+            for start in range(0, len(frame), size * 7):
+                part = frame.iloc[start:start + size].reset_index(drop=True)
+                pd.testing.assert_frame_equal(engine.decide(part), reference.decide(part, per_row=True))
+        passes.append(sum(asked))
+    assert passes[0] > 0 and passes[1] == 0, "classes seen before are not asked again"
+    # the day is part of what is remembered: validity dates still follow the decision date
+    rec = subscriber(risk_grade="high", tenure_months=24)
+    semantics = PolicyEngine(load_policy_set(SEMANTICS), decision_date=TODAY)
+    for _ in range(2):
+        assert semantics.decide_one(rec)["rule_id"] == "mid"
+        assert semantics.decide_one(rec, dt.date(2030, 1, 1))["rule_id"] == "future"

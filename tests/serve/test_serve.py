@@ -358,10 +358,10 @@ def test_history_from_the_store_feeds_the_contact_rules(tmp_path):
     """A declined offer recorded as an outcome starts the cool-down; a contact today blocks a second one."""
     import datetime as dt
 
-    from engine.config import ContactRules
+    from engine.config import ContactRules, Settings
     from engine.decision.contact import blocked_reasons
     from engine.feedback.store import open_store
-    from engine.serve.decider import SAME_DAY_REASON, same_day_history
+    from engine.serve.decider import SAME_DAY_REASON, serving_settings
     from engine.serve.ledger import Ledger, contacts_of
 
     store = open_store(url=f"sqlite:///{tmp_path / 'h.db'}")
@@ -388,14 +388,15 @@ def test_history_from_the_store_feeds_the_contact_rules(tmp_path):
     history = ledger.history(["A", "B", "C", "D"], today, 30)
     assert dict(zip(history["subscriber_id"], history["outcome"], strict=True)) == {
         "A": "declined", "B": "pending", "C": "pending"}
-    padded, today_ids = same_day_history(history, today, max_contacts_30d=2)
-    assert today_ids == {"B", "C"}
     ids = pd.Series(["A", "B", "C", "D"])
-    reasons = blocked_reasons(ids, pd.Series([False] * 4), padded, today, ContactRules())
+    rules = serving_settings(Settings()).contact  # the service's: one contact a day unless configured
+    assert rules.max_contacts_per_day == 1
+    reasons = blocked_reasons(ids, pd.Series([False] * 4), history, today, rules)
     assert reasons[0].startswith("cool-down")
-    assert reasons[1].startswith("contact limit") and reasons[2].startswith("contact limit")  # shown as SAME_DAY_REASON
+    assert reasons[1] == reasons[2] == SAME_DAY_REASON == "already contacted today"  # B inbound, C sms, today
     assert reasons[3] == ""
-    assert SAME_DAY_REASON == "already contacted today"
+    assert blocked_reasons(ids, pd.Series([False] * 4), history, today, ContactRules())[1] == "", \
+        "without a daily limit (the batch default) a contact today alone blocks nothing"
 
 
 def test_cli_refuses_a_missing_model_in_one_line(trained, runner):

@@ -36,14 +36,37 @@ class InputError(ValueError):
         self.message, self.columns, self.hint = message, list(columns), hint
 
 
+def float_column(df: pd.DataFrame, col: str) -> np.ndarray:
+    """`df[col].astype(float).to_numpy()`, without the copy when the column is numpy numbers already."""
+    s = df[col]
+    return s.to_numpy(dtype=float) if s.dtype.kind in "fiub" else s.astype(float).to_numpy()
+
+
+def _change_values(now: np.ndarray, before: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(before > 0, now / np.where(before > 0, before, 1.0) - 1.0, np.where(now > 0, 1.0, 0.0))
+    return np.clip(out, -1.0, 10.0)
+
+
 def _change(now: pd.Series, before: pd.Series) -> pd.Series:
     """Relative change now vs before; 0 when both are 0, +1 (capped) when starting from 0."""
-    now_f = now.astype(float).to_numpy()
-    before_f = before.astype(float).to_numpy()
+    return pd.Series(_change_values(now.astype(float).to_numpy(), before.astype(float).to_numpy()), index=now.index)
+
+
+def row_mean(columns: list[np.ndarray]) -> np.ndarray:
+    """Per row, the mean of the non-missing values (NaN when all are missing): `DataFrame.mean(axis=1)` on
+    float columns, summed left to right as pandas sums them, without building a frame."""
+    total = np.zeros(len(columns[0]), dtype=float)
+    count = np.zeros(len(total), dtype=np.int64)
+    for i, values in enumerate(columns):
+        present = ~np.isnan(values)
+        filled = np.where(present, values, 0.0)
+        total = filled if i == 0 else total + filled
+        count += present
     with np.errstate(divide="ignore", invalid="ignore"):
-        out = np.where(before_f > 0, now_f / np.where(before_f > 0, before_f, 1.0) - 1.0,
-                       np.where(now_f > 0, 1.0, 0.0))
-    return pd.Series(np.clip(out, -1.0, 10.0), index=now.index)
+        mean = total / count
+    mean[count == 0] = np.nan
+    return mean
 
 
 @dataclass(frozen=True)
@@ -54,10 +77,14 @@ class DerivedFeature:
     inputs: tuple[str, ...]
 
     def compute(self, df: pd.DataFrame) -> pd.Series:
+        return pd.Series(self.values({c: float_column(df, c) for c in self.inputs}), index=df.index)
+
+    def values(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        """The signal from its inputs as float arrays (numpy only: ~20 us, where pandas took ~1 ms a call)."""
         a = self.inputs
         if self.name == "arpu_mean_3m":
-            return df[list(a)].astype(float).mean(axis=1)
-        return _change(df[a[0]], df[a[1]])
+            return row_mean([arrays[c] for c in a])
+        return _change_values(arrays[a[0]], arrays[a[1]])
 
 
 #: Early-warning signals of DOMAIN.md that need more than one raw column.
@@ -80,6 +107,8 @@ def add_derived(df: pd.DataFrame, names: list[str] | None = None) -> pd.DataFram
 
 def _as_float(col: pd.Series) -> np.ndarray:
     """A raw column as float64; text that is not a number becomes NaN."""
+    if col.dtype.kind in "fiu":  # numpy numbers: no missing-value marker to translate
+        return col.to_numpy(dtype=float)
     if not pd.api.types.is_numeric_dtype(col.dtype):
         col = pd.to_numeric(col, errors="coerce")
     return col.to_numpy(dtype=float, na_value=np.nan)
@@ -133,11 +162,9 @@ class FeaturePipeline:
             cols[col] = text
         numeric = {col: _as_float(df[col]) for col in self.numeric}
         cols.update(numeric)
-        if self.derived_:
-            frame = pd.DataFrame(numeric, index=df.index)
-            for feat in DERIVED:
-                if feat.name in self.derived_:
-                    cols[feat.name] = feat.compute(frame).to_numpy(dtype=float)
+        for feat in DERIVED:
+            if feat.name in self.derived_:
+                cols[feat.name] = feat.values(numeric)
         return pd.DataFrame({name: cols[name] for name in self.feature_names_}, index=df.index)
 
     def fit_transform(self, df: pd.DataFrame) -> pd.DataFrame:

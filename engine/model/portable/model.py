@@ -33,6 +33,8 @@ SPEC_ARTIFACT = "spec"
 PROBABILITY = "churn_probability"
 #: From this many rows on, exact SHAP goes through per-leaf tables (LeafShap); below, CatBoost per row.
 LEAF_SHAP_MIN_ROWS = 5_000
+#: Up to this many rows (a real-time request) CatBoost gets numpy input and one thread: same values, less overhead.
+SMALL_ROWS = 64
 VALUE_TIER = "value_tier"
 REASON_COLUMNS = ("reason", "reason_share", "reason_signal")
 #: `predict(params=...)` switches and their defaults (logged in the model's signature).
@@ -115,13 +117,24 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
 
     def _pool(self, features: pd.DataFrame) -> Pool:
         assert self.pipeline is not None
+        if len(features) <= SMALL_ROWS:  # CatBoost reads a DataFrame column by column: ~0.15 ms a call
+            cat = [features.columns.get_loc(c) for c in self.pipeline.categorical_features_]
+            return Pool(features.to_numpy(dtype=object), cat_features=cat, feature_names=list(features.columns))
         return Pool(features, cat_features=self.pipeline.categorical_features_)
 
+    @staticmethod
+    def _threads(n_rows: int, thread_count: int | None) -> int:
+        """All cores for batches; one for a few rows, where starting threads costs more than it saves."""
+        if thread_count is not None:
+            return thread_count
+        return 1 if n_rows <= SMALL_ROWS else -1
+
     def predict_proba(self, df: pd.DataFrame, *, features: pd.DataFrame | None = None,
-                      thread_count: int = -1) -> np.ndarray:
+                      thread_count: int | None = None) -> np.ndarray:
         """Churn probability per row, calibrated when the training run found calibration helped."""
         feats = self.features(df) if features is None else features
-        raw = self.booster.predict(self._pool(feats), prediction_type="RawFormulaVal", thread_count=thread_count)
+        raw = self.booster.predict(self._pool(feats), prediction_type="RawFormulaVal",
+                                   thread_count=self._threads(len(feats), thread_count))
         cal = self.spec.get("calibration")
         if cal:  # Platt scaling on the raw score, fitted on out-of-fold predictions at training time
             raw = cal["a"] * raw + cal["b"]
@@ -140,7 +153,8 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
             return self._leaf_shap(features)
         vals = self.booster.get_feature_importance(
             self._pool(features), type="ShapValues",
-            shap_calc_type="Approximate" if approximate else "Regular")
+            shap_calc_type="Approximate" if approximate else "Regular",
+            thread_count=self._threads(len(features), None))
         return vals[:, :-1]
 
     def explain(self, df: pd.DataFrame, *, features: pd.DataFrame | None = None,

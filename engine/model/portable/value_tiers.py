@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .features import float_column, row_mean
+
 RFM_INPUTS = ("days_inactive", "voice_min_m0", "data_gb_m0", "arpu_m0", "arpu_m1", "arpu_m2")
 
 #: Weights of the standardised (recency, frequency, monetary) centre in a cluster's value score.
@@ -24,9 +26,9 @@ VALUE_WEIGHTS = np.array([0.25, 0.25, 1.0])
 
 
 def rfm(df: pd.DataFrame) -> np.ndarray:
-    recency = -np.log1p(df["days_inactive"].astype(float).to_numpy())
-    frequency = np.log1p(df["voice_min_m0"].astype(float).to_numpy() / 100 + df["data_gb_m0"].astype(float).to_numpy())
-    monetary = np.log1p(df[["arpu_m0", "arpu_m1", "arpu_m2"]].astype(float).mean(axis=1).to_numpy())
+    recency = -np.log1p(float_column(df, "days_inactive"))
+    frequency = np.log1p(float_column(df, "voice_min_m0") / 100 + float_column(df, "data_gb_m0"))
+    monetary = np.log1p(row_mean([float_column(df, c) for c in ("arpu_m0", "arpu_m1", "arpu_m2")]))
     return np.column_stack([recency, frequency, monetary])
 
 
