@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,11 +102,32 @@ class Decisions:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def render_messages(policy_engine: Any, table: pd.DataFrame, positions: np.ndarray, rule_ids: np.ndarray) -> np.ndarray:
-    """The chosen rule's message template rendered for each chosen row (offer description if none)."""
+class _Columns(Mapping[str, Any]):
+    """The decision table's columns before it is built: this call's new ones over the scored frame's."""
+
+    def __init__(self, scored: pd.DataFrame, new: Mapping[str, Any]) -> None:
+        self.scored, self.new = scored, new
+
+    def __getitem__(self, name: str) -> Any:
+        if name in self.new:
+            value = self.new[name]
+            return value if isinstance(value, np.ndarray) else np.full(len(self.scored), value, dtype=object)
+        return self.scored[name].to_numpy()
+
+    def __iter__(self):
+        return iter([*self.new, *(c for c in self.scored.columns if c not in self.new)])
+
+    def __len__(self) -> int:
+        return len(set(self.new) | set(self.scored.columns))
+
+
+def render_messages(policy_engine: Any, table: pd.DataFrame | Mapping[str, Any], positions: np.ndarray,
+                    rule_ids: np.ndarray, n: int | None = None) -> np.ndarray:
+    """The chosen rule's message template rendered for each chosen row (offer description if none).
+    `table`: the decision table, or its columns by name (then `n` is its length)."""
     from engine.policy.evaluate import render
 
-    out = np.full(len(table), None, dtype=object)
+    out = np.full(len(table) if n is None else n, None, dtype=object)
     offers = policy_engine.policy_set.offers
     vocabulary = getattr(policy_engine.policy_set, "vocabulary", None)
     for rule_id in pd.unique(rule_ids):
@@ -153,23 +174,23 @@ def draw_exploration(assessment: Assessment, share: float | None = None) -> Expl
     n = len(a.scored)
     c = a.candidates
     open_idx = np.flatnonzero(c["contactable"].to_numpy())
-    # one eligible action per distinct (offer, channel): the lowest-rank candidate carrying it
-    key = pd.DataFrame({"row": c["row"].to_numpy()[open_idx], "offer": c["offer_id"].cat.codes.to_numpy()[open_idx],
-                        "channel": c["channel"].cat.codes.to_numpy()[open_idx],
-                        "rank": c["rank"].to_numpy()[open_idx]})
-    order = np.lexsort((key["rank"].to_numpy(), key["row"].to_numpy()))
-    distinct = open_idx[order][~key.iloc[order].duplicated(["row", "offer", "channel"]).to_numpy()]
+    # one eligible action per distinct (offer, channel): the lowest-rank candidate carrying it. Each
+    # candidate's (row, offer, channel) as one integer key, so the search is numpy's, not a frame's.
+    offer, chan = c["offer_id"].cat.codes.to_numpy(), c["channel"].cat.codes.to_numpy()
+    n_offer, n_chan = len(c["offer_id"].cat.categories) + 1, len(c["channel"].cat.categories) + 1
+    key = (c["row"].to_numpy().astype(np.int64) * n_offer + (offer.astype(np.int64) + 1)) * n_chan \
+        + (chan.astype(np.int64) + 1)
+    ordered = open_idx[np.lexsort((c["rank"].to_numpy()[open_idx], c["row"].to_numpy()[open_idx]))]
+    _, first = np.unique(key[ordered], return_index=True)
+    distinct = ordered[np.sort(first)]
     best = a.best()
     greedy = np.full(n, NO_CONTACT, dtype=np.int64)
-    if len(distinct):  # the best candidate's (offer, channel), as an index into `distinct`
-        lookup = pd.Series(np.arange(len(distinct)), index=pd.MultiIndex.from_arrays(
-            [c["row"].to_numpy()[distinct], c["offer_id"].cat.codes.to_numpy()[distinct],
-             c["channel"].cat.codes.to_numpy()[distinct]]))
-        has = np.flatnonzero(best >= 0)
-        if len(has):
-            greedy[has] = lookup.reindex(pd.MultiIndex.from_arrays(
-                [has, c["offer_id"].cat.codes.to_numpy()[best[has]],
-                 c["channel"].cat.codes.to_numpy()[best[has]]])).to_numpy(dtype=np.int64)
+    has = np.flatnonzero(best >= 0)
+    if len(distinct) and len(has):  # the best candidate's (offer, channel), as an index into `distinct`
+        by_key = np.argsort(key[distinct], kind="stable")
+        sorted_keys = key[distinct][by_key]
+        at = np.minimum(np.searchsorted(sorted_keys, key[best[has]]), len(sorted_keys) - 1)
+        greedy[has] = np.where(sorted_keys[at] == key[best[has]], by_key[at], NO_CONTACT)
     ids = a.scored[ID].to_numpy(dtype=object)
     ex = explore(c["row"].to_numpy()[distinct], n, greedy, ids, epsilon=share, seed=seed)
     explored = ex.explored & (ex.n_actions > 1) & (share > 0)
@@ -310,7 +331,7 @@ def constrain(assessment: Assessment, state: RunState, *, progress: ProgressFn |
     new["status"] = status
     new["blocked_reason"] = np.where(status == STATUS_BLOCKED, a.blocked, "").astype(object)
     new["note"] = note
-    new["message"] = np.full(n, None, dtype=object)
+    new["message"] = np.full(n, None, dtype=object)  # (rendered below, once every column is known)
     new["policy_hash"] = a.policy_engine.policy_set.content_hash
     new["model_version"] = a.loaded.version or a.loaded.uri
     new["decision_run"] = state.run_id
@@ -319,12 +340,12 @@ def constrain(assessment: Assessment, state: RunState, *, progress: ProgressFn |
     new["propensity"] = propensity
     if a.prefer == "incremental_value":
         new["tau"] = _take(cands["tau"], chosen, n, pos, 0.0, float)
+    if len(pos):  # templates may name any column of the table, decision columns included
+        new["message"] = render_messages(a.policy_engine, _Columns(scored, new), pos, new["rule_id"][pos], n)
 
     offered = status == STATUS_OFFER
     offer_cost, channel_cost, chosen_channel = new["offer_cost"], new["channel_cost"], new["channel"]
     table = with_columns(scored, new)
-    if len(pos):  # templates may name any column of the table, decision columns included
-        table["message"] = render_messages(a.policy_engine, table, pos, table["rule_id"].to_numpy()[pos])
 
     spent = float(offer_cost[offered].sum() + channel_cost[offered].sum())
     state.spent += spent

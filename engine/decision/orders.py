@@ -114,13 +114,14 @@ def work_orders(table: pd.DataFrame, settings: Settings, run_id: str, run_date: 
     net = np.round(table["net_value"].to_numpy(dtype=float)[offered], 2)
     order = np.lexsort((-net, -priority, channel_codes))  # stable: equal keys keep the decision order
     at = offered[order]
-    rows = {c: table[c].to_numpy()[at] for c in wanted + signals}
+    columns_of = {c: table[c].to_numpy() for c in wanted + signals}  # views; taken one channel at a time
     numbers = order + 1
     ends = np.searchsorted(channel_codes[order], np.arange(len(channels)), side="right")
     window = call_window(settings.contact)
     out, lo = {}, 0
     for ch, hi in zip(channels, ends, strict=True):
-        columns = order_columns({c: v[lo:hi] for c, v in rows.items()}, numbers[lo:hi], run_id, run_date,
+        take = at[lo:hi]
+        columns = order_columns({c: v[take] for c, v in columns_of.items()}, numbers[lo:hi], run_id, run_date,
                                 labels or settings.reason_labels)
         del columns["channel"]
         if ch in CALL_CHANNELS:

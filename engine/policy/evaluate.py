@@ -37,7 +37,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import string
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -660,22 +660,33 @@ def format_value(v: Any, spec: str, kind: str) -> str:
     return format(str(v), spec) if spec else str(v)
 
 
-def render(template: str, frame: pd.DataFrame, rows: np.ndarray,
+def render(template: str, frame: pd.DataFrame | Mapping[str, Any], rows: np.ndarray,
            attributes: dict[str, Attribute] | None = None) -> np.ndarray:
-    """Render `template` for the given row positions of `frame`, vectorised per distinct field value.
+    """Render `template` for the given row positions of `frame`, once per distinct combination of its
+    fields' values (a million rows of "{tenure_months} months together" are a few hundred strings, shared).
 
-    `attributes`: what each field is (the policy set's `vocabulary`, so declared attributes print by their
-    kind); the built-ins when not given."""
-    out = np.full(len(rows), "", dtype=object)
-    for literal, name, spec, _conv in string.Formatter().parse(template):
-        if literal:
-            out = out + literal
+    `frame`: a frame, or column name -> values. `attributes`: what each field is (the policy set's
+    `vocabulary`, so declared attributes print by their kind); the built-ins when not given."""
+    parts = list(string.Formatter().parse(template))
+    codes, words = [], []
+    for _literal, name, spec, _conv in parts:
         if name is None:
             continue
         attr = (attributes or DECISION_ATTRIBUTES).get(name)
         kind = attr.kind if attr is not None else "categorical"
-        values = frame[name].to_numpy()[rows]
-        codes, uniques = pd.factorize(values, use_na_sentinel=True)
-        table = np.array([format_value(u, spec or "", kind) for u in uniques] + [""], dtype=object)
-        out = out + table[codes]
-    return out
+        c, uniques = pd.factorize(np.asarray(frame[name])[rows], use_na_sentinel=True)
+        codes.append(np.where(c < 0, len(uniques), c))
+        words.append([format_value(u, spec or "", kind) for u in uniques] + [""])
+    if not codes:
+        return np.full(len(rows), "".join(lit for lit, *_ in parts), dtype=object)
+    combos, inverse = np.unique(np.stack(codes, axis=1), axis=0, return_inverse=True)
+    rendered = []
+    for combo in combos.tolist():
+        text, k = [], 0
+        for literal, name, _spec, _conv in parts:
+            text.append(literal)
+            if name is not None:
+                text.append(words[k][combo[k]])
+                k += 1
+        rendered.append("".join(text))
+    return np.array(rendered, dtype=object)[np.asarray(inverse).reshape(-1)]
