@@ -41,7 +41,7 @@ from engine.decision.constrain import Decisions, new_run_id
 from engine.decision.contact import read_history
 from engine.decision.orders import NO_DOMINANT_REASON, order_rows  # noqa: F401
 from engine.decision.run import DecisionRunResult, learned_rates, load_policy_engine, resolve_risk_grades
-from engine.errors import DataError, RetainError
+from engine.errors import ConfigError, DataError, RetainError
 from engine.model.churn import PROBABILITY
 from engine.spark import executor as ex
 from engine.spark.allocate import allocate
@@ -474,6 +474,25 @@ def _run_notes(final, engine, run_date: dt.date) -> dict[str, Any]:
                      ps.exploration_share, seed, int(explored or 0))
 
 
+def refuse_uplift_model(settings: Settings, engine: Any) -> None:
+    """`arbitration: incremental_value` with a registered uplift model is refused here, in one line.
+
+    Why refuse: the executors do not load the uplift model yet (its code is not shipped with the job), so
+    they would rank on the offers' prior effects while the local engine ranks on the model's: two answers
+    for one policy set. Without a registered model both engines use the priors and agree."""
+    from engine.decision.assess import INCREMENTAL
+    from engine.decision.run import uplift_for
+
+    if getattr(engine.policy_set, "arbitration", None) != INCREMENTAL:
+        return
+    model = uplift_for(settings, engine)
+    if model is not None:
+        raise ConfigError(f"arbitration incremental_value with the registered uplift model "
+                          f"(version {getattr(model, 'version', '?')}) runs on the local engine only",
+                          hint="decide with --engine local (the same decisions), or use arbitration first or "
+                               "best_value on Spark")
+
+
 def decide_spark(input_path: str | Path, out_dir: str | Path, *, settings: Settings, model: str | None = None,
                  policy_dir: str | Path | None = None, master: str | None = None, spark=None,
                  contact_history: str | Path | None = None, run_date: dt.date | None = None,
@@ -502,6 +521,7 @@ def decide_spark(input_path: str | Path, out_dir: str | Path, *, settings: Setti
         ensure_java()  # first: one line saying what to install, before any other work
     policies = Path(policy_dir or settings.policy_dir)
     engine = load_policy_engine(policies)  # fail fast, before heavy work
+    refuse_uplift_model(settings, engine)
     history = read_history(contact_history)
     loaded = load_model(settings, model)
     settings = resolve_risk_grades(settings, loaded)

@@ -153,3 +153,25 @@ def test_cli_uplift_train_and_evaluate_errors(logged, runner):
     res = runner.invoke(app, ["uplift", "evaluate", "--runs", "NOPE", "--policies", "policies",
                               "--tracking-uri", settings.tracking_uri])
     assert res.exit_code == 2 and "error:" in res.output and "NOPE" in res.output
+
+
+def test_spark_refuses_incremental_value_with_a_registered_uplift_model(logged, tmp_path):
+    """Executors rank on the prior effects only; with a registered uplift model the local engine would rank
+    otherwise, so Spark says so in one line instead of deciding differently (runs after the model is trained)."""
+    import shutil
+    from pathlib import Path
+
+    from engine.errors import ConfigError
+    from engine.spark.decide import decide_spark
+    from engine.uplift.registry import load_uplift
+
+    settings, root, _month = logged
+    assert load_uplift(settings) is not None
+    policies = tmp_path / "policies"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "policies", policies)
+    text = (policies / "policy.yaml").read_text()
+    (policies / "policy.yaml").write_text(text.replace("arbitration: first", "arbitration: incremental_value"))
+    with pytest.raises(ConfigError, match="runs on the local engine only"):
+        decide_spark(root / "month.parquet", tmp_path / "out", settings=settings, policy_dir=policies,
+                     spark=object(), log_run=False)
+    assert not (tmp_path / "out").exists()
