@@ -42,15 +42,33 @@ def neutralise_formulas(df: pd.DataFrame) -> pd.DataFrame:
 def _text_column(values: pd.Series) -> pa.Array | None:
     """A text column as CSV fields (neutralised, quoted where needed); None when it holds anything but text.
 
-    Repetitive columns (grades, offers, messages) are processed once per distinct value."""
-    try:
-        arr = pa.array(values.to_numpy(dtype=object), type=pa.string(), from_pandas=True)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
+    Repetitive columns (grades, offers, messages) are processed once per distinct value: a column whose first
+    rows repeat is factorised first (hashing Python strings is cheaper than copying each into Arrow)."""
+    raw = values.to_numpy(dtype=object)
+    head = raw[:1000]
+    distinct_head = len(pd.unique(head))
+    if len(raw) > 1000 and distinct_head * 10 < len(head):
+        codes, uniques = pd.factorize(raw, use_na_sentinel=True)
+        dictionary = _strings(np.asarray(uniques, dtype=object))
+        if dictionary is None:
+            return None
+        return pc.take(_as_fields(dictionary), pa.array(codes, mask=codes < 0))
+    arr = _strings(raw)
+    if arr is None:
         return None
+    if distinct_head * 2 > len(head):  # ids: every value its own
+        return _as_fields(arr)
     encoded = pc.dictionary_encode(arr)
     if len(encoded.dictionary) * 4 < len(arr):
         return pc.take(_as_fields(encoded.dictionary), encoded.indices)
     return _as_fields(arr)
+
+
+def _strings(raw: np.ndarray) -> pa.Array | None:
+    try:
+        return pa.array(raw, type=pa.string(), from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
 
 
 def _as_fields(arr: pa.Array) -> pa.Array:

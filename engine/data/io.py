@@ -120,7 +120,7 @@ def restore_formulas(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-CSV_CHUNK_ROWS = 200_000
+CSV_CHUNK_ROWS = 100_000
 
 
 def write_table(df: pd.DataFrame, path: str | Path) -> Path:

@@ -26,7 +26,7 @@ DECISIONS_EXPERIMENT = "churn-decisions"
 
 #: Rows converted to Arrow and written at a time: the Arrow copy of a million-row decisions table is
 #: ~0.5 GiB; a slice at a time keeps the run's peak memory near the table's own.
-PARQUET_CHUNK_ROWS = 200_000
+PARQUET_CHUNK_ROWS = 100_000
 
 
 def _write_decisions_table(table: pd.DataFrame, path: Path, chunk_rows: int = PARQUET_CHUNK_ROWS) -> None:
