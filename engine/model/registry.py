@@ -204,12 +204,18 @@ def ensure_experiment(settings: Settings, name: str) -> str:
 
 def model_uri(settings: Settings, ref: str | None) -> str:
     """'champion' -> models:/churn@champion; '3' -> models:/churn/3; URIs pass through."""
+    return registered_uri(settings.model_name, ref)
+
+
+def registered_uri(name: str, ref: str | None) -> str:
+    """A registered model's URI from an alias ('champion' -> models:/NAME@champion), a version number
+    ('3' -> models:/NAME/3) or a URI (as it is); no ref means the champion."""
     ref = (ref or "champion").strip()
     if ref.startswith(("models:/", "runs:/", "file:", "/")) or "://" in ref:
         return ref
     if re.fullmatch(r"\d+", ref):
-        return f"models:/{settings.model_name}/{ref}"
-    return f"models:/{settings.model_name}@{ref}"
+        return f"models:/{name}/{ref}"
+    return f"models:/{name}@{ref}"
 
 
 def _resolve_version(client, settings: Settings, uri: str):  # -> ModelVersion | None

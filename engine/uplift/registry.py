@@ -12,18 +12,14 @@ from typing import Any
 
 from engine.config import Settings
 from engine.errors import ModelError
+from engine.model.registry import registered_uri
 
 UPLIFT_MODEL_NAME = "uplift"
 UPLIFT_EXPERIMENT = "uplift-training"
 
 
 def uplift_uri(ref: str | None) -> str:
-    ref = (ref or "champion").strip()
-    if ref.startswith(("models:/", "runs:/", "file:", "/")) or "://" in ref:
-        return ref
-    if re.fullmatch(r"\d+", ref):
-        return f"models:/{UPLIFT_MODEL_NAME}/{ref}"
-    return f"models:/{UPLIFT_MODEL_NAME}@{ref}"
+    return registered_uri(UPLIFT_MODEL_NAME, ref)
 
 
 @dataclass
