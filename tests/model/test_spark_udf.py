@@ -6,7 +6,6 @@ importable there; with `env_manager="local"` they use the driver's Python (STYLE
 
 from __future__ import annotations
 
-import os
 import sys
 
 import numpy as np
@@ -19,18 +18,14 @@ from engine.data.simulator import generate
 def spark():
     from pyspark.sql import SparkSession
 
-    saved = {k: os.environ.get(k) for k in ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON")}
-    os.environ["PYSPARK_PYTHON"] = os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
-    session = (SparkSession.builder.master("local[1]").appName("retain-test-spark-udf")
-               .config("spark.ui.enabled", "false").config("spark.sql.shuffle.partitions", "1")
-               .config("spark.sql.execution.arrow.pyspark.enabled", "true").getOrCreate())
-    yield session
-    session.stop()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with pytest.MonkeyPatch.context() as env:  # executors run this interpreter; restored afterwards
+        env.setenv("PYSPARK_PYTHON", sys.executable)
+        env.setenv("PYSPARK_DRIVER_PYTHON", sys.executable)
+        session = (SparkSession.builder.master("local[1]").appName("retain-test-spark-udf")
+                   .config("spark.ui.enabled", "false").config("spark.sql.shuffle.partitions", "1")
+                   .config("spark.sql.execution.arrow.pyspark.enabled", "true").getOrCreate())
+        yield session
+        session.stop()
 
 
 def test_spark_udf_scores_the_champion(trained, spark):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -42,18 +41,14 @@ BINDING = {
 
 @pytest.fixture(scope="module")
 def spark():
-    saved = {k: os.environ.get(k) for k in ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON")}
-    os.environ["PYSPARK_PYTHON"] = os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
-    from engine.spark.session import spark_session
+    with pytest.MonkeyPatch.context() as env:  # executors run this interpreter; restored afterwards
+        env.setenv("PYSPARK_PYTHON", sys.executable)
+        env.setenv("PYSPARK_DRIVER_PYTHON", sys.executable)
+        from engine.spark.session import spark_session
 
-    session = spark_session("local[2]", app_name="retain-test-spark-decide", shuffle_partitions=3)
-    yield session
-    session.stop()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+        session = spark_session("local[2]", app_name="retain-test-spark-decide", shuffle_partitions=3)
+        yield session
+        session.stop()
 
 
 @pytest.fixture(scope="module")
