@@ -661,6 +661,13 @@ def test_loop_demo_runs_two_cycles(trained, tmp_path, monkeypatch):
     result = run_loop_demo(trained.settings(), rows=5000, trials=1, out=tmp_path / "out", console=console)
     text = console.export_text()
     assert "cycle 2/2" in text and "value of learning" in text and "idempotent" in text
-    assert [c["overall_within_ci"] for c in result["cycles"]] == [True, True]
+    first, second = result["cycles"]
+    assert first["overall_within_ci"]
+    # Cycle 2 decides with an uplift model whose hold-out is keyed by cycle 1's run id (random), so its 95%
+    # interval misses the truth about one run in twenty by design; the truth must lie within 99.9% (3.29 SE).
+    lo, hi = second["overall_ci"]
+    measured, truth = second["overall_uplift"], second["overall_true_uplift"]
+    side = (hi - measured) if truth > measured else (measured - lo)
+    assert abs(truth - measured) <= side * 3.29 / 1.96, second
     assert result["learned_rates"] > 0
     assert open_store(url=f"sqlite:///{tmp_path / 'retain.db'}").counts()["decision_runs"] == 2
