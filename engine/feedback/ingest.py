@@ -98,9 +98,7 @@ def record_run(settings: Settings, table: pd.DataFrame, summary: Mapping[str, An
     Recording a run that is already stored writes nothing (returns recorded=False), so recording twice
     is harmless; `replace` deletes the stored run (its outcomes too) and records it again.
     """
-    missing = [c for c in ("subscriber_id", "status", "control") if c not in table.columns]
-    if missing:
-        raise DataError(f"decision table lacks column(s) {', '.join(missing)}; is it a retain decisions table?")
+    _require_decision_columns(table)
     run = str(summary.get("decision_run") or (table["decision_run"].iloc[0] if "decision_run" in table else ""))
     summary = {**summary, "decision_run": run}
     if "decided_on" not in summary:
@@ -133,10 +131,7 @@ def record_run_parts(settings: Settings, summary: Mapping[str, Any], tables: Ite
             "summary": json.dumps(dict(summary), default=str),
         }]))
         for table in tables:
-            missing = [c for c in ("subscriber_id", "status", "control") if c not in table.columns]
-            if missing:
-                raise DataError(f"decision table lacks column(s) {', '.join(missing)}; is it a retain decisions "
-                                "table?")
+            _require_decision_columns(table)
             rows = _decision_rows(table, run)
             store.insert_frame(conn, decisions_table, rows)
             n += len(rows)
@@ -153,6 +148,12 @@ def record_run_parts(settings: Settings, summary: Mapping[str, Any], tables: Ite
         conn.execute(sa.update(runs_table).where(runs_table.c.decision_run == run)
                      .values(subscribers=n, offers=offers, control=control))
     return RecordResult(run, n, n_orders, True, store.display_url)
+
+
+def _require_decision_columns(table: pd.DataFrame) -> None:
+    missing = [c for c in ("subscriber_id", "status", "control") if c not in table.columns]
+    if missing:
+        raise DataError(f"decision table lacks column(s) {', '.join(missing)}; is it a retain decisions table?")
 
 
 def _decision_rows(table: pd.DataFrame, run: str) -> pd.DataFrame:

@@ -480,15 +480,20 @@ def refuse_uplift_model(settings: Settings, engine: Any) -> None:
     Why refuse: the executors do not load the uplift model yet (its code is not shipped with the job), so
     they would rank on the offers' prior effects while the local engine ranks on the model's: two answers
     for one policy set. Without a registered model both engines use the priors and agree."""
+    from mlflow.exceptions import MlflowException
+
     from engine.decision.assess import INCREMENTAL
-    from engine.decision.run import uplift_for
+    from engine.uplift.registry import uplift_version
 
     if getattr(engine.policy_set, "arbitration", None) != INCREMENTAL:
         return
-    model = uplift_for(settings, engine)
-    if model is not None:
+    try:  # the registry entry is enough: the model itself is not loaded to be refused
+        version = uplift_version(settings)
+    except MlflowException:  # none registered
+        return
+    if version is not None:
         raise ConfigError(f"arbitration incremental_value with the registered uplift model "
-                          f"(version {getattr(model, 'version', '?')}) runs on the local engine only",
+                          f"(version {version.version}) runs on the local engine only",
                           hint="decide with --engine local (the same decisions), or use arbitration first or "
                                "best_value on Spark")
 

@@ -33,25 +33,31 @@ class LoadedUplift:
         return self.model.effect(frame, offer_ids, channels, priors=priors)
 
 
+def uplift_version(settings: Settings, ref: str | None = "champion"):  # -> ModelVersion | None
+    """The registered version a ref names, without loading it (None for a plain URI; MlflowException when
+    the alias or version does not exist)."""
+    from engine.model.registry import connect
+
+    client = connect(settings)
+    m = re.fullmatch(r"models:/([^/@]+)(?:@(.+)|/(\d+))", uplift_uri(ref))
+    if not m:
+        return None
+    name, alias, number = m.groups()
+    return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, number)
+
+
 def load_uplift(settings: Settings, ref: str | None = "champion", *, required: bool = False) -> LoadedUplift | None:
     """The uplift model by alias, version or URI; None when it does not exist (ModelError if `required`)."""
     import mlflow.pyfunc
     from mlflow.exceptions import MlflowException
 
-    from engine.model.registry import connect
-
-    client = connect(settings)
     uri = uplift_uri(ref)
-    mv = None
-    m = re.fullmatch(r"models:/([^/@]+)(?:@(.+)|/(\d+))", uri)
-    if m:
-        name, alias, number = m.groups()
-        try:
-            mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, number)
-        except MlflowException:
-            if required:
-                raise ModelError(f"no uplift model '{uri}'", hint="train one with `retain uplift train`") from None
-            return None
+    try:
+        mv = uplift_version(settings, ref)
+    except MlflowException:
+        if required:
+            raise ModelError(f"no uplift model '{uri}'", hint="train one with `retain uplift train`") from None
+        return None
     try:
         pyfunc = mlflow.pyfunc.load_model(uri)
         inner = pyfunc.unwrap_python_model()
