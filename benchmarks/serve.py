@@ -105,13 +105,14 @@ async def level(url: str, rows: list[dict], start: int, clients: int, seconds: f
 
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(limits=limits, timeout=30) as http:
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.process_time()
         await asyncio.gather(*(client(http) for _ in range(clients)))
-        wall = time.perf_counter() - began
+        wall, cpu = time.perf_counter() - began, time.process_time() - cpu
     lat = np.array(latencies) * 1000
     return {"clients": clients, "requests": len(lat), "decisions_per_s": round(len(lat) / wall, 1),
             "p50_ms": round(float(np.percentile(lat, 50)), 1), "p95_ms": round(float(np.percentile(lat, 95)), 1),
-            "p99_ms": round(float(np.percentile(lat, 99)), 1), "status": statuses, "next_row": next_row}
+            "p99_ms": round(float(np.percentile(lat, 99)), 1), "status": statuses, "next_row": next_row,
+            "client_cpu_ms_per_request": round(cpu * 1000 / max(len(lat), 1), 2)}
 
 
 def main() -> None:

@@ -120,40 +120,66 @@ def response_rows(table: pd.DataFrame, orders: dict[str, pd.DataFrame], run_id: 
 # ---------------------------------------------------------------------------------------------
 # the writer
 # ---------------------------------------------------------------------------------------------
+def stacked(frames: list[pd.DataFrame], columns: list[str], **extra: np.ndarray) -> pd.DataFrame:
+    """`columns` of several frames one under the other (None where a frame lacks one), plus `extra` columns.
+
+    Why not `pd.concat`: the service records dozens of one-row runs per flush, and concatenating their wide
+    frames costs ~1 ms a run; stacking only the columns the store keeps costs a few microseconds each.
+    """
+    out: dict[str, np.ndarray] = {}
+    for col in columns:
+        if any(col in f.columns for f in frames):
+            parts = [f[col].to_numpy() if col in f.columns else np.full(len(f), None, dtype=object) for f in frames]
+            out[col] = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    out.update(extra)
+    return pd.DataFrame(out, copy=False)
+
+
 def record_runs(store: Store, conn: Any, runs: list[Decisions]) -> None:
     """Many decision runs in one transaction, in exactly the rows `engine.feedback.ingest.record_run` writes.
 
     Why not `record_run` per run: it opens the store and commits once per run (~20 ms per one-subscriber
     run measured here under load), and the service makes a run per decide call. The rows come from the
-    same helpers, so an outcome file ingests against them like against a batch run.
+    same helper (`_decision_rows`, over the runs' tables stacked), so an outcome file ingests against them
+    like against a batch run. All of it is built before the first statement: the transaction (SQLite's one
+    writer lock) lasts only as long as the inserts.
     """
-    from engine.feedback.ingest import ORDER_COLUMNS, _decision_rows, _orders_frame
+    from engine.feedback.ingest import DECISION_COLUMNS, ORDER_COLUMNS, _decision_rows
     from engine.feedback.store import decision_runs, decisions, work_orders
 
-    run_rows, decision_rows, order_rows = [], [], []
-    for d in runs:
-        rows = _decision_rows(d.table, d.run_id)
-        orders = _orders_frame(d.work_orders)
+    tables = [d.table for d in runs]
+    sizes = np.array([len(t) for t in tables])
+    run_of_row = np.repeat(np.arange(len(runs)), sizes)
+    rows = _decision_rows(stacked(tables, [ID, "arpu_m0", *DECISION_COLUMNS[2:]]),
+                          np.array([d.run_id for d in runs], dtype=object)[run_of_row])
+    offers = np.bincount(run_of_row, weights=(rows["status"] == "offer").to_numpy(), minlength=len(runs))
+    control = np.bincount(run_of_row, weights=rows["control"].to_numpy(), minlength=len(runs))
+    run_rows = []
+    for i, d in enumerate(runs):
         s = d.summary
         run_rows.append({
             "decision_run": d.run_id, "decided_on": d.run_date.isoformat(), "recorded_at": now_iso(),
             "input": s.get("input"), "model": s.get("model"),
             "model_version": None if s.get("model_version") is None else str(s.get("model_version")),
-            "policy_hash": s.get("policy_hash"), "subscribers": len(rows),
-            "offers": int((rows["status"] == "offer").sum()), "control": int(rows["control"].sum()),
+            "policy_hash": s.get("policy_hash"), "subscribers": int(sizes[i]),
+            "offers": int(offers[i]), "control": int(control[i]),
             "summary": json.dumps(dict(s), default=str),
         })
-        decision_rows.append(rows)
-        if len(orders):
-            order_rows.append(orders.assign(decision_run=d.run_id))
-    store.insert_frame(conn, decision_runs, pd.DataFrame(run_rows))
-    store.insert_frame(conn, decisions, pd.concat(decision_rows, ignore_index=True))
-    if order_rows:  # the columns fixed once for all runs, as record_run fixes them per run
-        orders = pd.concat(order_rows, ignore_index=True)
+    parts = [(d.run_id, ch, o) for d in runs for ch, o in d.work_orders.items() if len(o)]
+    orders = None
+    if parts:  # the columns fixed once for all runs, as record_run fixes them per run
+        frames = [o for _r, _ch, o in parts]
+        n = [len(o) for o in frames]
+        orders = stacked(frames, [c for c in ORDER_COLUMNS if c not in ("decision_run", "channel")],
+                         channel=np.repeat(np.array([ch for _r, ch, _o in parts], dtype=object), n),
+                         decision_run=np.repeat(np.array([r for r, _ch, _o in parts], dtype=object), n))
         for col in ("offer_id", "rule_id", "priority"):
             if col not in orders.columns:
                 orders[col] = None
         orders["due_date"] = orders["due_date"].astype(str).str[:10]
+    store.insert_frame(conn, decision_runs, pd.DataFrame(run_rows))
+    store.insert_frame(conn, decisions, rows)
+    if orders is not None:
         store.insert_frame(conn, work_orders, orders[ORDER_COLUMNS])
 
 

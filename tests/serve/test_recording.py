@@ -1,0 +1,52 @@
+"""The service records many decide calls in one transaction: the stored rows must be exactly the rows
+`retain feedback record` (engine.feedback.ingest.record_run) stores for the same runs one by one."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pandas as pd
+import sqlalchemy as sa
+
+from engine.data.io import read_table
+
+
+def _table(store, name: str, order: list[str]) -> pd.DataFrame:
+    with store.engine.connect() as conn:
+        frame = pd.read_sql(sa.text(f"SELECT * FROM {name}"), conn)
+    return frame.drop(columns=[c for c in ("recorded_at",) if c in frame.columns]).sort_values(order) \
+        .reset_index(drop=True)
+
+
+def test_batched_recording_equals_record_run(trained, month_files, tmp_path):
+    from engine.decision.decide import decide_frame
+    from engine.decision.run import load_policy_engine
+    from engine.feedback.ingest import record_run
+    from engine.feedback.store import open_store
+    from engine.model.registry import load_model
+    from engine.serve.decider import record_runs, serving_settings
+
+    settings = serving_settings(trained.settings())
+    loaded = load_model(settings, "champion")
+    engine = load_policy_engine("policies")
+    rows = read_table(month_files["same"]).drop(columns=["churn", "churn_reason"]).iloc[:40]
+    # runs of 1, 3, 7 and 29 subscribers; the first subscriber is decided in two runs (allowed across runs)
+    frames = [rows.iloc[[0]], rows.iloc[0:3], rows.iloc[3:10], rows.iloc[10:39]]
+    runs = [decide_frame(f.reset_index(drop=True), loaded=loaded, policy_engine=engine, settings=settings,
+                         run_id=f"run-{i}", run_date=dt.date(2026, 11, 24), source="request")
+            for i, f in enumerate(frames)]
+    assert sum(len(d.work_orders.get(ch, [])) for d in runs for ch in d.work_orders) > 0, "no orders to compare"
+
+    batched = open_store(url=f"sqlite:///{tmp_path / 'batched.db'}")
+    with batched.transaction() as conn:
+        record_runs(batched, conn, runs)
+    one_by_one = f"sqlite:///{tmp_path / 'single.db'}"
+    for d in runs:
+        record_run(settings, d.table, d.summary, work_orders=d.work_orders, url=one_by_one)
+    single = open_store(url=one_by_one)
+
+    for name, order in (("decision_runs", ["decision_run"]), ("decisions", ["decision_run", "subscriber_id"]),
+                        ("work_orders", ["order_id"])):
+        got, want = _table(batched, name, order), _table(single, name, order)
+        assert len(want) > 0
+        pd.testing.assert_frame_equal(got, want, check_dtype=False)
