@@ -1,27 +1,101 @@
-"""Exact SHAP values for big batches from per-leaf attributions (CatBoost trees are oblivious)."""
+"""Exact SHAP values from per-leaf attributions (CatBoost trees are oblivious), for any number of rows."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 from catboost import CatBoostClassifier, Pool
 
+#: Per tree: attributions of each leaf on the tree's own features (leaves x len(cols)), those features'
+#: positions, and which leaves have been attributed.
+Table = tuple[np.ndarray, np.ndarray, np.ndarray]
+
 
 class LeafShap:
-    """Exact CatBoost SHAP values for many rows at once.
+    """Exact CatBoost SHAP values as sums of per-(tree, leaf) tables.
 
     CatBoost trees are oblivious: the leaf a row reaches fixes every split outcome of that tree, so the
     tree's SHAP contribution is a function of the leaf alone, and Shapley values add over trees. Each
     (tree, leaf) is attributed once, by CatBoost itself on a single-tree copy of the model and one row
     that reaches it; a row's SHAP values are then a sum of table lookups. Measured: 250 k rows in ~3.6 CPU-s
     instead of ~11 (318 trees, depth 4), identical values (max difference 0.0).
+
+    Why the tables travel with the model (`to_arrays` / `from_arrays`): training fills them from the
+    training rows, which reach every leaf that has a value, so a loaded model explains one subscriber
+    with one leaf-index call and one gather (`lookup`) instead of CatBoost's per-call SHAP set-up (the
+    largest single cost of a real-time decision). A row reaching a leaf no training row reached is
+    reported as unknown, and its caller asks CatBoost.
     """
 
     def __init__(self, booster: CatBoostClassifier, cat_features: list[str]) -> None:
         self.booster, self.cat_features = booster, list(cat_features)
         self.n_trees = booster.tree_count_
         self._trees: dict[int, CatBoostClassifier] = {}
-        self._tables: list[tuple[np.ndarray, np.ndarray, np.ndarray] | None] = [None] * self.n_trees
+        self._tables: list[Table | None] = [None] * self.n_trees
+        self._stacked: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
+    # -- tables travelling with the model ------------------------------------------------------
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The tables as three dense arrays: values (trees x leaves x cols), cols (trees x cols, padded
+        with the feature count), seen (trees x leaves)."""
+        values, cols, seen = self._stack()
+        return {"values": values, "cols": cols, "seen": seen}
+
+    @classmethod
+    def from_arrays(cls, booster: CatBoostClassifier, cat_features: list[str],
+                    arrays: dict[str, np.ndarray]) -> LeafShap:
+        out = cls(booster, cat_features)
+        values, cols, seen = (np.asarray(arrays[k]) for k in ("values", "cols", "seen"))
+        if values.shape[0] != out.n_trees:
+            raise ValueError(f"leaf tables are for {values.shape[0]} trees, the model has {out.n_trees}")
+        n_feat = out._n_features()
+        for k in range(out.n_trees):
+            keep = cols[k] < n_feat
+            out._tables[k] = (values[k][:, keep], cols[k][keep], seen[k].astype(bool))
+        out._stacked = (values, cols, seen.astype(bool))
+        return out
+
+    def _n_features(self) -> int:
+        return len(self.booster.feature_names_)
+
+    def _stack(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self._stacked is None:
+            n_feat = self._n_features()
+            tables = [t if t is not None else (np.zeros((1, 0)), np.zeros(0, dtype=np.int64), np.zeros(1, dtype=bool))
+                      for t in self._tables]
+            leaves = max(len(t[2]) for t in tables) if tables else 1
+            width = max([len(t[1]) for t in tables] + [1])
+            values = np.zeros((self.n_trees, leaves, width))
+            cols = np.full((self.n_trees, width), n_feat, dtype=np.int64)  # padding: a dropped extra column
+            seen = np.zeros((self.n_trees, leaves), dtype=bool)
+            for k, (v, c, s) in enumerate(tables):
+                values[k, : v.shape[0], : len(c)] = v
+                cols[k, : len(c)] = c
+                seen[k, : len(s)] = s
+            self._stacked = (values, cols, seen)
+        return self._stacked
+
+    # -- a few rows: gather from the tables ------------------------------------------------------
+    def lookup(self, pool: Pool) -> tuple[np.ndarray, np.ndarray]:
+        """(SHAP values per row x feature, known per row) from the tables alone.
+
+        A row is known when every leaf it reaches has been attributed; an unknown row's values are not
+        meaningful. Contributions are added tree by tree, in the order `__call__` adds them, so a row gets
+        the same values here as in a batch.
+        """
+        values, cols, seen = self._stack()
+        n_feat = self._n_features()
+        leaves = self.booster.calc_leaf_indexes(pool).T  # trees x rows
+        n = leaves.shape[1]
+        trees = np.arange(self.n_trees)[:, None]
+        inside = leaves < seen.shape[1]
+        leaves = np.where(inside, leaves, 0)
+        known = (seen[trees, leaves] & inside).all(axis=0)
+        taken = values[trees, leaves]  # trees x rows x cols
+        where = np.arange(n)[None, :, None] * (n_feat + 1) + cols[:, None, :]
+        out = np.bincount(where.ravel(), weights=taken.ravel(), minlength=n * (n_feat + 1))
+        return out.reshape(n, n_feat + 1)[:, :n_feat], known
+
+    # -- many rows: fill the tables as rows reach new leaves -----------------------------------
     def _split(self, model: CatBoostClassifier, start: int, end: int) -> None:
         """Single-tree copies of trees [start, end), by halving: copy work n log n, not n^2."""
         if end - start == 1:
@@ -35,8 +109,6 @@ class LeafShap:
         self._split(model, mid, end)
 
     def __call__(self, features: pd.DataFrame, chunk_rows: int = 100_000) -> np.ndarray:
-        if not self._trees:
-            self._split(self.booster.copy(), 0, self.n_trees)
         n, n_feat = features.shape
         out = np.zeros((n_feat, n))
         for start in range(0, n, chunk_rows):
@@ -44,20 +116,23 @@ class LeafShap:
             leaves = np.ascontiguousarray(self.booster.calc_leaf_indexes(Pool(part, cat_features=self.cat_features)).T)
             for k in range(self.n_trees):
                 leaf = leaves[k]
-                table, cols, seen = self._table(k, leaf, part, n_feat)
-                for c in cols:
-                    out[c, start:start + len(part)] += table[leaf, c]
+                values, cols, _seen = self._table(k, leaf, part, n_feat)
+                for j, c in enumerate(cols):
+                    out[c, start:start + len(part)] += values[leaf, j]
         return out.T
 
-    def _table(self, k: int, leaf: np.ndarray, part: pd.DataFrame, n_feat: int):
+    def _table(self, k: int, leaf: np.ndarray, part: pd.DataFrame, n_feat: int) -> Table:
         cached = self._tables[k]
         size = int(leaf.max()) + 1
-        if cached is not None and size <= len(cached[0]) and cached[2][leaf].all():
+        if cached is not None and size <= len(cached[2]) and cached[2][leaf].all():
             return cached
-        size = max(size, 0 if cached is None else len(cached[0]))
+        if not self._trees:
+            self._split(self.booster.copy(), 0, self.n_trees)
+        size = max(size, 0 if cached is None else len(cached[2]))
         table, seen = np.zeros((size, n_feat)), np.zeros(size, dtype=bool)
         if cached is not None:
-            table[: len(cached[0])], seen[: len(cached[2])] = cached[0], cached[2]
+            table[: len(cached[2]), cached[1]] = cached[0]
+            seen[: len(cached[2])] = cached[2]
         first = np.full(size, -1, dtype=np.int64)
         first[leaf[::-1]] = np.arange(len(leaf) - 1, -1, -1)  # first row reaching each leaf
         new = np.flatnonzero((first >= 0) & ~seen)
@@ -65,5 +140,6 @@ class LeafShap:
         table[new] = self._trees[k].get_feature_importance(pool, type="ShapValues")[:, :-1]
         seen[new] = True
         cols = np.flatnonzero(np.abs(table).sum(axis=0) > 0)
-        self._tables[k] = (table, cols, seen)
+        self._tables[k] = (table[:, cols], cols, seen)
+        self._stacked = None
         return self._tables[k]

@@ -30,6 +30,7 @@ from .value_tiers import ValueTiers
 
 CATBOOST_ARTIFACT = "catboost"
 SPEC_ARTIFACT = "spec"
+LEAF_SHAP_ARTIFACT = "leaf_shap"
 PROBABILITY = "churn_probability"
 #: From this many rows on, exact SHAP goes through per-leaf tables (LeafShap); below, CatBoost per row.
 LEAF_SHAP_MIN_ROWS = 5_000
@@ -54,6 +55,7 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
         self.pipeline: FeaturePipeline | None = None
         self.spec: dict[str, Any] = {}
         self._tiers: ValueTiers | None = None
+        self._leaf_shap: LeafShap | None = None
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -67,6 +69,14 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
         self._booster, self.pipeline, self.spec = booster, pipeline, spec
         segmenter = spec.get("value_segmenter")
         self._tiers = ValueTiers.from_dict(segmenter) if segmenter else None  # once, not per call
+        self._leaf_shap = None
+
+    def learn_leaf_shap(self, features: pd.DataFrame) -> None:
+        """Attribute every (tree, leaf) the training rows reach, so the tables travel with the model (see
+        LeafShap): explaining a few rows is then a lookup, not a CatBoost SHAP call."""
+        assert self.pipeline is not None
+        self._leaf_shap = LeafShap(self.booster, self.pipeline.categorical_features_)
+        self._leaf_shap(features)
 
     def save_artifacts(self, folder: Path) -> dict[str, str]:
         """Write the parts MLflow packages; returns the `artifacts` mapping for `log_model`."""
@@ -76,7 +86,12 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
         self._booster.save_model(str(cbm))
         spec = folder / "spec.json"
         spec.write_text(json.dumps({**self.spec, "pipeline": self.pipeline.to_dict()}, indent=2))
-        return {CATBOOST_ARTIFACT: str(cbm), SPEC_ARTIFACT: str(spec)}
+        out = {CATBOOST_ARTIFACT: str(cbm), SPEC_ARTIFACT: str(spec)}
+        if self._leaf_shap is not None:
+            tables = folder / "leaf_shap.npz"
+            np.savez_compressed(tables, **self._leaf_shap.to_arrays())
+            out[LEAF_SHAP_ARTIFACT] = str(tables)
+        return out
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         """Restore the fitted state exactly as training stored it (nothing is refitted)."""
@@ -85,6 +100,10 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
         spec = json.loads(Path(context.artifacts[SPEC_ARTIFACT]).read_text())
         pipeline = FeaturePipeline.from_dict(spec.pop("pipeline"))
         self._set(booster, pipeline, spec)
+        tables = context.artifacts.get(LEAF_SHAP_ARTIFACT)  # models logged before the tables travelled lack it
+        if tables:
+            with np.load(tables) as arrays:
+                self._leaf_shap = LeafShap.from_arrays(booster, pipeline.categorical_features_, dict(arrays))
 
     # -- what the model knows about itself ----------------------------------------------------
     @property
@@ -148,9 +167,21 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
         """
         if not approximate and len(features) >= LEAF_SHAP_MIN_ROWS:
             # Same values, computed once per (tree, leaf) instead of once per row: 3x less CPU on big batches.
-            if getattr(self, "_leaf_shap", None) is None:
+            if self._leaf_shap is None:
                 self._leaf_shap = LeafShap(self.booster, self.pipeline.categorical_features_)
             return self._leaf_shap(features)
+        if not approximate and self._leaf_shap is not None:
+            # A few rows, tables at hand (from training, or an earlier batch): a gather, the batch's values;
+            # rows reaching a leaf no table has yet go to CatBoost.
+            values, known = self._leaf_shap.lookup(self._pool(features))
+            if known.all():
+                return values
+            unknown = np.flatnonzero(~known)
+            values[unknown] = self._catboost_shap(features.iloc[unknown], approximate=False)
+            return values
+        return self._catboost_shap(features, approximate=approximate)
+
+    def _catboost_shap(self, features: pd.DataFrame, *, approximate: bool) -> np.ndarray:
         vals = self.booster.get_feature_importance(
             self._pool(features), type="ShapValues",
             shap_calc_type="Approximate" if approximate else "Regular",

@@ -1,0 +1,63 @@
+"""SHAP tables travel with the model: explaining a few rows is a lookup with CatBoost's exact values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.data.simulator import generate
+
+
+@pytest.fixture(scope="module")
+def champion(trained):
+    from engine.model.registry import load_model
+
+    return load_model(trained.settings(), "champion").model
+
+
+@pytest.fixture(scope="module")
+def features(champion):
+    return champion.features(generate(400, seed=31).drop(columns=["churn", "churn_reason"]))
+
+
+def test_a_trained_model_carries_its_leaf_tables(champion, features):
+    assert champion._leaf_shap is not None, "training logs leaf_shap.npz and loading restores it"
+    _values, known = champion._leaf_shap.lookup(champion._pool(features))
+    assert known.mean() > 0.9, "training rows reach the leaves most new rows reach"
+
+
+def test_a_few_rows_get_catboosts_exact_values_and_the_batch_values(champion, features):
+    exact = champion._catboost_shap(features, approximate=False)
+    one_by_one = np.vstack([champion.shap_values(features.iloc[[i]]) for i in range(len(features))])
+    np.testing.assert_allclose(one_by_one, exact, rtol=0, atol=1e-12)
+    in_groups = np.vstack([champion.shap_values(features.iloc[i:i + 7]) for i in range(0, len(features), 7)])
+    assert np.array_equal(in_groups, one_by_one), "a row's values do not depend on who shares the call"
+
+
+def test_rows_reaching_a_leaf_without_a_table_entry_go_to_catboost(champion, features):
+    from engine.model.portable.leafshap import LeafShap
+
+    partial = LeafShap(champion.booster, champion.pipeline.categorical_features_)
+    partial(features.iloc[:3])  # tables hold only the leaves three rows reach
+    _values, known = partial.lookup(champion._pool(features))
+    assert not known.all(), "the test needs rows outside the partial tables"
+    saved = champion._leaf_shap
+    try:
+        champion._leaf_shap = partial
+        got = champion.shap_values(features)
+    finally:
+        champion._leaf_shap = saved
+    np.testing.assert_allclose(got, champion._catboost_shap(features, approximate=False), rtol=0, atol=1e-12)
+
+
+def test_tables_round_trip_through_arrays(champion, features):
+    from engine.model.portable.leafshap import LeafShap
+
+    again = LeafShap.from_arrays(champion.booster, champion.pipeline.categorical_features_,
+                                 champion._leaf_shap.to_arrays())
+    pool = champion._pool(features)
+    for got, want in zip(again.lookup(pool), champion._leaf_shap.lookup(pool), strict=True):
+        assert np.array_equal(got, want)
+    with pytest.raises(ValueError, match="trees"):
+        arrays = champion._leaf_shap.to_arrays()
+        LeafShap.from_arrays(champion.booster, [], {k: v[:-1] for k, v in arrays.items()})
