@@ -4,7 +4,10 @@ Why one deciding thread: deciding is CPU-bound Python (the GIL lets one thread r
 and one thread makes the day's allowance and contact history exact within a process: each decision sees
 every earlier one. Requests that arrive while a decision is running are decided together in the next
 call (micro-batching): `decide_frame` has a fixed cost per call (validation, feature frame, policy
-evaluation) far above its cost per row, so under load this is what keeps throughput up. Threshold risk
+evaluation) far above its cost per row, so under load this is what keeps throughput up. When fewer requests are
+queued than were lately in flight at once, the call waits up to `BATCH_WAIT_SECONDS` for the rest: without
+it, N busy clients split into two cohorts that take turns (each call decides half of them, and every
+request waits for two calls); with it they are decided together. A lone client never waits. Threshold risk
 grading is per row, so a subscriber's grade does not depend on who shares the call; the budget and
 channel capacity left today are shared, as they are between any two decisions of the day.
 
@@ -45,6 +48,10 @@ from engine.serve.state import ServingState
 log = logging.getLogger("retain.serve")
 _STOP = object()
 CLAIM_ATTEMPTS = 3
+#: Longest a decide call waits for more requests when fewer than usual are queued (see Decider._next_batch).
+BATCH_WAIT_SECONDS = 0.004
+#: How long a peak of requests in flight counts as "usual".
+PEAK_SECONDS = 1.0
 
 
 def new_serve_run_id(now: dt.datetime | None = None) -> str:
@@ -293,13 +300,18 @@ class Decider:
     """One thread deciding queued requests, micro-batched, through `decide_frame`."""
 
     def __init__(self, state: ServingState, ledger: Ledger, recorder: Recorder, *,
-                 max_batch_rows: int = 256, shared: bool = False, on_batch: Any = None) -> None:
+                 max_batch_rows: int = 256, shared: bool = False, on_batch: Any = None,
+                 batch_wait_seconds: float = BATCH_WAIT_SECONDS) -> None:
         self.state = state
         self.shared = shared  # several worker processes: claim the allowance in the store per call
         self.ledger = ledger
         self.recorder = recorder
         self.max_batch_rows = max_batch_rows
+        self.batch_wait_seconds = batch_wait_seconds
         self.on_batch = on_batch
+        self._lock = threading.Lock()
+        self._outstanding = 0  # requests submitted and not answered yet
+        self._peak, self._peak_at = 0, 0.0  # the most outstanding at once lately (see _next_batch)
         self._settings: Settings | None = None
         self._settings_of: Settings | None = None
         self._queue: queue.Queue = queue.Queue()
@@ -312,8 +324,23 @@ class Decider:
         if isinstance(records, pd.DataFrame):
             records = records.to_dict("records")
         job = Job(records)
+        now = time.monotonic()
+        with self._lock:
+            self._outstanding += 1
+            if self._outstanding >= self._peak or now - self._peak_at > PEAK_SECONDS:
+                self._peak, self._peak_at = self._outstanding, now
+        job.future.add_done_callback(self._answered)
         self._queue.put(job)
         return job.future
+
+    def _answered(self, _future: Future) -> None:
+        with self._lock:
+            self._outstanding -= 1
+
+    def _expected(self) -> int:
+        """How many requests are usually in flight at once now: the recent peak of outstanding requests."""
+        with self._lock:
+            return self._peak if time.monotonic() - self._peak_at <= PEAK_SECONDS else self._outstanding
 
     def _next_batch(self) -> list[Job] | None:
         first = self._carry.popleft() if self._carry else self._queue.get()
@@ -321,6 +348,8 @@ class Decider:
             return None
         batch, rows, ids = [first], len(first.records), first.ids
         carried: list[Job] = []
+        expected = self._expected()
+        deadline = time.monotonic() + self.batch_wait_seconds
         while rows < self.max_batch_rows:
             if self._carry:
                 job = self._carry.popleft()
@@ -328,7 +357,15 @@ class Decider:
                 try:
                     job = self._queue.get_nowait()
                 except queue.Empty:
-                    break
+                    # Fewer requests than usually in flight: the clients just answered are about to send
+                    # their next ones; wait a moment for them rather than decide half of them now.
+                    left = deadline - time.monotonic()
+                    if len(batch) + len(carried) >= expected or left <= 0:
+                        break
+                    try:
+                        job = self._queue.get(timeout=left)
+                    except queue.Empty:
+                        break
             if job is _STOP:
                 carried.append(job)
                 break
