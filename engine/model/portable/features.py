@@ -114,6 +114,25 @@ def _as_float(col: pd.Series) -> np.ndarray:
     return col.to_numpy(dtype=float, na_value=np.nan)
 
 
+#: From this many rows a text column's categories are written once per distinct value (see `category_text`).
+DISTINCT_ROWS = 64
+
+
+def category_text(values: np.ndarray) -> np.ndarray:
+    """A categorical column as CatBoost reads it: each value as text, '__missing__' where missing.
+
+    A column of text (what validated input always is) of many rows is factorised and each distinct value
+    is one shared object: `astype(str).astype(object)` made a new string per row (~0.1 s and ~55 MB a
+    column of a million rows). Anything else goes value by value (1 and 1.0 hash alike but read '1', '1.0').
+    """
+    if len(values) >= DISTINCT_ROWS and pd.api.types.infer_dtype(values, skipna=True) == "string":
+        codes, uniques = pd.factorize(values, use_na_sentinel=True)
+        return np.asarray([*uniques, MISSING_CATEGORY], dtype=object)[codes]  # code -1: the last, missing
+    text = values.astype(str).astype(object)
+    text[pd.isna(values)] = MISSING_CATEGORY
+    return text
+
+
 def _missing(df: pd.DataFrame, columns: list[str]) -> list[str]:
     return [c for c in columns if c not in df.columns]
 
@@ -153,13 +172,8 @@ class FeaturePipeline:
         missing = _missing(df, self.input_columns_)
         if missing:
             raise InputError(f"input is missing column(s) the model needs: {missing}", missing)
-        cols: dict[str, np.ndarray] = {}
-        for col in self.categorical_features_:
-            values = df[col].to_numpy(dtype=object)
-            absent = pd.isna(values)
-            text = values.astype(str).astype(object)
-            text[absent] = MISSING_CATEGORY
-            cols[col] = text
+        cols: dict[str, np.ndarray] = {col: category_text(df[col].to_numpy(dtype=object))
+                                       for col in self.categorical_features_}
         numeric = {col: _as_float(df[col]) for col in self.numeric}
         cols.update(numeric)
         for feat in DERIVED:
