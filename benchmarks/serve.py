@@ -7,7 +7,8 @@ Without `--config/--tracking-uri` a small model is trained once into a throw-awa
 Each request decides a different subscriber (a subscriber decided twice a day is blocked the second
 time, which would be a different, cheaper path). Each level also prints the service's CPU time per decision
 (its process's user + system time over the level / requests): on a machine shared with other jobs wall
-times mostly measure the others, this does not.
+times mostly measure the others, this does not. The client's own CPU per request is printed too: on 2 cores
+it competes with the service.
 
     .venv/bin/python benchmarks/serve.py                       # throw-away store, 1/8/32 clients
     .venv/bin/python benchmarks/serve.py --seconds 5 --workers 2
