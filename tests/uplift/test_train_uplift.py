@@ -59,14 +59,23 @@ def logged(tmp_path_factory):
     return settings, root, month
 
 
-def test_train_registers_a_pyfunc_that_ranks_the_known_effect(logged):
-    from engine.uplift.effect import incremental_effect
+@pytest.fixture(scope="module")
+def uplift_v1(logged):
+    """The first uplift model of the store, uplift_v1 once for every test that needs one (in any order)."""
     from engine.uplift.registry import load_uplift
     from training.uplift import train_uplift
 
-    settings, root, month = logged
+    settings, _root, _month = logged
     assert load_uplift(settings) is None  # nothing registered yet: arbitration falls back to the priors
-    result = train_uplift(settings, runs=["RUN1"], seed=0, threads=1, prior_strength=50)
+    return train_uplift(settings, runs=["RUN1"], seed=0, threads=1, prior_strength=50)
+
+
+def test_train_registers_a_pyfunc_that_ranks_the_known_effect(logged, uplift_v1):
+    from engine.uplift.effect import incremental_effect
+    from engine.uplift.registry import load_uplift
+
+    settings, root, month = logged
+    result = uplift_v1
     assert result.model_version == "1" and result.alias == "champion"
     assert result.holdout_rows > 500 and set(result.metrics) >= {"qini", "auuc", "uplift_at_10"}
     per = {r["offer_id"]: r for r in result.per_offer}
@@ -142,22 +151,22 @@ def test_report_helpers_qini_per_offer_and_cost_without_effect(logged):
     assert total == 42.5 and list(groups["offer_id"]) == ["y", "z"]
 
 
-def test_cli_uplift_train_and_evaluate_errors(logged, runner):
+def test_cli_uplift_train_and_evaluate_errors(logged, uplift_v1, runner):
     from engine.cli.main import app
 
     settings, root, _ = logged
     res = runner.invoke(app, ["uplift", "train", "--runs", "RUN1", "--json", "--tracking-uri", settings.tracking_uri])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout.strip().splitlines()[-1])
-    assert summary["model_version"] == "2"
+    assert summary["model_version"] == str(int(uplift_v1.model_version) + 1)
     res = runner.invoke(app, ["uplift", "evaluate", "--runs", "NOPE", "--policies", "policies",
                               "--tracking-uri", settings.tracking_uri])
     assert res.exit_code == 2 and "error:" in res.output and "NOPE" in res.output
 
 
-def test_spark_refuses_incremental_value_with_a_registered_uplift_model(logged, tmp_path):
+def test_spark_refuses_incremental_value_with_a_registered_uplift_model(logged, uplift_v1, tmp_path):
     """Executors rank on the prior effects only; with a registered uplift model the local engine would rank
-    otherwise, so Spark says so in one line instead of deciding differently (runs after the model is trained)."""
+    otherwise, so Spark says so in one line instead of deciding differently."""
     import shutil
     from pathlib import Path
 
