@@ -61,7 +61,7 @@ def logged(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def uplift_v1(logged):
-    """The first uplift model of the store, uplift_v1 once for every test that needs one (in any order)."""
+    """The first uplift model of the store, trained once for every test that needs one (in any order)."""
     from engine.uplift.registry import load_uplift
     from training.uplift import train_uplift
 
