@@ -1,9 +1,9 @@
 """`retain decide --engine spark`: the decision run of engine/decision/run.py on Apache Spark.
 
 1. The driver loads and validates the policy set and resolves the model (fail fast, before any Spark
-   work), downloads the model's artefact folder and ships it with `SparkContext.addFile`; the policy
-   folder's files travel in the task closure. Executors load both once per Python worker
-   (engine/spark/executor.py).
+   work), downloads the model's artefact folder and ships it with `SparkContext.addFile` (under
+   `arbitration: incremental_value`, the registered uplift model's folder too); the policy folder's files
+   travel in the task closure. Executors load them once per Python worker (engine/spark/executor.py).
 2. Capacity-based risk grades (when configured): a first pass scores every row; the cut-offs are the
    k-th largest probabilities (a distributed top-k), exactly `capacity_cutoffs` of the whole input.
 3. `mapInArrow` runs `assess` + `constrain` (unlimited) per partition: the decision table with each
@@ -40,8 +40,8 @@ from engine.data.schema import ID
 from engine.decision.constrain import Decisions, new_run_id
 from engine.decision.contact import read_history
 from engine.decision.orders import NO_DOMINANT_REASON, order_rows  # noqa: F401
-from engine.decision.run import DecisionRunResult, learned_rates, load_policy_engine, resolve_risk_grades
-from engine.errors import ConfigError, DataError, RetainError
+from engine.decision.run import DecisionRunResult, learned_rates, load_policy_engine, resolve_risk_grades, uplift_for
+from engine.errors import DataError, RetainError
 from engine.model.churn import PROBABILITY
 from engine.spark import executor as ex
 from engine.spark.allocate import allocate
@@ -459,9 +459,9 @@ def _summary(final, *, run_id: str, run_date: dt.date, policy_hash: str, model_u
     }
 
 
-def _run_notes(final, engine, run_date: dt.date) -> dict[str, Any]:
-    """constrain's run_notes: arbitration mode, where tau came from (the priors: executors do not load the
-    uplift model), exploration share, seed and how many were explored."""
+def _run_notes(final, engine, run_date: dt.date, uplift: Any) -> dict[str, Any]:
+    """constrain's run_notes: arbitration mode, where tau came from (the uplift model the executors loaded, or
+    the priors), exploration share, seed and how many were explored."""
     from pyspark.sql import functions as F
 
     from engine.decision.assess import INCREMENTAL, effect_source
@@ -470,32 +470,8 @@ def _run_notes(final, engine, run_date: dt.date) -> dict[str, Any]:
     ps = engine.policy_set
     explored = _run(final.agg(F.sum(F.col("explored").cast("long")).alias("n")).collect)[0]["n"]
     seed = str(ps.exploration_seed) if ps.exploration_seed is not None else run_date.isoformat()
-    return run_notes(ps.arbitration, effect_source(None) if ps.arbitration == INCREMENTAL else None,
+    return run_notes(ps.arbitration, effect_source(uplift) if ps.arbitration == INCREMENTAL else None,
                      ps.exploration_share, seed, int(explored or 0))
-
-
-def refuse_uplift_model(settings: Settings, engine: Any) -> None:
-    """`arbitration: incremental_value` with a registered uplift model is refused here, in one line.
-
-    Why refuse: the executors do not load the uplift model yet (its code is not shipped with the job), so
-    they would rank on the offers' prior effects while the local engine ranks on the model's: two answers
-    for one policy set. Without a registered model both engines use the priors and agree."""
-    from mlflow.exceptions import MlflowException
-
-    from engine.decision.assess import INCREMENTAL
-    from engine.uplift.registry import uplift_version
-
-    if getattr(engine.policy_set, "arbitration", None) != INCREMENTAL:
-        return
-    try:  # the registry entry is enough: the model itself is not loaded to be refused
-        version = uplift_version(settings)
-    except MlflowException:  # none registered
-        return
-    if version is not None:
-        raise ConfigError(f"arbitration incremental_value with the registered uplift model "
-                          f"(version {version.version}) runs on the local engine only",
-                          hint="decide with --engine local (the same decisions), or use arbitration first or "
-                               "best_value on Spark")
 
 
 def decide_spark(input_path: str | Path, out_dir: str | Path, *, settings: Settings, model: str | None = None,
@@ -526,14 +502,15 @@ def decide_spark(input_path: str | Path, out_dir: str | Path, *, settings: Setti
         ensure_java()  # first: one line saying what to install, before any other work
     policies = Path(policy_dir or settings.policy_dir)
     engine = load_policy_engine(policies)  # fail fast, before heavy work
-    refuse_uplift_model(settings, engine)
     history = read_history(contact_history)
     loaded = load_model(settings, model)
+    uplift = uplift_for(settings, engine)  # incremental_value: the registered uplift model, shipped below
     settings = resolve_risk_grades(settings, loaded)
     learned = learned_rates(settings, learned, policies)
     spark = spark or spark_session(master)
     sc = spark.sparkContext
     dir_name, model_dir = _ship_model(sc, loaded, settings)
+    uplift_ship = _ship_model(sc, uplift, settings) if uplift is not None else (None, None)
 
     run_id = new_run_id()
     run_date = run_date or dt.date.today()
@@ -542,8 +519,12 @@ def decide_spark(input_path: str | Path, out_dir: str | Path, *, settings: Setti
                  model_name=loaded.name, model_version=loaded.version, model_run_id=loaded.run_id,
                  policy=ex.policy_files(policies), policy_single_file=policies.is_file(), run_id=run_id,
                  run_date=run_date, source=source, learned=dict(learned) if learned else None,
-                 history=history if len(history) else None)
+                 history=history if len(history) else None, uplift_dir_name=uplift_ship[0],
+                 uplift_local_dir=uplift_ship[1], uplift_uri=getattr(uplift, "uri", None),
+                 uplift_version=getattr(uplift, "version", None), uplift_run_id=getattr(uplift, "run_id", None))
     ex._CACHE.setdefault(job.model_key, loaded)
+    if uplift is not None:
+        ex._CACHE.setdefault(job.uplift_key, uplift)
     ex._CACHE.setdefault(job.policy_key, engine)
 
     df = _read_input(spark, _as_uri(input_path))
@@ -602,7 +583,7 @@ def decide_spark(input_path: str | Path, out_dir: str | Path, *, settings: Setti
         _mark("work orders")
         summary = _summary(final, run_id=run_id, run_date=run_date, policy_hash=engine.policy_set.content_hash,
                            model_uri=loaded.uri, model_version=loaded.version, budget=settings.arbitration.budget)
-        summary.update(_run_notes(final, engine, run_date))
+        summary.update(_run_notes(final, engine, run_date, uplift))
         _mark("summary")
         summary["input"] = source if "://" in source else str(Path(source).resolve())
         files = {"decisions": _join(out, DECISIONS_DIR)}

@@ -84,6 +84,12 @@ class Job:
     history: pd.DataFrame | None = None
     output_schema: pa.Schema | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # the uplift model of `arbitration: incremental_value`, shipped like the churn model (None: the priors)
+    uplift_dir_name: str | None = None
+    uplift_local_dir: str | None = None
+    uplift_uri: str | None = None
+    uplift_version: str | None = None
+    uplift_run_id: str | None = None
 
     @property
     def model_key(self) -> str:
@@ -93,17 +99,25 @@ class Job:
     def policy_key(self) -> str:
         return f"policy:{files_hash(self.policy)}"
 
+    @property
+    def uplift_key(self) -> str:
+        return f"uplift:{self.uplift_uri}:{self.uplift_version}:{self.uplift_dir_name}"
 
-def _model_folder(job: Job) -> str:
+
+def _shipped_folder(dir_name: str, local_dir: str) -> str:
     try:
         from pyspark import SparkFiles
 
-        path = SparkFiles.get(job.model_dir_name)
+        path = SparkFiles.get(dir_name)
         if os.path.isdir(path):
             return path
     except Exception:  # not inside Spark (a plain call in tests, the driver's sample)
         pass
-    return job.model_local_dir
+    return local_dir
+
+
+def _model_folder(job: Job) -> str:
+    return _shipped_folder(job.model_dir_name, job.model_local_dir)
 
 
 def loaded_model(job: Job):
@@ -117,6 +131,24 @@ def loaded_model(job: Job):
         inner = mlflow.pyfunc.load_model(_model_folder(job)).unwrap_python_model()
         _CACHE[key] = LoadedModel(uri=job.model_uri, name=job.model_name, version=job.model_version,
                                   run_id=job.model_run_id, model=inner)
+    return _CACHE[key]
+
+
+def uplift_model(job: Job):
+    """The uplift model for this job (a LoadedUplift, as `load_uplift` gives), loaded once per process; None
+    when the job has none (the offers' prior effects rank, as on the local engine)."""
+    if job.uplift_dir_name is None or job.uplift_local_dir is None:
+        return None
+    key = job.uplift_key
+    if key not in _CACHE:
+        import mlflow.pyfunc
+
+        from engine.uplift.registry import LoadedUplift
+
+        folder = _shipped_folder(job.uplift_dir_name, job.uplift_local_dir)
+        inner = mlflow.pyfunc.load_model(folder).unwrap_python_model()
+        _CACHE[key] = LoadedUplift(uri=str(job.uplift_uri), version=job.uplift_version, run_id=job.uplift_run_id,
+                                   model=inner)
     return _CACHE[key]
 
 
@@ -192,7 +224,7 @@ def decide_rows(frame: pd.DataFrame, job: Job) -> tuple[pd.DataFrame, dict[str, 
     state = RunState(run_id=job.run_id, budget_left=None, capacity_left={}, control=job.settings.control_group,
                      risk_cutoffs=job.risk_cutoffs)
     a = assess(frame, loaded=loaded, policy_engine=engine, settings=job.settings, run_date=job.run_date,
-               history=job.history, learned=job.learned, source=job.source, state=state)
+               history=job.history, learned=job.learned, source=job.source, state=state, uplift=uplift_model(job))
     decisions = constrain(a, state, outputs=False)  # the driver builds work orders and the summary
     table = decisions.table
 

@@ -164,23 +164,57 @@ def test_cli_uplift_train_and_evaluate_errors(logged, uplift_v1, runner):
     assert res.exit_code == 2 and "error:" in res.output and "NOPE" in res.output
 
 
-def test_spark_refuses_incremental_value_with_a_registered_uplift_model(logged, uplift_v1, tmp_path):
-    """Executors rank on the prior effects only; with a registered uplift model the local engine would rank
-    otherwise, so Spark says so in one line instead of deciding differently."""
+def test_spark_ranks_on_the_registered_uplift_model_like_the_local_engine(logged, uplift_v1, tmp_path):
+    """`arbitration: incremental_value` with a registered uplift model: the executors load the shipped uplift
+    model and decide exactly as the local engine does (offer, channel, status, tau per subscriber)."""
+    import datetime as dt
     import shutil
     from pathlib import Path
 
-    from engine.errors import ConfigError
-    from engine.spark.decide import decide_spark
-    from engine.uplift.registry import load_uplift
+    import yaml
 
-    settings, root, _month = logged
-    assert load_uplift(settings) is not None
-    policies = tmp_path / "policies"
-    shutil.copytree(Path(__file__).resolve().parents[2] / "policies", policies)
-    text = (policies / "policy.yaml").read_text()
-    (policies / "policy.yaml").write_text(text.replace("arbitration: first", "arbitration: incremental_value"))
-    with pytest.raises(ConfigError, match="runs on the local engine only"):
-        decide_spark(root / "month.parquet", tmp_path / "out", settings=settings, policy_dir=policies,
-                     spark=object(), log_run=False)
-    assert not (tmp_path / "out").exists()
+    from engine.config import load_settings
+    from engine.data.io import write_table
+    from engine.data.simulator import generate
+    from engine.decision.run import decide_file
+    from engine.model.governance import promote
+    from engine.spark.decide import decide_spark
+    from engine.spark.session import spark_session
+    from training.train import train
+
+    settings, root, month = logged
+    cfg = tmp_path / "retain.yaml"  # a churn model in the same store, trained small
+    cfg.write_text(yaml.safe_dump({"training": {"trials": 2, "folds": 2, "max_iterations": 120,
+                                                "early_stopping_rounds": 15, "reference_sample_rows": 500}}))
+    settings = load_settings(cfg, tracking_uri=settings.tracking_uri)
+    result = train(str(root / "month.parquet"), settings=settings, trials=2)
+    promote(settings, str(result.model_version), "champion", reason="test")
+    policies = tmp_path / "policies"  # the sample set, ranking on incremental value, with two offers renamed to
+    shutil.copytree(Path(__file__).resolve().parents[2] / "policies", policies)  # the ones the model knows
+    for f in policies.rglob("*.yaml"):
+        f.write_text(f.read_text().replace("discount_15", "offer_a").replace("plan_rightsize", "offer_b")
+                     .replace("arbitration: first", "arbitration: incremental_value"))
+    data = tmp_path / "decide.parquet"
+    write_table(generate(1500, seed=8).drop(columns=["churn", "churn_reason"]), data)
+    day = dt.date(2026, 12, 1)
+
+    local = decide_file(data, tmp_path / "local", settings=settings, policy_dir=policies, log_run=False,
+                        record=False, run_date=day)
+    with pytest.MonkeyPatch.context() as env:  # executors run this interpreter
+        env.setenv("PYSPARK_PYTHON", sys.executable)
+        env.setenv("PYSPARK_DRIVER_PYTHON", sys.executable)
+        spark = spark_session("local[2]", app_name="retain-test-spark-uplift", shuffle_partitions=2)
+        try:
+            dist = decide_spark(data, tmp_path / "spark", settings=settings, policy_dir=policies, spark=spark,
+                                log_run=False, record=False, run_date=day)
+        finally:
+            spark.stop()
+    assert "uplift model" in local.summary["effect"] and dist.summary["effect"] == local.summary["effect"]
+    a = pd.read_parquet(tmp_path / "local" / "decisions.parquet").set_index("subscriber_id").sort_index()
+    b = pd.read_parquet(tmp_path / "spark" / "decisions.parquet").set_index("subscriber_id").sort_index()
+    by_model = a["offer_id"].isin(["offer_a", "offer_b"]) & (a["status"] == "offer")
+    assert by_model.sum() > 20 and a.loc[by_model, "tau"].nunique() > 10, "offers ranked on the model's effects"
+    for col in ("offer_id", "channel", "status"):
+        assert (a[col].fillna("-").astype(str) == b[col].fillna("-").astype(str)).all(), col
+    np.testing.assert_array_equal(a["tau"].to_numpy(), b["tau"].to_numpy())
+    np.testing.assert_array_equal(a["net_value"].to_numpy(), b["net_value"].to_numpy())
