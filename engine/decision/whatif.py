@@ -44,20 +44,45 @@ def _day(engine: Any, on: dt.date | None) -> dt.date:
     return on or getattr(engine, "decision_date", None) or dt.date.today()
 
 
-_UPLIFT: dict[str, Any] = {}  # tracking URI -> the uplift model incremental_value what-ifs use, loaded once
+#: tracking URI -> (the uplift model incremental_value what-ifs use, its registered version, when last checked)
+_UPLIFT: dict[str, tuple[Any, str | None, float]] = {}
+#: How often a long-running process (the workbench) asks the registry whether the uplift champion moved.
+UPLIFT_CHECK_SECONDS = 30.0
 
 
 def _uplift(settings: Any, engine: Any) -> Any:
-    """The uplift model `arbitration: incremental_value` decides with (engine.decision.run.uplift_for), loaded
-    once per process and tracking store; None for the other modes."""
+    """The uplift model `arbitration: incremental_value` decides with (engine.decision.run.uplift_for); None
+    for the other modes.
+
+    Why cached and re-checked: loading the model takes a second, and what-ifs come one per click; but the
+    workbench runs for days, so at most every UPLIFT_CHECK_SECONDS it asks the registry which version the
+    alias names (one small query) and loads again when that changed.
+    """
+    import time
+
+    from mlflow.exceptions import MlflowException
+
     from engine.decision.run import uplift_for
+    from engine.uplift.registry import uplift_version
 
     if getattr(engine.policy_set, "arbitration", None) != "incremental_value":
         return None
     key = str(getattr(settings, "tracking_uri", ""))
-    if key not in _UPLIFT:
-        _UPLIFT[key] = uplift_for(settings, engine)
-    return _UPLIFT[key]
+    now = time.monotonic()
+    cached = _UPLIFT.get(key)
+    if cached is not None and now - cached[2] < UPLIFT_CHECK_SECONDS:
+        return cached[0]
+    try:
+        mv = uplift_version(settings)
+        version = None if mv is None else str(mv.version)
+    except MlflowException:  # none registered (yet)
+        version = None
+    if cached is not None and cached[1] == version:
+        _UPLIFT[key] = (cached[0], version, now)
+        return cached[0]
+    model = uplift_for(settings, engine) if version is not None else None
+    _UPLIFT[key] = (model, version, now)
+    return model
 
 
 def decide_scored(engine: Any, frame: pd.DataFrame, *, on: dt.date | None = None, settings: Any = None,

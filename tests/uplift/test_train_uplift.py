@@ -164,12 +164,53 @@ def test_cli_uplift_train_and_evaluate_errors(logged, uplift_v1, runner):
     assert res.exit_code == 2 and "error:" in res.output and "NOPE" in res.output
 
 
+def incremental_policies(folder):
+    """The sample policy set ranking on incremental value, with two offers renamed to the ones the logged run
+    (and so the uplift model) knows."""
+    import shutil
+    from pathlib import Path
+
+    policies = folder / "policies"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "policies", policies)
+    for f in policies.rglob("*.yaml"):
+        f.write_text(f.read_text().replace("discount_15", "offer_a").replace("plan_rightsize", "offer_b")
+                     .replace("arbitration: first", "arbitration: incremental_value"))
+    return policies
+
+
+def test_what_ifs_follow_the_uplift_champion(logged, uplift_v1, tmp_path, monkeypatch):
+    """A long-running process (the workbench) decides what-ifs with the uplift model the alias names now:
+    cached between clicks, re-checked in the registry every UPLIFT_CHECK_SECONDS."""
+    import datetime as dt
+
+    from engine.decision import whatif
+    from engine.decision.run import load_policy_engine
+    from engine.uplift.registry import uplift_version
+    from training.uplift import train_uplift
+
+    settings, _root, month = logged
+    engine = load_policy_engine(incremental_policies(tmp_path))
+    scored = month.drop(columns=["churn", "churn_reason"]).head(300).assign(
+        churn_probability=0.4, risk_grade="high", value_tier="medium", reason="price", is_prepaid=False,
+        need_group="family")
+
+    def effect() -> str:
+        return whatif.decide_scored(engine, scored, settings=settings, on=dt.date(2026, 12, 1)).summary["effect"]
+
+    now = uplift_version(settings).version  # (other tests of the module may have trained more)
+    first = effect()
+    assert f"(version {now})" in first
+    newer = train_uplift(settings, runs=["RUN1"], seed=1, threads=1, prior_strength=20)
+    assert newer.alias == "champion" and newer.model_version != str(now)
+    assert effect() == first, "cached between clicks"
+    monkeypatch.setattr(whatif, "UPLIFT_CHECK_SECONDS", 0.0)
+    assert f"(version {newer.model_version})" in effect(), "the moved alias is followed without a restart"
+
+
 def test_spark_ranks_on_the_registered_uplift_model_like_the_local_engine(logged, uplift_v1, tmp_path):
     """`arbitration: incremental_value` with a registered uplift model: the executors load the shipped uplift
     model and decide exactly as the local engine does (offer, channel, status, tau per subscriber)."""
     import datetime as dt
-    import shutil
-    from pathlib import Path
 
     import yaml
 
@@ -189,11 +230,7 @@ def test_spark_ranks_on_the_registered_uplift_model_like_the_local_engine(logged
     settings = load_settings(cfg, tracking_uri=settings.tracking_uri)
     result = train(str(root / "month.parquet"), settings=settings, trials=2)
     promote(settings, str(result.model_version), "champion", reason="test")
-    policies = tmp_path / "policies"  # the sample set, ranking on incremental value, with two offers renamed to
-    shutil.copytree(Path(__file__).resolve().parents[2] / "policies", policies)  # the ones the model knows
-    for f in policies.rglob("*.yaml"):
-        f.write_text(f.read_text().replace("discount_15", "offer_a").replace("plan_rightsize", "offer_b")
-                     .replace("arbitration: first", "arbitration: incremental_value"))
+    policies = incremental_policies(tmp_path)
     data = tmp_path / "decide.parquet"
     write_table(generate(1500, seed=8).drop(columns=["churn", "churn_reason"]), data)
     day = dt.date(2026, 12, 1)
