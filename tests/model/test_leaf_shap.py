@@ -34,20 +34,25 @@ def test_a_few_rows_get_catboosts_exact_values_and_the_batch_values(champion, fe
     assert np.array_equal(in_groups, one_by_one), "a row's values do not depend on who shares the call"
 
 
-def test_rows_reaching_a_leaf_without_a_table_entry_go_to_catboost(champion, features):
+def test_a_leaf_no_training_row_reached_is_attributed_when_a_row_first_reaches_it(champion, features):
     from engine.model.portable.leafshap import LeafShap
 
-    partial = LeafShap(champion.booster, champion.pipeline.categorical_features_)
-    partial(features.iloc[:3])  # tables hold only the leaves three rows reach
-    _values, known = partial.lookup(champion._pool(features))
+    cats = champion.pipeline.categorical_features_
+    three = LeafShap(champion.booster, cats)
+    three(features.iloc[:3])  # tables holding only the leaves three rows reach, as a loaded model holds them
+    partial = LeafShap.from_arrays(champion.booster, cats, three.to_arrays())
+    _values, known = partial.lookup(champion._pool(features.iloc[:5]))
     assert not known.all(), "the test needs rows outside the partial tables"
     saved = champion._leaf_shap
     try:
         champion._leaf_shap = partial
-        got = champion.shap_values(features)
+        got = np.vstack([champion.shap_values(features.iloc[i:i + 5]) for i in range(0, len(features), 5)])
     finally:
         champion._leaf_shap = saved
     np.testing.assert_allclose(got, champion._catboost_shap(features, approximate=False), rtol=0, atol=1e-12)
+    _values, known = partial.lookup(champion._pool(features))
+    assert known.all(), "the new leaves are in the tables now"
+    assert 0 < len(partial._trees) <= partial.n_trees  # a copy per tree that had a new leaf, made when needed
 
 
 def test_tables_round_trip_through_arrays(champion, features):

@@ -22,8 +22,8 @@ class LeafShap:
     Why the tables travel with the model (`to_arrays` / `from_arrays`): training fills them from the
     training rows, which reach every leaf that has a value, so a loaded model explains one subscriber
     with one leaf-index call and one gather (`lookup`) instead of CatBoost's per-call SHAP set-up (the
-    largest single cost of a real-time decision). A row reaching a leaf no training row reached is
-    reported as unknown, and its caller asks CatBoost.
+    largest single cost of a real-time decision). A leaf no training row reached is attributed the first
+    time a row reaches it (`explain_few`), and is in the table from then on.
     """
 
     def __init__(self, booster: CatBoostClassifier, cat_features: list[str]) -> None:
@@ -82,9 +82,28 @@ class LeafShap:
         meaningful. Contributions are added tree by tree, in the order `__call__` adds them, so a row gets
         the same values here as in a batch.
         """
+        return self._gather(self.booster.calc_leaf_indexes(pool).T)
+
+    def explain_few(self, features: pd.DataFrame, pool: Pool) -> np.ndarray:
+        """SHAP values of a few rows (`pool` built from `features`): a gather, after attributing any leaf
+        these rows are the first to reach (a copy of that one tree and one CatBoost call per new leaf, once:
+        afterwards the leaf is in the table for every row that reaches it)."""
+        leaves = self.booster.calc_leaf_indexes(pool).T  # trees x rows
+        values, known = self._gather(leaves)
+        if known.all():
+            return values
+        n_feat = features.shape[1]
+        for k in range(self.n_trees):
+            table = self._tables[k]
+            if table is None or leaves[k].max() >= len(table[2]) or not table[2][leaves[k]].all():
+                self._table(k, leaves[k], features, n_feat, split_all=False)
+        values, known = self._gather(leaves)
+        assert known.all()
+        return values
+
+    def _gather(self, leaves: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         values, cols, seen = self._stack()
         n_feat = self._n_features()
-        leaves = self.booster.calc_leaf_indexes(pool).T  # trees x rows
         n = leaves.shape[1]
         trees = np.arange(self.n_trees)[:, None]
         inside = leaves < seen.shape[1]
@@ -121,13 +140,24 @@ class LeafShap:
                     out[c, start:start + len(part)] += values[leaf, j]
         return out.T
 
-    def _table(self, k: int, leaf: np.ndarray, part: pd.DataFrame, n_feat: int) -> Table:
+    def _single(self, k: int, split_all: bool) -> CatBoostClassifier:
+        """Tree k alone. A batch reaching new leaves in many trees splits the whole model at once (by
+        halving); a few rows copy just the trees they need (~2 ms a copy)."""
+        if k not in self._trees:
+            if split_all:
+                self._split(self.booster.copy(), 0, self.n_trees)
+            else:
+                single = self.booster.copy()
+                single.shrink(ntree_start=k, ntree_end=k + 1)
+                self._trees[k] = single
+        return self._trees[k]
+
+    def _table(self, k: int, leaf: np.ndarray, part: pd.DataFrame, n_feat: int, *, split_all: bool = True) -> Table:
         cached = self._tables[k]
         size = int(leaf.max()) + 1
         if cached is not None and size <= len(cached[2]) and cached[2][leaf].all():
             return cached
-        if not self._trees:
-            self._split(self.booster.copy(), 0, self.n_trees)
+        tree = self._single(k, split_all)
         size = max(size, 0 if cached is None else len(cached[2]))
         table, seen = np.zeros((size, n_feat)), np.zeros(size, dtype=bool)
         if cached is not None:
@@ -137,7 +167,7 @@ class LeafShap:
         first[leaf[::-1]] = np.arange(len(leaf) - 1, -1, -1)  # first row reaching each leaf
         new = np.flatnonzero((first >= 0) & ~seen)
         pool = Pool(part.iloc[first[new]], cat_features=self.cat_features)
-        table[new] = self._trees[k].get_feature_importance(pool, type="ShapValues")[:, :-1]
+        table[new] = tree.get_feature_importance(pool, type="ShapValues")[:, :-1]
         seen[new] = True
         cols = np.flatnonzero(np.abs(table).sum(axis=0) > 0)
         self._tables[k] = (table[:, cols], cols, seen)

@@ -171,14 +171,8 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
                 self._leaf_shap = LeafShap(self.booster, self.pipeline.categorical_features_)
             return self._leaf_shap(features)
         if not approximate and self._leaf_shap is not None:
-            # A few rows, tables at hand (from training, or an earlier batch): a gather, the batch's values;
-            # rows reaching a leaf no table has yet go to CatBoost.
-            values, known = self._leaf_shap.lookup(self._pool(features))
-            if known.all():
-                return values
-            unknown = np.flatnonzero(~known)
-            values[unknown] = self._catboost_shap(features.iloc[unknown], approximate=False)
-            return values
+            # A few rows, tables at hand (from training, or an earlier batch): a gather, the batch's values.
+            return self._leaf_shap.explain_few(features, self._pool(features))
         return self._catboost_shap(features, approximate=approximate)
 
     def _catboost_shap(self, features: pd.DataFrame, *, approximate: bool) -> np.ndarray:
