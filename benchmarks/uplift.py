@@ -1,19 +1,23 @@
 """Spend on saves, not on acceptances: acceptance vs incremental-value arbitration on the simulator's truth.
 
 Seeded, in one process, no MLflow: a churn model is fitted on a base month (CatBoost on the built-in
-pipeline, packaged as the engine's ChurnModel), and every month's candidates come from the shared per-row
-step (`engine.decision.assess`: scores, reasons, policies, contact rules, P(accept), expected net value) with
-the sample policy set. Allocation is the engine's (`allocate_arrays`, best value first, one budget).
+pipeline, packaged as the engine's ChurnModel). The logging policy of months 1 and 2 is simulated from the
+shared per-row step (`engine.decision.assess`: candidates with P(accept) and expected net value) and the
+engine's allocation (`allocate_arrays`, best value first, one budget), with exploration and control drawn
+as deployed. The comparison of month 2 is `retain decide`'s own decision function (`decide_frame`) on the
+sample policy set switched to `best_value` and to `incremental_value` (tau from the month-1 uplift model,
+shrunk toward the offers' `effect:` priors as in production), same budget, no channel capacity, no
+exploration; its control group holds back 10% of the chosen offers in both arms.
 
 1. **Month 1, logged under acceptance arbitration**: net value = P(churn) x P(accept) x value kept x horizon
    - cost; budget B; exploration (epsilon, stable per subscriber) and the 10% control group; outcomes drawn
    from the simulator's truth (engine.feedback.outcomes.TRUTH: offers answering the true reason are
    accepted and save far more often, care messages about never; the control group gets nothing). The uplift
    model is trained on that log (T-learner, shrunk toward prior effect 0).
-2. **Month 2, same budget B, decided both ways**: acceptance arbitration and incremental-value arbitration
-   (net value = tau x value kept x horizon - cost, tau from the month-1 uplift model). For each: the
-   simulator's true expected saves within 90 days (`subscriber_effects`, not an estimate) and the cost
-   decided (offer + channel cost of the offers sent, what the budget counts).
+2. **Month 2, same budget B, decided both ways by `decide_frame`**: `arbitration: best_value` (acceptance) and
+   `arbitration: incremental_value` (net value = tau x value kept x horizon - cost). For each: the
+   simulator's true expected saves within 90 days (`subscriber_effects`, not an estimate) of the offers sent
+   (status `offer`) and their cost (offer + channel cost, what the budget counts).
 3. **OPE**: month 2 is logged under acceptance arbitration (with exploration and control, outcomes drawn);
    the incremental policy's saves are estimated from that log (doubly robust, uplift model as reward model;
    IPS and SNIPS printed too) with a bootstrap 95% interval, against its true value from step 2.
@@ -47,6 +51,7 @@ from engine.data.labelled import DatasetConfig  # noqa: E402
 from engine.data.simulator import generate  # noqa: E402
 from engine.decision.arbitration import allocate_arrays  # noqa: E402
 from engine.decision.assess import assess  # noqa: E402
+from engine.decision.decide import decide_frame  # noqa: E402
 from engine.decision.run import load_policy_engine  # noqa: E402
 from engine.feedback.outcomes import TRUTH, answered_reasons, subscriber_effects  # noqa: E402
 from engine.model.churn import ChurnModel  # noqa: E402
@@ -109,6 +114,42 @@ def incremental_value(c: pd.DataFrame, month: pd.DataFrame, uplift, settings) ->
     kept = c["value_kept"].to_numpy(float) * settings.arbitration.horizon_months
     value = tau * kept - c["total_cost"].to_numpy(float)
     return value, tau
+
+
+def policies_with(arbitration: str, folder: Path) -> Path:
+    """The sample policy set with another arbitration mode (a copy under `folder`)."""
+    import shutil
+
+    out = folder / f"policies-{arbitration}"
+    shutil.copytree(ROOT / "policies", out)
+    text = (out / "policy.yaml").read_text()
+    assert "arbitration: first" in text
+    (out / "policy.yaml").write_text(text.replace("arbitration: first", f"arbitration: {arbitration}"))
+    return out
+
+
+def decide_month(month: pd.DataFrame, loaded: LoadedModel, policies: Path, settings, budget: float,
+                 uplift=None) -> pd.DataFrame:
+    """`retain decide`'s decision table for the month: the given budget, no channel capacity, no exploration."""
+    arb = settings.arbitration.model_copy(update={"budget": budget})
+    channels = {k: v.model_copy(update={"daily_capacity": None}) for k, v in settings.channels.items()}
+    run = settings.model_copy(update={"arbitration": arb, "channels": channels})
+    engine = load_policy_engine(policies)
+    d = decide_frame(month.drop(columns=["churn", "churn_reason"]), loaded=loaded, policy_engine=engine,
+                     settings=run, run_id=f"benchmark-{policies.name}", run_date=RUN_DATE, uplift=uplift,
+                     explore=False)
+    return d.table
+
+
+def decided_saves_and_cost(table: pd.DataFrame, month: pd.DataFrame, settings) -> tuple[float, float, int]:
+    """True expected saves (simulator) and cost of the offers a decision table sends (status offer)."""
+    sent = np.flatnonzero(table["status"].to_numpy(dtype=object) == "offer")
+    truth = month.iloc[sent]
+    frame = pd.DataFrame({"offer_id": table["offer_id"].to_numpy(dtype=object)[sent],
+                          "channel": table["channel"].to_numpy(dtype=object)[sent], "churn": truth["churn"].to_numpy(),
+                          "churn_reason": truth["churn_reason"].to_numpy(dtype=object)})
+    cost = float(table["offer_cost"].to_numpy(float)[sent].sum() + table["channel_cost"].to_numpy(float)[sent].sum())
+    return float(subscriber_effects(frame, settings).sum()), cost, len(sent)
 
 
 def true_saves_and_cost(c: pd.DataFrame, chosen: np.ndarray, month: pd.DataFrame, settings) -> tuple[float, float, int]:
@@ -204,22 +245,24 @@ def main() -> None:
           f"({len(ev):,} rows with an offer): Qini {quality['qini']:+.3f}, AUUC {quality['auuc']:+.4f}, "
           f"uplift@30% {quality['uplift_at_30']:+.3f} ({time.time() - t0:.0f} s)")
 
-    # ---- month 2: the same budget decided both ways, true saves
+    # ---- month 2: the same budget decided both ways by retain decide's function, true saves
     m2 = months["month_2"]
-    _, c2 = candidates(m2, loaded, engine, settings)
+    _, c2 = candidates(m2, loaded, engine, settings)  # the logging policy's candidates (OPE below)
     keys2 = m2["subscriber_id"].astype(str).to_numpy(dtype=object)
     acc = allocate(c2, acceptance_value(c2), len(m2), budget, keys2)
-    inc_value, tau2 = incremental_value(c2, m2, uplift, settings)
-    inc = allocate(c2, inc_value, len(m2), budget, keys2)
-    saves_a, cost_a, n_a = true_saves_and_cost(c2, acc, m2, settings)
-    saves_i, cost_i, n_i = true_saves_and_cost(c2, inc, m2, settings)
+    with tempfile.TemporaryDirectory() as folder:
+        by_acceptance = decide_month(m2, loaded, policies_with("best_value", Path(folder)), settings, budget)
+        by_increment = decide_month(m2, loaded, policies_with("incremental_value", Path(folder)), settings, budget,
+                                    uplift=uplift)
+    saves_a, cost_a, n_a = decided_saves_and_cost(by_acceptance, m2, settings)
+    saves_i, cost_i, n_i = decided_saves_and_cost(by_increment, m2, settings)
     ratio = (saves_i / cost_i) / (saves_a / cost_a) if cost_i and cost_a and saves_a else float("nan")
-    for name, saves, cost, n, chosen in (("acceptance", saves_a, cost_a, n_a, acc), ("incremental", saves_i, cost_i,
-                                                                                    n_i, inc)):
-        offers = c2["offer_id"].to_numpy(dtype=object)[chosen[chosen >= 0]]
+    for name, saves, cost, n, table in (("acceptance", saves_a, cost_a, n_a, by_acceptance),
+                                        ("incremental", saves_i, cost_i, n_i, by_increment)):
+        offers = table["offer_id"].to_numpy(dtype=object)[table["status"].to_numpy(dtype=object) == "offer"]
         top = pd.Series(offers).value_counts().head(4).to_dict()
-        print(f"month 2, {name:<11} arbitration: {n:,} offers, cost {cost:,.0f}, true saves {saves:,.1f}, "
-              f"saves per 1,000 spent {1000 * saves / max(cost, 1e-9):.2f}; top offers {top}")
+        print(f"month 2, {name:<11} arbitration (decide_frame): {n:,} offers sent, cost {cost:,.0f}, true saves "
+              f"{saves:,.1f}, saves per 1,000 spent {1000 * saves / max(cost, 1e-9):.2f}; top offers {top}")
     print(f"true saves per unit cost, incremental / acceptance: {ratio:.2f}x (target >= 1.3x)")
     costs = [o.cost for o in engine.policy_set.offers.values()]
     emp_out = churn_model_emp(settings, loaded.model, m2, offer_costs=costs)
@@ -230,8 +273,9 @@ def main() -> None:
     # ---- OPE: month 2 logged under acceptance arbitration; the incremental policy estimated from it
     log2 = log_month(c2, acc, m2, settings, args.epsilon, "month-2", SEEDS["outcomes_2"])
     logged = action_keys(log2["offer"], log2["channel"])
-    tgt_offer = np.where(inc >= 0, c2["offer_id"].to_numpy(dtype=object)[np.where(inc >= 0, inc, 0)], None)
-    tgt_channel = np.where(inc >= 0, c2["channel"].to_numpy(dtype=object)[np.where(inc >= 0, inc, 0)], None)
+    intended = by_increment["status"].to_numpy(dtype=object) == "offer"  # the policy as sent (control: no contact)
+    tgt_offer = np.where(intended, by_increment["offer_id"].to_numpy(dtype=object), None)
+    tgt_channel = np.where(intended, by_increment["channel"].to_numpy(dtype=object), None)
     target = action_keys(tgt_offer, tgt_channel)
     raw2 = m2.drop(columns=["churn", "churn_reason"])
     p0 = uplift.churn_under(raw2, [None] * len(m2))
