@@ -195,14 +195,15 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
         """'high' / 'medium' / 'low' per row from the RFM centres fitted with the model (None without)."""
         return self._tiers.transform(df) if self._tiers is not None else None
 
-    def score(self, df: pd.DataFrame) -> pd.DataFrame:
+    def score(self, df: pd.DataFrame, *, features: pd.DataFrame | None = None) -> pd.DataFrame:
         """Everything the model knows about raw rows except reasons, in one pass (same index as `df`).
 
         Columns: the derived signals, `churn_probability`, and `value_tier` (the RFM clusters fitted with
         the model; None when the model has no value segmenter). Reasons are a separate call (`explain`)
         because attributions are the slow part and only the rows whose decision can depend on them need them.
+        `features`: `self.features(df)` when the caller has it already (it passes them to `explain` too).
         """
-        return self._score(df, self.features(df))
+        return self._score(df, self.features(df) if features is None else features)
 
     def _score(self, df: pd.DataFrame, feats: pd.DataFrame) -> pd.DataFrame:
         cols: dict[str, np.ndarray] = {col: feats[col].to_numpy() for col in self.derived_columns}
