@@ -165,12 +165,14 @@ def summarise(table: pd.DataFrame, *, run_id: str, run_date: dt.date, policy_has
                 return {str(k): int(v) for k, v in found.most_common()}
         return {str(k): int(v) for k, v in pd.Series(values).value_counts().items()}
 
-    def total(name: str) -> float:
-        return float(pd.Series(arrays[name][offered]).sum())
+    def total(values: np.ndarray) -> float:
+        """`pd.Series(values).sum()` (missing values skipped) without a Series: ~30 us each on a small run."""
+        return float(np.nansum(np.asarray(values, dtype=float)))
 
-    offer_cost, channel_cost = pd.Series(arrays["offer_cost"][offered]), pd.Series(arrays["channel_cost"][offered])
-    spent = float((offer_cost + channel_cost).sum())
-    saves = pd.Series(arrays[PROBABILITY][offered]) * pd.Series(arrays["p_accept"][offered])
+    offer_cost = arrays["offer_cost"][offered].astype(float)
+    channel_cost = arrays["channel_cost"][offered].astype(float)
+    spent = total(offer_cost + channel_cost)
+    saves = arrays[PROBABILITY][offered].astype(float) * arrays["p_accept"][offered].astype(float)
     return {
         "decision_run": run_id,
         "decided_on": run_date.isoformat(),
@@ -185,13 +187,13 @@ def summarise(table: pd.DataFrame, *, run_id: str, run_date: dt.date, policy_has
         "blocked": counts("blocked_reason", arrays["blocked_reason"] != ""),
         "offers_per_channel": counts("channel", offered),
         "offers": counts("offer_id", offered),
-        "control_group": int(t["control"].sum()),
-        "total_offer_cost": round(float(offer_cost.sum()), 2),
-        "total_channel_cost": round(float(channel_cost.sum()), 2),
+        "control_group": int(np.count_nonzero(t["control"].to_numpy(dtype=bool))),
+        "total_offer_cost": round(total(offer_cost), 2),
+        "total_channel_cost": round(total(channel_cost), 2),
         "budget": budget,
         "budget_used": round(spent, 2),
-        "expected_saves": round(float(saves.sum()), 1),
-        "expected_saved_value": round(total("expected_saved_value"), 2),
-        "expected_net_value": round(total("net_value"), 2),
-        "mean_churn_probability": round(float(t[PROBABILITY].mean()), 4),
+        "expected_saves": round(total(saves), 1),
+        "expected_saved_value": round(total(arrays["expected_saved_value"][offered]), 2),
+        "expected_net_value": round(total(arrays["net_value"][offered]), 2),
+        "mean_churn_probability": round(float(np.nanmean(arrays[PROBABILITY].astype(float))), 4),
     }
