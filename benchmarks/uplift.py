@@ -107,13 +107,6 @@ def acceptance_value(c: pd.DataFrame) -> np.ndarray:
     return c["net_value"].to_numpy(dtype=float)  # P(churn) x P(accept) x value kept x horizon - cost (assess)
 
 
-def incremental_value(c: pd.DataFrame, month: pd.DataFrame, uplift, settings) -> tuple[np.ndarray, np.ndarray]:
-    rows = month.iloc[c["row"].to_numpy()].reset_index(drop=True)
-    tau = incremental_effect(uplift, rows, c["offer_id"].to_numpy(dtype=object), {},
-                             channels=c["channel"].to_numpy(dtype=object))
-    kept = c["value_kept"].to_numpy(float) * settings.arbitration.horizon_months
-    value = tau * kept - c["total_cost"].to_numpy(float)
-    return value, tau
 
 
 def policies_with(arbitration: str, folder: Path) -> Path:
@@ -152,14 +145,6 @@ def decided_saves_and_cost(table: pd.DataFrame, month: pd.DataFrame, settings) -
     return float(subscriber_effects(frame, settings).sum()), cost, len(sent)
 
 
-def true_saves_and_cost(c: pd.DataFrame, chosen: np.ndarray, month: pd.DataFrame, settings) -> tuple[float, float, int]:
-    idx = chosen[chosen >= 0]
-    sent = c.iloc[idx]
-    truth = month.iloc[sent["row"].to_numpy()]
-    frame = pd.DataFrame({"offer_id": sent["offer_id"].to_numpy(dtype=object),
-                          "channel": sent["channel"].to_numpy(dtype=object), "churn": truth["churn"].to_numpy(),
-                          "churn_reason": truth["churn_reason"].to_numpy(dtype=object)})
-    return float(subscriber_effects(frame, settings).sum()), float(sent["total_cost"].sum()), len(sent)
 
 
 def draw_outcomes(offer: np.ndarray, channel: np.ndarray, month: pd.DataFrame, settings, seed: int) -> dict:

@@ -177,9 +177,9 @@ def _score_rows(frame: pd.DataFrame, loaded: LoadedModel, settings: Settings, *,
     it instead of computing it again (~0.6 ms a call). Big batches recompute features per explained chunk
     rather than hold a feature frame of every row."""
     valid = validate_rows(frame, source=source)
-    labels = {c.name for c in LABEL_COLUMNS}
+    label_columns = {c.name for c in LABEL_COLUMNS}  # (not `labels`, the segments helper used below)
     out = valid.copy(deep=False)
-    for col in [c for c in out.columns if c in labels]:
+    for col in [c for c in out.columns if c in label_columns]:
         del out[col]
     out.index = pd.RangeIndex(len(out))
     model = loaded.model

@@ -21,7 +21,7 @@ class LeafShap:
 
     Why the tables travel with the model (`to_arrays` / `from_arrays`): training fills them from the
     training rows, which reach every leaf that has a value, so a loaded model explains one subscriber
-    with one leaf-index call and one gather (`lookup`) instead of CatBoost's per-call SHAP set-up (the
+    with one leaf-index call and one gather (`explain_few`) instead of CatBoost's per-call SHAP set-up (the
     largest single cost of a real-time decision). A leaf no training row reached is attributed the first
     time a row reaches it (`explain_few`), and is in the table from then on.
     """
@@ -92,11 +92,8 @@ class LeafShap:
         values, known = self._gather(leaves)
         if known.all():
             return values
-        n_feat = features.shape[1]
-        for k in range(self.n_trees):
-            table = self._tables[k]
-            if table is None or leaves[k].max() >= len(table[2]) or not table[2][leaves[k]].all():
-                self._table(k, leaves[k], features, n_feat, split_all=False)
+        for k in range(self.n_trees):  # `_table` returns at once for a tree whose leaves are all attributed
+            self._table(k, leaves[k], features, features.shape[1], split_all=False)
         values, known = self._gather(leaves)
         assert known.all()
         return values

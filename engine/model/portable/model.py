@@ -32,7 +32,8 @@ CATBOOST_ARTIFACT = "catboost"
 SPEC_ARTIFACT = "spec"
 LEAF_SHAP_ARTIFACT = "leaf_shap"
 PROBABILITY = "churn_probability"
-#: From this many rows on, exact SHAP goes through per-leaf tables (LeafShap); below, CatBoost per row.
+#: From this many rows on, exact SHAP fills and sums per-leaf tables (LeafShap); below, the tables the model
+#: carries are read (`LeafShap.explain_few`), or CatBoost is asked per row when it carries none.
 LEAF_SHAP_MIN_ROWS = 5_000
 #: Up to this many rows (a real-time request) CatBoost gets numpy input and one thread: same values, less overhead.
 SMALL_ROWS = 64
