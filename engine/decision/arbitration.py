@@ -58,6 +58,7 @@ import numpy as np
 import pandas as pd
 
 from engine.config import Arbitration, Channel, offer_prior_acceptance
+from engine.data.frames import column_values
 from engine.vocabulary import STATUS_NOT_WORTH, STATUS_OFFER, STATUS_OVER_BUDGET, STATUS_OVER_CAPACITY
 
 CHOSEN, NOT_WORTH, OVER_BUDGET, OVER_CAPACITY = STATUS_OFFER, STATUS_NOT_WORTH, STATUS_OVER_BUDGET, STATUS_OVER_CAPACITY
@@ -101,7 +102,7 @@ def expected_net_value(cands: pd.DataFrame, cfg: Arbitration, channels: Mapping[
     `cands` needs: churn_probability, reason, offer_id, channel, offer_cost, value_kept.
     """
     out = cands.copy()
-    out["p_accept"] = acceptance_rate(out["offer_id"].to_numpy(dtype=object), out["reason"].to_numpy(dtype=object),
+    out["p_accept"] = acceptance_rate(column_values(out, "offer_id", object), column_values(out, "reason", object),
                                       cfg, learned)
     out["channel_cost"] = out["channel"].map({k: v.cost for k, v in channels.items()}).fillna(0.0).astype(float)
     out["total_cost"] = out["offer_cost"].astype(float) + out["channel_cost"]
@@ -224,17 +225,17 @@ def allocate(cands: pd.DataFrame, *, budget: float | None, capacity: Mapping[str
     optionally `subscriber_id` (the tie-break key; `row` otherwise) and `rank`.
     Returns one row per subscriber that had candidates: the chosen candidate or the reason none was.
     """
-    rows = cands["row"].to_numpy()
-    codes, names = pd.factorize(cands["channel"].to_numpy(dtype=object))
+    rows = column_values(cands, "row")
+    codes, names = pd.factorize(column_values(cands, "channel", object))
     n_rows = int(rows.max()) + 1 if len(rows) else 0
     key_col = cands["subscriber_id"] if "subscriber_id" in cands.columns else cands["row"]
     key = np.empty(n_rows, dtype=object)
     key[rows] = key_col.to_numpy(dtype=object)
-    rank = cands["rank"].to_numpy() if "rank" in cands.columns else np.zeros(len(cands), dtype=np.int64)
+    rank = column_values(cands, "rank") if "rank" in cands.columns else np.zeros(len(cands), dtype=np.int64)
     result = allocate_arrays(row=rows, key=key, channel=codes.astype(np.int64), channel_names=[str(c) for c in names],
                              priority=cands["priority"].fillna(0).to_numpy(dtype=float), rank=rank,
-                             total_cost=cands["total_cost"].to_numpy(dtype=float),
-                             net_value=cands["net_value"].to_numpy(dtype=float), n_rows=n_rows, budget=budget,
+                             total_cost=column_values(cands, "total_cost", float),
+                             net_value=column_values(cands, "net_value", float), n_rows=n_rows, budget=budget,
                              capacity=capacity, prefer=prefer)
     chosen = cands.iloc[np.sort(result.chosen)].assign(arbitration=CHOSEN)
     with_cands = np.unique(rows)

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from engine.config import RiskGrades, Settings
+from engine.data.frames import column_values, with_columns
 from engine.data.schema import ID, LABEL_COLUMNS
 from engine.decision.arbitration import acceptance_rates, eligible, preference_order
 from engine.decision.contact import blocked_reasons, read_history
@@ -100,13 +101,13 @@ class Assessment:
         rank). This is what the subscriber gets when budget and capacity allow.
         """
         c = self.candidates
-        ok = np.flatnonzero(c["contactable"].to_numpy() & eligible(c["net_value"].to_numpy(), self.prefer))
+        ok = np.flatnonzero(column_values(c, "contactable") & eligible(column_values(c, "net_value"), self.prefer))
         out = np.full(len(self.scored), -1, dtype=np.int64)
         if len(ok) == 0:
             return out
-        rows = c["row"].to_numpy()[ok]
-        order = preference_order(rows, c["rank"].to_numpy()[ok], c["priority"].to_numpy()[ok],
-                                 c["net_value"].to_numpy()[ok], self.prefer)
+        rows = column_values(c, "row")[ok]
+        order = preference_order(rows, column_values(c, "rank")[ok], column_values(c, "priority")[ok],
+                                 column_values(c, "net_value")[ok], self.prefer)
         first = order[np.r_[True, rows[order][1:] != rows[order][:-1]]]
         out[rows[first]] = ok[first]
         return out
@@ -196,12 +197,12 @@ def _score_rows(frame: pd.DataFrame, loaded: LoadedModel, settings: Settings, *,
             parts.append(model.score(out.iloc[start:stop] if (start, stop) != (0, total) else out))
             if progress:
                 progress("scoring", stop, total)
-    scores = {col: (np.concatenate([p[col].to_numpy() for p in parts]) if len(parts) > 1 else parts[0][col].to_numpy())
-              for col in parts[0].columns}
+    scores = {col: (np.concatenate([column_values(p, col) for p in parts]) if len(parts) > 1
+                    else column_values(parts[0], col)) for col in parts[0].columns}
     new: dict[str, Any] = {col: scores[col] for col in model.derived_columns}
 
     def column(name: str) -> np.ndarray:  # as `out[name]` after the columns above were assigned
-        return new[name] if name in new else out[name].to_numpy()
+        return new[name] if name in new else column_values(out, name)
 
     new[PROBABILITY] = scores[PROBABILITY]
     new["risk_grade"] = grade(scores[PROBABILITY], settings, state)
@@ -215,28 +216,6 @@ def _score_rows(frame: pd.DataFrame, loaded: LoadedModel, settings: Settings, *,
     new["need_group"] = need_group(column("plan"), column("age_group"))
     new["is_prepaid"] = is_prepaid(column("plan"))
     return with_columns(out, new), features
-
-
-#: Above this many rows columns are inserted one by one: a concat of two wide frames costs a copy of the
-#: whole table (~0.8 GiB at a million rows) where inserts cost nothing per row.
-ONE_CONCAT_ROWS = 10_000
-
-
-def with_columns(frame: pd.DataFrame, columns: dict[str, Any]) -> pd.DataFrame:
-    """`frame` with `columns` added (or replaced in place, keeping their position), as repeated
-    `frame[name] = values` would give, in one concat: each insert costs ~0.15 ms whatever the frame's
-    length, which a one-subscriber decision would pay dozens of times. Columns of `frame` are not copied;
-    scalars are broadcast."""
-    out = frame.copy(deep=False)
-    columns = dict(columns)
-    for name in [c for c in columns if c in out.columns or len(frame) > ONE_CONCAT_ROWS]:
-        out[name] = columns.pop(name)
-    if not columns:
-        return out
-    n = len(frame)
-    added = pd.DataFrame({name: (v if isinstance(v, np.ndarray) else np.full(n, v, dtype=object))
-                          for name, v in columns.items()}, index=frame.index, copy=False)
-    return pd.concat([out, added], axis=1, copy=False)
 
 
 def explain_rows(scored: pd.DataFrame, rows: np.ndarray, loaded: LoadedModel, *,
@@ -267,10 +246,10 @@ def reason_columns(scored: pd.DataFrame, rows: np.ndarray, loaded: LoadedModel, 
             r = loaded.model.explain(rows_of, features=features if len(part) == n else features.iloc[part])
         else:
             r = loaded.model.explain(rows_of)
-        codes, names = pd.factorize(r["reason"].to_numpy(dtype=object), use_na_sentinel=False)
+        codes, names = pd.factorize(column_values(r, "reason", object), use_na_sentinel=False)
         reason[part] = labels(names, codes)  # one str per reason, not one per row (see engine/model/segments.py)
-        share[part] = r["reason_share"].to_numpy(dtype=float)
-        signal[part] = r["reason_signal"].to_numpy(dtype=object)
+        share[part] = column_values(r, "reason_share", float)
+        signal[part] = column_values(r, "reason_signal", object)
         if progress:
             progress("reasons", stop, len(rows))
     return {"reason": reason, "reason_share": share, "reason_signal": signal}
@@ -285,7 +264,7 @@ def reason_values(loaded: LoadedModel) -> list[str]:
 def rows_to_explain(scored: pd.DataFrame, policy_engine: Any, settings: Settings, loaded: LoadedModel,
                     run_date: dt.date) -> np.ndarray:
     """Rows whose decision can depend on the reason: an explained grade, and a candidate under some reason."""
-    graded = np.flatnonzero(np.isin(scored["risk_grade"].to_numpy(dtype=object), list(settings.explain_risk_grades)))
+    graded = np.flatnonzero(np.isin(column_values(scored, "risk_grade", object), list(settings.explain_risk_grades)))
     if len(graded) == 0:
         return graded
     sub = scored if len(graded) == len(scored) else scored.iloc[graded]  # any reason column is not read
@@ -320,7 +299,7 @@ def _candidates(scored: pd.DataFrame, policy_engine: Any, settings: Settings, bl
     offer_code = offer_code_of_rule[pos]
 
     # P(accept | offer, reason) from a small (offer x reason) grid, then looked up per candidate
-    reason_codes, reason_names = pd.factorize(scored["reason"].to_numpy(dtype=object))
+    reason_codes, reason_names = pd.factorize(column_values(scored, "reason", object))
     grid_offer = np.repeat(np.asarray(offer_names, dtype=object), len(reason_names))
     grid_reason = np.tile(np.asarray(reason_names, dtype=object), len(offer_names))
     priors = {name: getattr(offers[name], "acceptance", None) or {} for name in offer_names}
@@ -339,14 +318,14 @@ def _candidates(scored: pd.DataFrame, policy_engine: Any, settings: Settings, bl
     offer_cost = per_rule([offers[r.offer].cost if r.offer else 0.0 for r in rules] + [0.0], float)
     value_kept = per_rule([offers[r.offer].value_kept if r.offer else 0.0 for r in rules] + [0.0], float)
     total_cost = offer_cost + channel_cost
-    saved = (scored[PROBABILITY].to_numpy(dtype=float)[rows] * p_accept * value_kept
+    saved = (column_values(scored, PROBABILITY, float)[rows] * p_accept * value_kept
              * settings.arbitration.horizon_months)
     outbound = np.array([ch in OUTBOUND_CHANNELS for ch in fc.channel_names] + [False], dtype=bool)
     contactable = ~(outbound[fc.channel] & (blocked[rows] != ""))
 
     cands = pd.DataFrame({
         "row": rows,
-        ID: scored[ID].to_numpy(dtype=object)[rows],
+        ID: column_values(scored, ID, object)[rows],
         "rank": fc.rank,
         "rule_id": categorical(pos, rule_ids),
         "offer_id": categorical(offer_code, offer_names),

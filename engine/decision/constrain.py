@@ -41,9 +41,10 @@ import numpy as np
 import pandas as pd
 
 from engine.config import ControlGroup, Settings
+from engine.data.frames import column_categorical, column_values, with_columns
 from engine.data.schema import ID
 from engine.decision.arbitration import allocate_arrays
-from engine.decision.assess import Assessment, with_columns
+from engine.decision.assess import Assessment
 from engine.decision.contact import control_mask
 from engine.decision.orders import summarise, work_orders
 from engine.vocabulary import (
@@ -112,7 +113,7 @@ class _Columns(Mapping[str, Any]):
         if name in self.new:
             value = self.new[name]
             return value if isinstance(value, np.ndarray) else np.full(len(self.scored), value, dtype=object)
-        return self.scored[name].to_numpy()
+        return column_values(self.scored, name)
 
     def __iter__(self):
         return iter([*self.new, *(c for c in self.scored.columns if c not in self.new)])
@@ -138,11 +139,10 @@ def render_messages(policy_engine: Any, table: pd.DataFrame | Mapping[str, Any],
     return out
 
 
-def _take(values: pd.Series | pd.Categorical, idx: np.ndarray, n: int, pos: np.ndarray, fill: Any,
+def _take(values: np.ndarray | pd.Categorical, idx: np.ndarray, n: int, pos: np.ndarray, fill: Any,
           dtype: Any) -> np.ndarray:
     out = np.full(n, fill, dtype=dtype)
-    out[pos] = np.asarray(values.take(idx) if isinstance(values, pd.Categorical) else values.to_numpy()[idx],
-                          dtype=dtype)
+    out[pos] = np.asarray(values.take(idx), dtype=dtype)
     return out
 
 
@@ -173,14 +173,15 @@ def draw_exploration(assessment: Assessment, share: float | None = None) -> Expl
     seed = exploration_seed(a)
     n = len(a.scored)
     c = a.candidates
-    open_idx = np.flatnonzero(c["contactable"].to_numpy())
+    open_idx = np.flatnonzero(column_values(c, "contactable"))
     # one eligible action per distinct (offer, channel): the lowest-rank candidate carrying it. Each
     # candidate's (row, offer, channel) as one integer key, so the search is numpy's, not a frame's.
-    offer, chan = c["offer_id"].cat.codes.to_numpy(), c["channel"].cat.codes.to_numpy()
-    n_offer, n_chan = len(c["offer_id"].cat.categories) + 1, len(c["channel"].cat.categories) + 1
-    key = (c["row"].to_numpy().astype(np.int64) * n_offer + (offer.astype(np.int64) + 1)) * n_chan \
+    offers, channels = column_categorical(c, "offer_id"), column_categorical(c, "channel")
+    offer, chan = offers.codes, channels.codes
+    n_offer, n_chan = len(offers.categories) + 1, len(channels.categories) + 1
+    key = (column_values(c, "row").astype(np.int64) * n_offer + (offer.astype(np.int64) + 1)) * n_chan \
         + (chan.astype(np.int64) + 1)
-    ordered = open_idx[np.lexsort((c["rank"].to_numpy()[open_idx], c["row"].to_numpy()[open_idx]))]
+    ordered = open_idx[np.lexsort((column_values(c, "rank")[open_idx], column_values(c, "row")[open_idx]))]
     _, first = np.unique(key[ordered], return_index=True)
     distinct = ordered[np.sort(first)]
     best = a.best()
@@ -191,8 +192,8 @@ def draw_exploration(assessment: Assessment, share: float | None = None) -> Expl
         sorted_keys = key[distinct][by_key]
         at = np.minimum(np.searchsorted(sorted_keys, key[best[has]]), len(sorted_keys) - 1)
         greedy[has] = np.where(sorted_keys[at] == key[best[has]], by_key[at], NO_CONTACT)
-    ids = a.scored[ID].to_numpy(dtype=object)
-    ex = explore(c["row"].to_numpy()[distinct], n, greedy, ids, epsilon=share, seed=seed)
+    ids = column_values(a.scored, ID, object)
+    ex = explore(column_values(c, "row")[distinct], n, greedy, ids, epsilon=share, seed=seed)
     explored = ex.explored & (ex.n_actions > 1) & (share > 0)
     action = np.where(explored & (ex.action >= 0), distinct[np.maximum(ex.action, 0)] if len(distinct) else -1,
                       NO_CONTACT)
@@ -210,7 +211,7 @@ def matches_best(draw: ExplorationDraw, cands: pd.DataFrame) -> np.ndarray:
     drawn, best = draw.action[at], draw.best[at]
     same = (drawn >= 0) & (best >= 0)
     for col in ("offer_id", "channel"):
-        codes = cands[col].cat.codes.to_numpy()
+        codes = column_categorical(cands, col).codes
         same &= np.where(same, codes[np.maximum(drawn, 0)] == codes[np.maximum(best, 0)], False)
     out[at] = same | ((drawn < 0) & (best < 0))
     return out
@@ -249,12 +250,12 @@ def constrain(assessment: Assessment, state: RunState, *, progress: ProgressFn |
     scored, cands = a.scored, a.candidates
     n = len(scored)
     budget_at_start = state.budget_left
-    rows = cands["row"].to_numpy()
-    contactable = cands["contactable"].to_numpy()
+    rows = column_values(cands, "row")
+    contactable = column_values(cands, "contactable")
     open_idx = np.flatnonzero(contactable)
-    channel = cands["channel"].array
-    ids = scored[ID].to_numpy(dtype=object)
-    priority_c, rank_c = cands["priority"].to_numpy(), cands["rank"].to_numpy()
+    channel = column_categorical(cands, "channel")
+    ids = column_values(scored, ID, object)
+    priority_c, rank_c = column_values(cands, "priority"), column_values(cands, "rank")
     draw = draw_exploration(a, share=None if explore else 0.0)
     budget, capacity = state.budget_left, state.capacity_left
     forced = np.zeros(0, dtype=np.int64)
@@ -264,8 +265,8 @@ def constrain(assessment: Assessment, state: RunState, *, progress: ProgressFn |
         first = allocate_arrays(
             row=rows[drawn], key=ids, channel=channel.codes[drawn].astype(np.int64),
             channel_names=[str(c) for c in channel.categories], priority=priority_c[drawn],
-            rank=rank_c[drawn], total_cost=cands["total_cost"].to_numpy()[drawn],
-            net_value=cands["net_value"].to_numpy()[drawn], n_rows=n, budget=budget, capacity=capacity,
+            rank=rank_c[drawn], total_cost=column_values(cands, "total_cost")[drawn],
+            net_value=column_values(cands, "net_value")[drawn], n_rows=n, budget=budget, capacity=capacity,
             prefer="first")
         forced = drawn[first.chosen]
         explored_status = first.status
@@ -275,8 +276,8 @@ def constrain(assessment: Assessment, state: RunState, *, progress: ProgressFn |
     result = allocate_arrays(
         row=rows[open_idx], key=ids, channel=channel.codes[open_idx].astype(np.int64),
         channel_names=[str(c) for c in channel.categories], priority=priority_c[open_idx],
-        rank=rank_c[open_idx], total_cost=cands["total_cost"].to_numpy()[open_idx],
-        net_value=cands["net_value"].to_numpy()[open_idx], n_rows=n, budget=budget,
+        rank=rank_c[open_idx], total_cost=column_values(cands, "total_cost")[open_idx],
+        net_value=column_values(cands, "net_value")[open_idx], n_rows=n, budget=budget,
         capacity=capacity, prefer=a.prefer)
     chosen = open_idx[result.chosen]
     if draw.explored.any():
@@ -306,11 +307,11 @@ def constrain(assessment: Assessment, state: RunState, *, progress: ProgressFn |
 
     winners = np.flatnonzero(rank_c == 0)
     new: dict[str, Any] = {"control": control}
-    new["policy_rule"] = _take(cands["rule_id"].array, winners, n, rows[winners], None, object)
-    new["policy_offer"] = _take(cands["offer_id"].array, winners, n, rows[winners], None, object)
+    new["policy_rule"] = _take(column_categorical(cands, "rule_id"), winners, n, rows[winners], None, object)
+    new["policy_offer"] = _take(column_categorical(cands, "offer_id"), winners, n, rows[winners], None, object)
     new["matched_rules"] = a.matched_rules
     for col in ("offer_id", "channel", "rule_id", "stage"):
-        new[col] = _take(cands[col].array, chosen, n, pos, None, object)
+        new[col] = _take(column_categorical(cands, col), chosen, n, pos, None, object)
     note = np.full(n, None, dtype=object)
     supp_priority = np.zeros(n, dtype=float)
     if suppressed.any():  # the suppression is the decision's rule, with its note
@@ -323,7 +324,7 @@ def constrain(assessment: Assessment, state: RunState, *, progress: ProgressFn |
         note[at] = np.array([r.action.note for r in rules], dtype=object)[by]
         supp_priority[at] = np.array([r.priority for r in rules], dtype=float)[by]
     for col in ("priority", "p_accept", "offer_cost", "channel_cost", "expected_saved_value", "net_value"):
-        values = _take(cands[col], chosen, n, pos, 0.0, float)
+        values = _take(column_values(cands, col), chosen, n, pos, 0.0, float)
         if col in ("offer_cost", "channel_cost"):
             values[control] = 0.0  # nothing is spent on the control group
         new[col] = values
@@ -339,7 +340,7 @@ def constrain(assessment: Assessment, state: RunState, *, progress: ProgressFn |
     new["explored"] = draw.explored
     new["propensity"] = propensity
     if a.prefer == "incremental_value":
-        new["tau"] = _take(cands["tau"], chosen, n, pos, 0.0, float)
+        new["tau"] = _take(column_values(cands, "tau"), chosen, n, pos, 0.0, float)
     if len(pos):  # templates may name any column of the table, decision columns included
         new["message"] = render_messages(a.policy_engine, _Columns(scored, new), pos, new["rule_id"][pos], n)
 

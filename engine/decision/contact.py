@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from engine.config import ContactRules, ControlGroup
+from engine.data.frames import column_values
 from engine.data.io import read_table, write_table
 from engine.data.schema import ID
 from engine.errors import DataError
@@ -92,13 +93,13 @@ def blocked_reasons(subscriber_ids: pd.Series, opt_out: pd.Series, history: pd.D
     ids = subscriber_ids.astype(str).to_numpy()
     reason = np.full(len(ids), "", dtype=object)
     if len(history):
-        h_ids = history[ID].to_numpy(dtype=object)
+        h_ids = column_values(history, ID, object)
         age = (np.datetime64(today, "D") - _days(history["contacted_on"])).astype(float)  # days since each contact
-        outbound = np.isin(history["channel"].to_numpy(dtype=object), np.array(list(OUTBOUND_CHANNELS), dtype=object))
+        outbound = np.isin(column_values(history, "channel", object), np.array(list(OUTBOUND_CHANNELS), dtype=object))
         recent = Counter(h_ids[(age >= 0) & (age < 30) & outbound].tolist())
         n = np.array([recent.get(i, 0) for i in ids.tolist()], dtype=float)
         reason = np.where(n >= rules.max_contacts_30d, f"contact limit ({rules.max_contacts_30d} in 30 days)", reason)
-        declined = (history["outcome"].to_numpy(dtype=object) == "declined") & (age >= 0) & (
+        declined = (column_values(history, "outcome", object) == "declined") & (age >= 0) & (
             age < rules.cooldown_days_after_decline)
         cooling = set(h_ids[declined].tolist())
         in_cooldown = np.array([i in cooling for i in ids.tolist()], dtype=bool)
@@ -116,7 +117,7 @@ def blocked_reasons(subscriber_ids: pd.Series, opt_out: pd.Series, history: pd.D
 def append_history(path: str | Path, history: pd.DataFrame, contacts: pd.DataFrame) -> Path:
     """Append this run's outbound and inbound contacts (outcome 'pending') to the history file, atomically."""
     new = contacts[[ID, "channel", "offer_id"]].assign(contacted_on=None, outcome="pending")
-    new["contacted_on"] = contacts["contacted_on"].to_numpy()
+    new["contacted_on"] = column_values(contacts, "contacted_on")
     combined = pd.concat([history, new[list(HISTORY_COLUMNS)]], ignore_index=True)
     combined["contacted_on"] = pd.to_datetime(combined["contacted_on"]).dt.date.astype(str)
     return write_table(combined, path)

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from engine.config import Settings
+from engine.data.frames import column_values
 from engine.data.schema import ID
 from engine.decision.assess import (
     CHUNK_ROWS,
@@ -67,7 +68,7 @@ def score(frame: pd.DataFrame, loaded: LoadedModel, settings: Settings, *,
     For analysis and benchmarks; deciding uses `assess`, which also skips rows no reason can help.
     """
     scored = score_rows(frame, loaded, settings, progress=progress, chunk_rows=chunk_rows)
-    rows = np.flatnonzero(np.isin(scored["risk_grade"].to_numpy(dtype=object), list(settings.explain_risk_grades)))
+    rows = np.flatnonzero(np.isin(column_values(scored, "risk_grade", object), list(settings.explain_risk_grades)))
     explain_rows(scored, rows, loaded, progress=progress, chunk_rows=chunk_rows)
     return scored
 

@@ -45,6 +45,7 @@ import numpy as np
 import pandas as pd
 
 from engine.data.attributes import DECISION_ATTRIBUTES, Attribute
+from engine.data.frames import column_values
 from engine.errors import DataError
 from engine.policy.conditions import Column, Condition, attributes_of, conjuncts, iter_tests, prepare_column
 from engine.policy.conditions import evaluate as evaluate_condition
@@ -386,7 +387,7 @@ class PolicyEngine:
         prefs = list(PREFERRED_TO_CHANNEL)
         needs_pref = any(r.action.channel == PREFERRED for r in self.rules)
         if needs_pref and "preferred_channel" in frame.columns:
-            row_code = pd.Categorical(frame["preferred_channel"].to_numpy(dtype=object), categories=prefs).codes
+            row_code = pd.Categorical(column_values(frame, "preferred_channel", object), categories=prefs).codes
             row_code = np.where(row_code < 0, len(prefs), row_code).astype(np.int64)
         else:
             row_code = np.full(len(frame), len(prefs), dtype=np.int64)
@@ -486,10 +487,10 @@ class PolicyEngine:
             "value_kept": np.asarray([offers[r.offer].value_kept if r.offer else 0.0 for r in rules] + [0.0])[pos],
         })
         if "subscriber_id" in frame.columns:
-            out.insert(1, "subscriber_id", frame["subscriber_id"].to_numpy()[rows])
+            out.insert(1, "subscriber_id", column_values(frame, "subscriber_id")[rows])
         for col in ("churn_probability", "reason"):  # what arbitration needs next to each candidate
             if col in frame.columns:
-                out[col] = frame[col].to_numpy()[rows]
+                out[col] = column_values(frame, col)[rows]
         return out  # already in (row, rank) order
 
     def matches_offer(self, frame: pd.DataFrame, offer_id: str, on: dt.date | None = None) -> pd.DataFrame:

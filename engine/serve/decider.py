@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from engine.config import Settings
+from engine.data.frames import column_values
 from engine.data.schema import ID
 from engine.decision.contact import SAME_DAY_REASON  # noqa: F401 - the reason the service shows, kept importable here
 from engine.decision.decide import Decisions, RunState, decide_frame
@@ -105,9 +106,9 @@ def response_rows(table: pd.DataFrame, orders: dict[str, pd.DataFrame], run_id: 
 
     def col(name: str) -> list[Any]:
         return [None if v is None or (isinstance(v, float) and v != v) else v
-                for v in table[name].to_numpy(dtype=object).tolist()]
+                for v in column_values(table, name, object).tolist()]
 
-    prob = np.round(table[PROBABILITY].to_numpy(dtype=float), 4).tolist()
+    prob = np.round(column_values(table, PROBABILITY, float), 4).tolist()
     matched = [m.split(",") if m else [] for m in col("matched_rules")]
     version, policy_hash = col("model_version"), col("policy_hash")
     fields = {c: col(c) for c in ("risk_grade", "reason", "value_tier", "offer_id", "channel", "message", "status",
@@ -136,7 +137,7 @@ def stacked(frames: list[pd.DataFrame], columns: list[str], **extra: np.ndarray)
     out: dict[str, np.ndarray] = {}
     for col in columns:
         if any(col in f.columns for f in frames):
-            parts = [f[col].to_numpy() if col in f.columns else np.full(len(f), None, dtype=object) for f in frames]
+            parts = [column_values(f, col) if col in f.columns else np.full(len(f), None, dtype=object) for f in frames]
             out[col] = np.concatenate(parts) if len(parts) > 1 else parts[0]
     out.update(extra)
     return pd.DataFrame(out, copy=False)
@@ -160,7 +161,7 @@ def record_runs(store: Store, conn: Any, runs: list[Decisions]) -> None:
     rows = _decision_rows(stacked(tables, [ID, "arpu_m0", *DECISION_COLUMNS[2:]]),
                           np.array([d.run_id for d in runs], dtype=object)[run_of_row])
     offers = np.bincount(run_of_row, weights=(rows["status"] == "offer").to_numpy(), minlength=len(runs))
-    control = np.bincount(run_of_row, weights=rows["control"].to_numpy(), minlength=len(runs))
+    control = np.bincount(run_of_row, weights=column_values(rows, "control"), minlength=len(runs))
     run_rows = []
     for i, d in enumerate(runs):
         s = d.summary

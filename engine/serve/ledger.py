@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from engine.data.frames import column_values
 from engine.data.schema import ID
 from engine.decision.contact import HISTORY_COLUMNS
 from engine.decision.decide import RunState
@@ -91,7 +92,7 @@ def contacts_of(run_id: str, run_date: dt.date, work_orders: Mapping[str, pd.Dat
         "order_id": text("order_id"), "decision_run": np.full(n, run_id, dtype=object), ID: text(ID),
         "contacted_on": np.full(n, run_date.isoformat(), dtype=object),
         "channel": np.concatenate([np.full(len(o), ch, dtype=object) for ch, o in parts]),
-        "offer_id": np.concatenate([o["offer_id"].to_numpy(dtype=object) for _ch, o in parts]),
+        "offer_id": np.concatenate([column_values(o, "offer_id", object) for _ch, o in parts]),
     })
 
 

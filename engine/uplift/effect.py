@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 from catboost import CatBoostClassifier, Pool
 
+from engine.data.frames import column_values
 from engine.model.portable.features import FeaturePipeline
 from engine.uplift.portable.model import CHANNEL_FEATURE, UpliftModel
 
@@ -197,9 +198,9 @@ def incremental_net_value(cands: pd.DataFrame, rows: pd.DataFrame, loaded: Any,
     horizon and `net_value` = expected_saved_value - total_cost (the acceptance-based columns are replaced).
     """
     out = cands.copy()
-    tau = incremental_effect(loaded, rows.reset_index(drop=True), out["offer_id"].to_numpy(dtype=object), priors,
-                             channels=out["channel"].to_numpy(dtype=object))
+    tau = incremental_effect(loaded, rows.reset_index(drop=True), column_values(out, "offer_id", object), priors,
+                             channels=column_values(out, "channel", object))
     out["tau"] = tau
-    out["expected_saved_value"] = tau * out["value_kept"].to_numpy(dtype=float) * horizon_months
-    out["net_value"] = out["expected_saved_value"] - out["total_cost"].to_numpy(dtype=float)
+    out["expected_saved_value"] = tau * column_values(out, "value_kept", float) * horizon_months
+    out["net_value"] = out["expected_saved_value"] - column_values(out, "total_cost", float)
     return out

@@ -116,3 +116,17 @@ def test_a_failed_work_order_waits_for_the_table_thread(decisions, tmp_path, mon
         write_decisions(decisions, tmp_path / "out")
     assert done.is_set(), "the table's thread finished before the call returned"
     assert sorted(p.name for p in tmp_path.iterdir()) == [], "nothing published, no staging folder left"
+
+
+def test_order_ids_are_the_same_for_a_few_orders_and_for_many() -> None:
+    """A few orders are numbered in Python, many with Arrow: the same ids either way."""
+    import numpy as np
+
+    from engine.decision import orders
+
+    numbers = np.array([1, 42, 9_999_999, 12_345_678])
+    few = orders.order_ids("20261124T101500-abc123", numbers)
+    many = orders.order_ids("20261124T101500-abc123", np.r_[numbers, np.arange(1, orders.SMALL_ORDERS + 1)])
+    assert few.tolist() == many[:4].tolist() == ["20261124T101500-abc123-0000001", "20261124T101500-abc123-0000042",
+                                                 "20261124T101500-abc123-9999999", "20261124T101500-abc123-12345678"]
+    assert few.dtype == many.dtype == object

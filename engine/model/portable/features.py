@@ -36,6 +36,22 @@ class InputError(ValueError):
         self.message, self.columns, self.hint = message, list(columns), hint
 
 
+def column_values(df: pd.DataFrame, col: str) -> np.ndarray | None:
+    """The column's numpy array straight from the frame's blocks, or None (an extension array, a duplicated
+    or missing name). Why: the first `df[col]` of a frame builds a Series, ~30 us whatever its length, and a
+    few-row request pays it for every input column; engine/data/frames.py does the same for the engine,
+    which this package cannot import."""
+    try:
+        loc = df.columns.get_loc(col)
+    except KeyError:
+        return None
+    getter = getattr(getattr(df, "_mgr", None), "iget_values", None)
+    if not isinstance(loc, int) or getter is None:
+        return None
+    values = getter(loc)
+    return values if isinstance(values, np.ndarray) else None
+
+
 def float_column(df: pd.DataFrame, col: str) -> np.ndarray:
     """`df[col].astype(float).to_numpy()`, without the copy when the column is numpy numbers already."""
     s = df[col]
@@ -105,13 +121,23 @@ def add_derived(df: pd.DataFrame, names: list[str] | None = None) -> pd.DataFram
     return out
 
 
-def _as_float(col: pd.Series) -> np.ndarray:
+def _as_float(df: pd.DataFrame, name: str) -> np.ndarray:
     """A raw column as float64; text that is not a number becomes NaN."""
+    raw = column_values(df, name)
+    if raw is not None and raw.dtype.kind in "fiu":
+        return raw.astype(float, copy=False)
+    col = df[name]
     if col.dtype.kind in "fiu":  # numpy numbers: no missing-value marker to translate
         return col.to_numpy(dtype=float)
     if not pd.api.types.is_numeric_dtype(col.dtype):
         col = pd.to_numeric(col, errors="coerce")
     return col.to_numpy(dtype=float, na_value=np.nan)
+
+
+def _objects(df: pd.DataFrame, name: str) -> np.ndarray:
+    """`df[name].to_numpy(dtype=object)`."""
+    raw = column_values(df, name)
+    return raw if raw is not None and raw.dtype == object else df[name].to_numpy(dtype=object)
 
 
 #: From this many rows a text column's categories are written once per distinct value (see `category_text`).
@@ -172,9 +198,8 @@ class FeaturePipeline:
         missing = _missing(df, self.input_columns_)
         if missing:
             raise InputError(f"input is missing column(s) the model needs: {missing}", missing)
-        cols: dict[str, np.ndarray] = {col: category_text(df[col].to_numpy(dtype=object))
-                                       for col in self.categorical_features_}
-        numeric = {col: _as_float(df[col]) for col in self.numeric}
+        cols: dict[str, np.ndarray] = {col: category_text(_objects(df, col)) for col in self.categorical_features_}
+        numeric = {col: _as_float(df, col) for col in self.numeric}
         cols.update(numeric)
         for feat in DERIVED:
             if feat.name in self.derived_:

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from catboost import CatBoostClassifier, Pool
 
-from .features import FeaturePipeline
+from .features import FeaturePipeline, column_values
 from .leafshap import LeafShap
 from .reasons import reasons_from_shap
 from .value_tiers import ValueTiers
@@ -207,7 +207,10 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
         return self._score(df, self.features(df) if features is None else features)
 
     def _score(self, df: pd.DataFrame, feats: pd.DataFrame) -> pd.DataFrame:
-        cols: dict[str, np.ndarray] = {col: feats[col].to_numpy() for col in self.derived_columns}
+        cols: dict[str, np.ndarray] = {}
+        for col in self.derived_columns:
+            values = column_values(feats, col)
+            cols[col] = values if values is not None else feats[col].to_numpy()
         cols[PROBABILITY] = self.predict_proba(df, features=feats)
         tiers = self.value_tiers(df)
         cols[VALUE_TIER] = np.full(len(df), None, dtype=object) if tiers is None else tiers
