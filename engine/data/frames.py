@@ -11,10 +11,18 @@ public path, so the values are always what `frame[name].to_numpy(dtype)` gives (
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+
+def block_values(frame: pd.DataFrame, name: str) -> np.ndarray | None:
+    """The column's numpy array as the frame holds it, or None: an extension array (categorical, nullable,
+    string), a missing or duplicated name. For callers that handle a Series themselves in those cases."""
+    raw = _raw(frame, name)
+    return raw if isinstance(raw, np.ndarray) else None
 
 
 def _raw(frame: pd.DataFrame, name: str) -> Any:
@@ -45,15 +53,34 @@ def column_categorical(frame: pd.DataFrame, name: str) -> pd.Categorical:
     return raw if isinstance(raw, pd.Categorical) else frame[name].array
 
 
-def _frame_of(names: list[str], arrays: list[np.ndarray], index: pd.Index) -> pd.DataFrame | None:
-    """A frame holding `arrays` as they are, one block each, or None when the internals differ."""
-    try:
-        from pandas.core.internals.managers import create_block_manager_from_column_arrays
-    except ImportError:
-        return None
-    mgr = create_block_manager_from_column_arrays(arrays, [pd.Index(names, dtype=object), index],
-                                                  consolidate=False, refs=[None] * len(arrays))
-    return pd.DataFrame._from_mgr(mgr, axes=mgr.axes)
+def _plain(values: Any, n: int) -> bool:
+    """Whether a column can go into a block as it is: a 1-D numpy array of numbers, booleans or Python
+    objects, or a Categorical, of the frame's length."""
+    if isinstance(values, np.ndarray):
+        return values.ndim == 1 and len(values) == n and values.dtype.kind in "biufO"
+    return isinstance(values, pd.Categorical) and len(values) == n
+
+
+def frame_of(columns: Mapping[str, Any], index: pd.Index | None = None) -> pd.DataFrame:
+    """`pd.DataFrame(columns, index=index, copy=False)`: the arrays are the frame's, not copied.
+
+    Plain arrays (`_plain`) become one block each directly, without the constructor's per-column checks
+    (~5 us a column); anything else - scalars, lists, other arrays - goes through the constructor.
+    """
+    names = list(columns)
+    arrays = list(columns.values())
+    n = len(arrays[0]) if arrays and np.ndim(arrays[0]) else 0
+    index = pd.RangeIndex(n) if index is None else index
+    if arrays and len(index) == n and all(_plain(a, n) for a in arrays):
+        try:
+            from pandas.core.internals.managers import create_block_manager_from_column_arrays
+        except ImportError:  # other internals: the constructor
+            pass
+        else:
+            mgr = create_block_manager_from_column_arrays(arrays, [pd.Index(names, dtype=object), index],
+                                                          consolidate=False, refs=[None] * len(arrays))
+            return pd.DataFrame._from_mgr(mgr, axes=mgr.axes)
+    return pd.DataFrame(dict(columns), index=index, copy=False)
 
 
 def with_columns(frame: pd.DataFrame, columns: dict[str, Any], *, insert_rows: int = 10_000) -> pd.DataFrame:
@@ -73,12 +100,8 @@ def with_columns(frame: pd.DataFrame, columns: dict[str, Any], *, insert_rows: i
         out[name] = columns.pop(name)
     if not columns:
         return out
-    arrays = [np.full(n, v, dtype=object) if np.ndim(v) == 0 else v for v in columns.values()]
-    added = None
-    if all(isinstance(a, np.ndarray) and a.ndim == 1 and len(a) == n and a.dtype.kind in "biufO" for a in arrays):
-        added = _frame_of(list(columns), arrays, frame.index)
-    if added is None:
-        added = pd.DataFrame(dict(zip(columns, arrays, strict=True)), index=frame.index, copy=False)
+    added = frame_of({name: np.full(n, v, dtype=object) if np.ndim(v) == 0 else v for name, v in columns.items()},
+                     frame.index)
     mgr_type = type(getattr(out, "_mgr", None))
     concat = getattr(mgr_type, "concat_horizontal", None)
     if concat is None or type(getattr(added, "_mgr", None)) is not mgr_type:

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from engine.config import RiskGrades, Settings
-from engine.data.frames import column_values, with_columns
+from engine.data.frames import column_values, frame_of, with_columns
 from engine.data.schema import ID, LABEL_COLUMNS
 from engine.decision.arbitration import acceptance_rates, eligible, preference_order
 from engine.decision.contact import blocked_reasons, read_history
@@ -241,11 +241,11 @@ def reason_columns(scored: pd.DataFrame, rows: np.ndarray, loaded: LoadedModel, 
     source = scored[list(needs)] if n > CHUNK_SMALL and needs and set(needs) <= set(scored.columns) else scored
     for start, stop in _chunks(len(rows), chunk_rows):
         part = rows[start:stop]
-        rows_of = source if len(part) == n else source.iloc[part]
-        if features is not None:
-            r = loaded.model.explain(rows_of, features=features if len(part) == n else features.iloc[part])
+        if features is not None:  # the rows' features are all explain reads (the rows give the index only)
+            feats = features if len(part) == n else features.iloc[part]
+            r = loaded.model.explain(feats, features=feats)
         else:
-            r = loaded.model.explain(rows_of)
+            r = loaded.model.explain(source if len(part) == n else source.iloc[part])
         codes, names = pd.factorize(column_values(r, "reason", object), use_na_sentinel=False)
         reason[part] = labels(names, codes)  # one str per reason, not one per row (see engine/model/segments.py)
         share[part] = column_values(r, "reason_share", float)
@@ -267,8 +267,8 @@ def rows_to_explain(scored: pd.DataFrame, policy_engine: Any, settings: Settings
     graded = np.flatnonzero(np.isin(column_values(scored, "risk_grade", object), list(settings.explain_risk_grades)))
     if len(graded) == 0:
         return graded
-    sub = scored if len(graded) == len(scored) else scored.iloc[graded]  # any reason column is not read
-    reachable = policy_engine.reachable(sub, "reason", reason_values(loaded), run_date)
+    reachable = policy_engine.reachable(scored, "reason", reason_values(loaded), run_date,
+                                        rows=None if len(graded) == len(scored) else graded)
     return graded[reachable]
 
 
@@ -323,7 +323,7 @@ def _candidates(scored: pd.DataFrame, policy_engine: Any, settings: Settings, bl
     outbound = np.array([ch in OUTBOUND_CHANNELS for ch in fc.channel_names] + [False], dtype=bool)
     contactable = ~(outbound[fc.channel] & (blocked[rows] != ""))
 
-    cands = pd.DataFrame({
+    cands = frame_of({
         "row": rows,
         ID: column_values(scored, ID, object)[rows],
         "rank": fc.rank,

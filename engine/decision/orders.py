@@ -152,6 +152,19 @@ def _frame(columns: Mapping[str, Any], n: int) -> pd.DataFrame:
     return frame
 
 
+def value_counts(values: np.ndarray) -> dict[str, int]:
+    """`pd.Series(values).value_counts()` as a dict (by count descending, missing values left out).
+
+    For a few rows without tied counts (one subscriber's run) a Counter gives the same dict in a tenth of
+    the time; pandas orders ties its own way (tests/decision/test_publish.py compares the two).
+    """
+    if len(values) <= SMALL_COUNT_ROWS:
+        found = Counter(v for v in values.tolist() if not (v is None or v != v))
+        if len(set(found.values())) == len(found):
+            return {str(k): int(v) for k, v in found.most_common()}
+    return {str(k): int(v) for k, v in pd.Series(values).value_counts().items()}
+
+
 def summarise(table: pd.DataFrame, *, run_id: str, run_date: dt.date, policy_hash: str, model_uri: str,
               model_version: Any, budget: float | None) -> dict[str, Any]:
     t = table
@@ -161,14 +174,7 @@ def summarise(table: pd.DataFrame, *, run_id: str, run_date: dt.date, policy_has
     offered = arrays["status"] == STATUS_OFFER
 
     def counts(name: str, rows: np.ndarray | None = None) -> dict[str, int]:
-        """Series.value_counts() as a dict, by count descending. For a few rows without tied counts (one
-        subscriber's run) a Counter gives the same dict in a tenth of the time; pandas orders ties its own way."""
-        values = arrays[name] if rows is None else arrays[name][rows]
-        if len(values) <= SMALL_COUNT_ROWS:
-            found = Counter(v for v in values.tolist() if not (v is None or v != v))
-            if len(set(found.values())) == len(found):
-                return {str(k): int(v) for k, v in found.most_common()}
-        return {str(k): int(v) for k, v in pd.Series(values).value_counts().items()}
+        return value_counts(arrays[name] if rows is None else arrays[name][rows])
 
     def total(values: np.ndarray) -> float:
         """`pd.Series(values).sum()` (missing values skipped) without a Series: ~30 us each on a small run."""

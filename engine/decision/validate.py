@@ -20,6 +20,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from engine.data.frames import block_values, with_columns
 from engine.data.schema import LABEL_COLUMNS, SUBSCRIBER_COLUMNS, Column, validate_subscribers
 from engine.errors import DataError
 
@@ -28,9 +29,13 @@ from engine.errors import DataError
 SMALL = 64
 
 
-def _strings(s: pd.Series, nullable: bool) -> np.ndarray | None:
+def _strings(s: pd.Series | np.ndarray, nullable: bool) -> np.ndarray | None:
     """The column as an object array of str (None kept where nullable), or None if it is anything else."""
-    if isinstance(s.dtype, pd.CategoricalDtype):
+    if isinstance(s, np.ndarray):
+        if s.dtype != object:
+            return None
+        values = s
+    elif isinstance(s.dtype, pd.CategoricalDtype):
         cats = s.cat.categories
         codes = s.cat.codes.to_numpy()
         if (codes < 0).any() and not nullable:
@@ -41,7 +46,7 @@ def _strings(s: pd.Series, nullable: bool) -> np.ndarray | None:
         if (codes < 0).any():
             values[codes < 0] = None
         return values
-    if isinstance(s.dtype, pd.StringDtype):
+    elif isinstance(s.dtype, pd.StringDtype):
         if s.isna().any() and not nullable:
             return None
         values = s.to_numpy(dtype=object, na_value=None)
@@ -77,8 +82,9 @@ def _all_in(values: np.ndarray, allowed: tuple[str, ...]) -> bool:
     return bool(pd.Series(values).isin(allowed).all())
 
 
-def _column_ok(s: pd.Series, col: Column) -> np.ndarray | None:
-    """The validated column's values when the fast path can vouch for them, else None."""
+def _column_ok(s: pd.Series | np.ndarray, col: Column) -> np.ndarray | None:
+    """The validated column's values when the fast path can vouch for them, else None. `s`: the column, or
+    its numpy array when the frame holds one (engine.data.frames.block_values)."""
     if col.kind in ("id", "categorical"):
         values = _strings(s, col.nullable)
         if values is None:
@@ -93,18 +99,19 @@ def _column_ok(s: pd.Series, col: Column) -> np.ndarray | None:
                 len(pc.unique(pa.array(values, type=pa.string()))) != len(values):  # (count_distinct: 2x slower)
             return None
         return values
+    array = s if isinstance(s, np.ndarray) else s.to_numpy()
     if col.kind == "boolean":
-        return s.to_numpy() if s.dtype == bool else None
+        return array if s.dtype == bool else None
     if col.kind == "integer" and s.dtype != np.int64:
         return None
     if col.kind == "numeric" and s.dtype == object and col.nullable:
-        values = _nullable_floats(s.to_numpy())
+        values = _nullable_floats(array)
         if values is None:
             return None
     elif col.kind == "numeric" and s.dtype != np.float64:
         return None
     else:
-        values = s.to_numpy()
+        values = array
     if col.kind == "numeric":
         missing = np.isnan(values)
         if missing.any():
@@ -130,24 +137,25 @@ def validate_rows(frame: pd.DataFrame, *, source: str = "input") -> pd.DataFrame
     """
     if len(frame) == 0:
         raise DataError(f"{source}: the table has no rows")
-    out: dict[str, np.ndarray] = {}
+    replaced: dict[str, np.ndarray] = {}
     declared = {c.name for c in SUBSCRIBER_COLUMNS}
+    duplicated = set() if frame.columns.is_unique else set(frame.columns[frame.columns.duplicated()])
     for col in (*SUBSCRIBER_COLUMNS, *LABEL_COLUMNS):
         if col.name not in frame.columns:
             if col.name in declared:
                 return validate_subscribers(frame, source=source)
             continue
-        if isinstance(frame[col.name], pd.DataFrame):  # duplicated column names: let the schema report it
+        if col.name in duplicated:  # duplicated column names: let the schema report it
             return validate_subscribers(frame, source=source)
-        values = _column_ok(frame[col.name], col)
+        raw = block_values(frame, col.name)  # (a Series only for other types: see engine/data/frames.py)
+        source_column = raw if raw is not None else frame[col.name]
+        values = _column_ok(source_column, col)
         if values is None:
             return validate_subscribers(frame, source=source)
-        out[col.name] = values
-    valid = frame.copy(deep=False)  # columns are shared; replacing one below never writes into `frame`
-    for name, values in out.items():
-        if frame[name].dtype != values.dtype:
-            valid[name] = values
-    return valid
+        if source_column.dtype != values.dtype:
+            replaced[col.name] = values
+    # columns are shared; replacing one never writes into `frame`
+    return with_columns(frame, replaced) if replaced else frame.copy(deep=False)
 
 
 def validate_declared(frame: pd.DataFrame, declared: Mapping[str, Any], *, source: str = "input") -> pd.DataFrame:

@@ -376,6 +376,15 @@ def prepare_column(name: str, series: pd.Series | np.ndarray, attr: Attribute | 
     `attr` describes a declared (custom) attribute; built-ins are looked up by name.
     """
     attr = attr or DECISION_ATTRIBUTES.get(name)
+    if isinstance(series, np.ndarray) and series.ndim == 1:  # the usual types, without a Series (~20 us each)
+        if (attr is None or attr.kind == "numeric") and series.dtype.kind in "fiu":
+            vals = series.astype(float)  # (a copy, as below)
+            return Column(vals, np.isnan(vals))
+        if attr is not None and attr.kind not in ("numeric", "boolean") and series.dtype == object:
+            vals = series.copy()
+            missing = pd.isna(vals)
+            vals[missing] = None
+            return Column(vals, missing)
     s = pd.Series(series) if not isinstance(series, pd.Series) else series
     if attr is None or attr.kind == "numeric":
         if s.dtype.kind in "fiu":  # numpy numbers already (the usual case): what to_numeric would return

@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from engine.data.attributes import DECISION_ATTRIBUTES, Attribute
-from engine.data.frames import column_values
+from engine.data.frames import block_values, column_values
 from engine.errors import DataError
 from engine.policy.conditions import Column, Condition, attributes_of, conjuncts, iter_tests, prepare_column
 from engine.policy.conditions import evaluate as evaluate_condition
@@ -158,6 +158,8 @@ class PolicyEngine:
         #: (day, class codes) -> matching rule positions: a policy set's answer for a class never changes, so
         #: a real-time caller deciding one subscriber at a time asks durable-rules once per class and day.
         self._matched_memo: dict[tuple, tuple[int, ...]] = {}
+        #: (attribute, values, day, class codes of the other inputs) -> whether some value gives a candidate
+        self._reach_memo: dict[tuple, bool] = {}
         self._channels: tuple[np.ndarray, list[str]] | None = None
 
     # -----------------------------------------------------------------------------------------
@@ -185,8 +187,10 @@ class PolicyEngine:
         for plan in self._plans:
             if plan.name == skip:
                 continue
-            col = prepare_column(plan.name, frame[plan.name], self._vocabulary.get(plan.name))
-            _check_numeric(plan, frame[plan.name], col)
+            raw = block_values(frame, plan.name)  # (the Series only for other types: see engine/data/frames.py)
+            source = raw if raw is not None else frame[plan.name]
+            col = prepare_column(plan.name, source, self._vocabulary.get(plan.name))
+            _check_numeric(plan, source, col)
             columns[plan.name] = col
         return columns
 
@@ -425,19 +429,23 @@ class PolicyEngine:
         return table, names
 
     def reachable(self, frame: pd.DataFrame, attribute: str, values: list[Any],
-                  on: dt.date | None = None) -> np.ndarray:
+                  on: dt.date | None = None, *, rows: np.ndarray | None = None) -> np.ndarray:
         """Per row: whether *some* value of `attribute` among `values` gives the row at least one candidate.
 
         `frame` need not hold `attribute`. Exact: rows are grouped by their classes on every other rule
         input (members of a group answer every other test alike), one representative per group is tried
         with each value, and the answer is broadcast back. Used to skip work that only matters for rows
         an attribute could bring a candidate to (e.g. churn reasons, whose attributions are slow).
+        `rows`: answer for these positions of `frame` only (as for `frame.iloc[rows]`, without taking every
+        column of a wide frame).
         """
-        n = len(frame)
+        n = len(frame) if rows is None else len(rows)
         if n == 0:
             return np.zeros(0, dtype=bool)
         others = [plan for plan in self._plans if plan.name != attribute]
         columns = self._columns(frame, skip=attribute)
+        if rows is not None:
+            columns = {name: Column(col.values[rows], col.missing[rows]) for name, col in columns.items()}
         codes: list[np.ndarray] = []
         cards: list[int] = []
         for plan in others:
@@ -448,21 +456,32 @@ class PolicyEngine:
             _, first, inverse = _unique_rows(codes, cards, n)
         else:
             first, inverse = np.zeros(1, dtype=np.int64), np.zeros(n, dtype=np.int64)
-        # every representative with every value (value-major), evaluated as the frame of those rows would be
         self.check_columns([*frame.columns, attribute])
-        k = len(first)
-        trial = {name: Column(np.tile(col.values[first], len(values)), np.tile(col.missing[first], len(values)))
-                 for name, col in columns.items()}
-        plan = next((p for p in self._plans if p.name == attribute), None)
-        if plan is not None:  # no rule reads it: every value gives the same answer
-            series = pd.Series(np.repeat(np.asarray(values, dtype=object), k))
-            col = prepare_column(attribute, series, self._vocabulary.get(attribute))
-            _check_numeric(plan, series, col)
-            trial[attribute] = col
-        ev = self._evaluate_columns({p.name: trial[p.name] for p in self._plans}, k * len(values), on)
-        has_class = np.array([bool(c) for c in ev.considered] or [False], dtype=bool)  # suppressed: no candidate
-        has = has_class[ev.classes].reshape(len(values), len(first)).any(axis=0)
-        return has[inverse]
+        # a group's answer never changes for a policy set and day: a real-time caller works it out once
+        tag = (attribute, tuple(values), self._day(on))
+        keys = [tag + k for k in zip(*(c[first].tolist() for c in codes), strict=True)] if codes else [tag]
+        answer = [self._reach_memo.get(key) for key in keys]
+        todo = np.array([i for i, a in enumerate(answer) if a is None], dtype=np.int64)
+        if len(todo):
+            reps = first[todo]
+            k = len(reps)
+            # every representative with every value (value-major), evaluated as the frame of those rows would be
+            trial = {name: Column(np.tile(col.values[reps], len(values)), np.tile(col.missing[reps], len(values)))
+                     for name, col in columns.items()}
+            plan = next((p for p in self._plans if p.name == attribute), None)
+            if plan is not None:  # no rule reads it: every value gives the same answer
+                series = pd.Series(np.repeat(np.asarray(values, dtype=object), k))
+                col = prepare_column(attribute, series, self._vocabulary.get(attribute))
+                _check_numeric(plan, series, col)
+                trial[attribute] = col
+            ev = self._evaluate_columns({p.name: trial[p.name] for p in self._plans}, k * len(values), on)
+            has_class = np.array([bool(c) for c in ev.considered] or [False], dtype=bool)  # suppressed: none
+            has = has_class[ev.classes].reshape(len(values), k).any(axis=0)
+            if len(self._reach_memo) + k > MEMO_CLASSES:
+                self._reach_memo.clear()
+            for i, h in zip(todo.tolist(), has.tolist(), strict=True):
+                answer[i] = self._reach_memo[keys[i]] = h
+        return np.array(answer, dtype=bool)[inverse]
 
     def candidates(self, frame: pd.DataFrame, on: dt.date | None = None) -> pd.DataFrame:
         """Every considered (rule, offer, channel) per row, long format, for arbitration.
@@ -609,9 +628,10 @@ def _codes(plan: _Plan, col: Column) -> tuple[np.ndarray, int]:
     return code, k + 2
 
 
-def _check_numeric(plan: _Plan, series: pd.Series, col: Column) -> None:
+def _check_numeric(plan: _Plan, series: pd.Series | np.ndarray, col: Column) -> None:
     if plan.kind != "numeric" or series.dtype.kind in "biuf":
         return
+    series = pd.Series(series) if not isinstance(series, pd.Series) else series
     bad = col.missing & series.notna().to_numpy() & (series.astype(str).str.strip() != "").to_numpy()
     if bad.any():
         examples = ", ".join(repr(v) for v in series[bad].astype(str).unique()[:3])

@@ -130,3 +130,21 @@ def test_order_ids_are_the_same_for_a_few_orders_and_for_many() -> None:
     assert few.tolist() == many[:4].tolist() == ["20261124T101500-abc123-0000001", "20261124T101500-abc123-0000042",
                                                  "20261124T101500-abc123-9999999", "20261124T101500-abc123-12345678"]
     assert few.dtype == many.dtype == object
+
+
+def test_summary_counts_are_pandas_value_counts() -> None:
+    """Counts of a few rows come from a Counter: the same dict as pandas' value_counts, ties in its order."""
+    import numpy as np
+    import pandas as pd
+
+    from engine.decision.orders import value_counts
+
+    rng = np.random.default_rng(3)
+    words = np.array(["high", "medium", "low", "none", None, "price", "network"] + [f"w{i}" for i in range(30)],
+                     dtype=object)
+    for _ in range(2000):
+        n = int(rng.integers(1, 60))
+        values = words[rng.integers(0, int(rng.integers(1, len(words))), n)]
+        expected = {str(k): int(v) for k, v in pd.Series(values).value_counts().items()}
+        got = value_counts(values)
+        assert list(got.items()) == list(expected.items()), values

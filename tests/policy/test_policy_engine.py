@@ -255,6 +255,11 @@ def test_suppressions_exclusions_and_rule_dates_in_the_engine(tmp_path):
     # reachable: a suppressed row has no candidate under any reason it could have
     reach = engine.reachable(frame.drop(columns=["reason"]), "reason", ["price"], TODAY)
     assert reach.tolist() == [False, True, False, True]
+    # for some rows only: the answers of those rows' frame
+    some = np.array([3, 0, 1])
+    assert engine.reachable(frame, "reason", ["price"], TODAY, rows=some).tolist() == \
+        engine.reachable(frame.iloc[some].reset_index(drop=True), "reason", ["price"], TODAY).tolist() == \
+        [True, False, True]
 
 
 def test_remembered_classes_give_what_durable_rules_gives():
@@ -281,3 +286,23 @@ def test_remembered_classes_give_what_durable_rules_gives():
     for _ in range(2):
         assert semantics.decide_one(rec)["rule_id"] == "mid"
         assert semantics.decide_one(rec, dt.date(2030, 1, 1))["rule_id"] == "future"
+
+
+def test_remembered_reachability_gives_what_a_fresh_engine_gives():
+    """`reachable` remembers each group's answer per day: small frames asked again and again (the HTTP
+    service's) get the answers a fresh engine works out, and a group seen before is not evaluated again."""
+    engine = PolicyEngine(load_policy_set(ROOT / "policies"), decision_date=TODAY)
+    values = ["price", "network", "none"]
+    frame = synthetic_frame(400, seed=5).drop(columns=["reason"])
+    for size in (1, 8, 40):
+        for start in range(0, len(frame), size * 5):
+            part = frame.iloc[start:start + size].reset_index(drop=True)
+            fresh = PolicyEngine(load_policy_set(ROOT / "policies"), decision_date=TODAY)
+            assert engine.reachable(part, "reason", values).tolist() == fresh.reachable(part, "reason", values).tolist()
+    evaluated = []
+    inner = engine._evaluate_columns
+    engine._evaluate_columns = lambda *a, **k: evaluated.append(1) or inner(*a, **k)
+    engine.reachable(frame.iloc[:40].reset_index(drop=True), "reason", values)
+    assert not evaluated, "groups seen before are not evaluated again"
+    answers = engine.reachable(frame.iloc[:40].reset_index(drop=True), "reason", values, dt.date(2031, 1, 1))
+    assert evaluated and len(answers) == 40  # another day: worked out again
