@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from engine.config import Settings
-from engine.data.frames import column_values
+from engine.data.frames import column_values, frame_of
 from engine.data.schema import ID
 from engine.decision.contact import call_window
 from engine.model.churn import PROBABILITY
@@ -144,8 +144,8 @@ def _frame(columns: Mapping[str, Any], n: int) -> pd.DataFrame:
     """A frame holding `columns`. Large: inserted one by one as they are, not stacked into one block of
     Python objects (the stacking copies every text column of half a million orders once more). Small: one
     constructor call (each insert costs ~0.2 ms whatever the length, which a one-subscriber run would feel)."""
-    if n < INSERT_ROWS:  # (copy=False: the arrays are this frame's own; copying stacks them into blocks)
-        return pd.DataFrame(columns, copy=False)
+    if n < INSERT_ROWS:  # the arrays are this frame's own: not copied nor stacked into blocks
+        return frame_of({name: np.full(n, v, dtype=object) if np.ndim(v) == 0 else v for name, v in columns.items()})
     frame = pd.DataFrame(index=pd.RangeIndex(n))
     for name, values in columns.items():
         frame[name] = values

@@ -25,6 +25,7 @@ P(contact a) = (1 - share) x P_e(a).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +48,11 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x
 
 
+@functools.lru_cache(maxsize=64)
+def _seed_hash(seed: str) -> np.uint64:
+    return pd.util.hash_array(np.array([seed], dtype=object))[0]
+
+
 def stable_uniforms(keys: np.ndarray, seed: int | str, streams: int = 2) -> np.ndarray:
     """(streams, n) uniforms in [0, 1) from a hash of each key and the seed: same key + seed, same numbers."""
     keys = np.asarray(keys)
@@ -54,7 +60,7 @@ def stable_uniforms(keys: np.ndarray, seed: int | str, streams: int = 2) -> np.n
         h = keys.astype(np.uint64)
     else:
         h = pd.util.hash_array(keys.astype(str).astype(object), categorize=False)
-    seed_h = pd.util.hash_array(np.array([str(seed)], dtype=object))[0]
+    seed_h = _seed_hash(str(seed))
     out = np.empty((streams, len(h)))
     for s in range(streams):
         with np.errstate(over="ignore"):

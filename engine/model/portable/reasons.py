@@ -73,7 +73,7 @@ def reasons_from_shap(shap: np.ndarray, feature_names: list[str],
     masked = np.where(member, shap, -np.inf)
     best = masked.argmax(axis=1)
     signal = np.where(has, np.asarray(feature_names, dtype=object)[best], "")
-    return pd.DataFrame({"reason": reason, "reason_share": share.round(4), "reason_signal": signal})
+    return pd.DataFrame({"reason": reason, "reason_share": share.round(4), "reason_signal": signal}, copy=False)
 
 
 def _pct(v: float) -> str:
