@@ -113,7 +113,10 @@ class Ledger:
         self._lock = threading.Lock()
         self._stored: dict[str, dict[str, float]] = {}  # day -> item -> used, as read from the store
         self._unwritten: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-        self._unwritten_contacts: dict[str, pd.DataFrame] = {}  # decision_run -> contacts not yet written
+        # contacts decided, not yet written: subscriber -> decision_run -> (subscriber, day, channel, offer, order)
+        # rows, so a request reads its own subscribers' without walking every run waiting for the writer
+        self._unwritten_contacts: dict[str, dict[str, list[tuple]]] = defaultdict(dict)
+        self._unwritten_runs: dict[str, list[str]] = {}  # decision_run -> its subscribers in the above
         create_tables(store)
 
     # -- allowance ---------------------------------------------------------------------------------
@@ -184,7 +187,11 @@ class Ledger:
             for item, v in items.items():
                 self._unwritten[day.isoformat()][item] += v
             if len(contacts):
-                self._unwritten_contacts[run_id] = contacts
+                rows = list(zip(*(column_values(contacts, c, object).tolist()
+                                  for c in (ID, "contacted_on", "channel", "offer_id", "order_id")), strict=True))
+                for row in rows:
+                    self._unwritten_contacts[row[0]].setdefault(run_id, []).append(row)
+                self._unwritten_runs[run_id] = [row[0] for row in rows]
 
     def write(self, conn: sa.Connection, runs: Iterable[RunSpend]) -> None:
         """Add the allowance used and the contacts of `runs` inside the caller's transaction."""
@@ -214,7 +221,12 @@ class Ledger:
                     self._unwritten[key][item] -= v
                     self._stored.setdefault(key, {})
                     self._stored[key][item] = self._stored[key].get(item, 0.0) + v
-                self._unwritten_contacts.pop(run, None)
+                for sub in self._unwritten_runs.pop(run, []):
+                    runs_of = self._unwritten_contacts.get(sub)
+                    if runs_of is not None:
+                        runs_of.pop(run, None)
+                        if not runs_of:
+                            del self._unwritten_contacts[sub]
 
     # -- contact history ---------------------------------------------------------------------------
     def history(self, subscriber_ids: Iterable[str], today: dt.date, days: int) -> pd.DataFrame:
@@ -232,16 +244,12 @@ class Ledger:
              .where(c.c.subscriber_id.in_(ids), c.c.contacted_on >= since))
         with self.store.engine.connect() as conn:
             rows = conn.execute(q).all()
-        with self._lock:
-            pending = list(self._unwritten_contacts.values())
-        wanted = set(ids)
+        with self._lock:  # decided, not yet written: (subscriber, day, channel, offer, order), outcome unknown
+            pending = [row for sub in ids for run_rows in self._unwritten_contacts.get(sub, {}).values()
+                       for row in run_rows]
         seen = {r[4] for r in rows}
         rows = [tuple(r) for r in rows]
-        for p in pending:  # decided, not yet written: (subscriber, day, channel, offer, order), outcome unknown
-            for sub, day, ch, offer, order in zip(p[ID], p["contacted_on"], p["channel"], p["offer_id"],
-                                                  p["order_id"], strict=True):
-                if sub in wanted and order not in seen:
-                    rows.append((sub, day, ch, offer, order, None, None))
+        rows.extend((*row, None, None) for row in pending if row[4] not in seen)
         if not rows:
             return _EMPTY_HISTORY.copy()
         out = {c: [] for c in HISTORY_COLUMNS}

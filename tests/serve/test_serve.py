@@ -397,6 +397,15 @@ def test_history_from_the_store_feeds_the_contact_rules(tmp_path):
     assert reasons[3] == ""
     assert blocked_reasons(ids, pd.Series([False] * 4), history, today, ContactRules())[1] == "", \
         "without a daily limit (the batch default) a contact today alone blocks nothing"
+    # once written, the contact is read from the store: once, not also from what waited for the writer
+    r3 = (today, "r3", {"budget": 3.0, "channel:sms": 2},
+          contacts_of("r3", today, {"sms": pd.DataFrame({"order_id": ["r3-1"], "subscriber_id": ["C"],
+                                                         "offer_id": ["care_message"]})}))
+    with store.transaction() as c:
+        ledger.write(c, [r3])
+    ledger.written([r3])
+    assert ledger.history(["C"], today, 30)["subscriber_id"].tolist() == ["C"]
+    assert ledger.left(today) == (3.0, {"sms": 1, "app_popup": None})
 
 
 def test_cli_refuses_a_missing_model_in_one_line(trained, runner):
