@@ -142,8 +142,8 @@ def test_summary_counts_are_pandas_value_counts() -> None:
     rng = np.random.default_rng(3)
     words = np.array(["high", "medium", "low", "none", None, "price", "network"] + [f"w{i}" for i in range(30)],
                      dtype=object)
-    for _ in range(2000):
-        n = int(rng.integers(1, 60))
+    for _ in range(3000):
+        n = int(rng.integers(1, 300))
         values = words[rng.integers(0, int(rng.integers(1, len(words))), n)]
         expected = {str(k): int(v) for k, v in pd.Series(values).value_counts().items()}
         got = value_counts(values)

@@ -84,16 +84,17 @@ class LeafShap:
         """
         return self._gather(self.booster.calc_leaf_indexes(pool).T)
 
-    def explain_few(self, features: pd.DataFrame, pool: Pool) -> np.ndarray:
+    def explain_few(self, features: pd.DataFrame, pool: Pool, thread_count: int = 1) -> np.ndarray:
         """SHAP values of a few rows (`pool` built from `features`): a gather, after attributing any leaf
         these rows are the first to reach (a copy of that one tree and one CatBoost call per new leaf, once:
-        afterwards the leaf is in the table for every row that reaches it)."""
-        leaves = self.booster.calc_leaf_indexes(pool).T  # trees x rows
+        afterwards the leaf is in the table for every row that reaches it). One thread by default: for a few
+        rows CatBoost's thread pool costs more than the work, and keeps a second core busy."""
+        leaves = self.booster.calc_leaf_indexes(pool, thread_count=thread_count).T  # trees x rows
         values, known = self._gather(leaves)
         if known.all():
             return values
         for k in range(self.n_trees):  # `_table` returns at once for a tree whose leaves are all attributed
-            self._table(k, leaves[k], features, features.shape[1], split_all=False)
+            self._table(k, leaves[k], features, features.shape[1], split_all=False, thread_count=thread_count)
         values, known = self._gather(leaves)
         assert known.all()
         return values
@@ -149,7 +150,8 @@ class LeafShap:
                 self._trees[k] = single
         return self._trees[k]
 
-    def _table(self, k: int, leaf: np.ndarray, part: pd.DataFrame, n_feat: int, *, split_all: bool = True) -> Table:
+    def _table(self, k: int, leaf: np.ndarray, part: pd.DataFrame, n_feat: int, *, split_all: bool = True,
+               thread_count: int = -1) -> Table:
         cached = self._tables[k]
         size = int(leaf.max()) + 1
         if cached is not None and size <= len(cached[2]) and cached[2][leaf].all():
@@ -164,7 +166,7 @@ class LeafShap:
         first[leaf[::-1]] = np.arange(len(leaf) - 1, -1, -1)  # first row reaching each leaf
         new = np.flatnonzero((first >= 0) & ~seen)
         pool = Pool(part.iloc[first[new]], cat_features=self.cat_features)
-        table[new] = tree.get_feature_importance(pool, type="ShapValues")[:, :-1]
+        table[new] = tree.get_feature_importance(pool, type="ShapValues", thread_count=thread_count)[:, :-1]
         seen[new] = True
         cols = np.flatnonzero(np.abs(table).sum(axis=0) > 0)
         self._tables[k] = (table[:, cols], cols, seen)

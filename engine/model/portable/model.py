@@ -173,7 +173,8 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
             return self._leaf_shap(features)
         if not approximate and self._leaf_shap is not None:
             # A few rows, tables at hand (from training, or an earlier batch): a gather, the batch's values.
-            return self._leaf_shap.explain_few(features, self._pool(features))
+            return self._leaf_shap.explain_few(features, self._pool(features),
+                                               thread_count=self._threads(len(features), None))
         return self._catboost_shap(features, approximate=approximate)
 
     def _catboost_shap(self, features: pd.DataFrame, *, approximate: bool) -> np.ndarray:
