@@ -165,7 +165,7 @@ class LeafShap:
         first = np.full(size, -1, dtype=np.int64)
         first[leaf[::-1]] = np.arange(len(leaf) - 1, -1, -1)  # first row reaching each leaf
         new = np.flatnonzero((first >= 0) & ~seen)
-        pool = Pool(part.iloc[first[new]], cat_features=self.cat_features)
+        pool = Pool(part.iloc[first[new]], cat_features=self.cat_features, thread_count=thread_count)
         table[new] = tree.get_feature_importance(pool, type="ShapValues", thread_count=thread_count)[:, :-1]
         seen[new] = True
         cols = np.flatnonzero(np.abs(table).sum(axis=0) > 0)

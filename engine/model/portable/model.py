@@ -139,7 +139,8 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
         assert self.pipeline is not None
         if len(features) <= SMALL_ROWS:  # CatBoost reads a DataFrame column by column: ~0.15 ms a call
             cat = [features.columns.get_loc(c) for c in self.pipeline.categorical_features_]
-            return Pool(features.to_numpy(dtype=object), cat_features=cat, feature_names=list(features.columns))
+            return Pool(features.to_numpy(dtype=object), cat_features=cat, feature_names=list(features.columns),
+                        thread_count=1)  # (its default, every core, doubles the CPU of a few rows' pool)
         return Pool(features, cat_features=self.pipeline.categorical_features_)
 
     @staticmethod
