@@ -54,6 +54,9 @@ def column_values(df: pd.DataFrame, col: str) -> np.ndarray | None:
 
 def float_column(df: pd.DataFrame, col: str) -> np.ndarray:
     """`df[col].astype(float).to_numpy()`, without the copy when the column is numpy numbers already."""
+    raw = column_values(df, col)
+    if raw is not None and raw.dtype.kind in "fiub":
+        return raw.astype(float, copy=False)
     s = df[col]
     return s.to_numpy(dtype=float) if s.dtype.kind in "fiub" else s.astype(float).to_numpy()
 
