@@ -62,16 +62,18 @@ def _plain(values: Any, n: int) -> bool:
 
 
 def frame_of(columns: Mapping[str, Any], index: pd.Index | None = None) -> pd.DataFrame:
-    """`pd.DataFrame(columns, index=index, copy=False)`: the arrays are the frame's, not copied.
+    """`pd.DataFrame(columns, index=index, copy=False)`: the arrays are the frame's, not copied; a scalar
+    (a run id, a date) is broadcast as a column of Python objects.
 
     Plain arrays (`_plain`) become one block each directly, without the constructor's per-column checks
-    (~5 us a column); anything else - scalars, lists, other arrays - goes through the constructor.
+    (~5 us a column); anything else - lists, other arrays - goes through the constructor.
     """
     names = list(columns)
-    arrays = list(columns.values())
-    n = len(arrays[0]) if arrays and np.ndim(arrays[0]) else 0
+    lengths = [len(v) for v in columns.values() if np.ndim(v)]
+    n = len(index) if index is not None else (lengths[0] if lengths else 0)
+    arrays = [np.full(n, v, dtype=object) if np.ndim(v) == 0 else v for v in columns.values()]
     index = pd.RangeIndex(n) if index is None else index
-    if arrays and len(index) == n and all(_plain(a, n) for a in arrays):
+    if arrays and all(_plain(a, n) for a in arrays):
         try:
             from pandas.core.internals.managers import create_block_manager_from_column_arrays
         except ImportError:  # other internals: the constructor
@@ -80,7 +82,7 @@ def frame_of(columns: Mapping[str, Any], index: pd.Index | None = None) -> pd.Da
             mgr = create_block_manager_from_column_arrays(arrays, [pd.Index(names, dtype=object), index],
                                                           consolidate=False, refs=[None] * len(arrays))
             return pd.DataFrame._from_mgr(mgr, axes=mgr.axes)
-    return pd.DataFrame(dict(columns), index=index, copy=False)
+    return pd.DataFrame(dict(zip(names, arrays, strict=True)), index=index, copy=False)
 
 
 def with_columns(frame: pd.DataFrame, columns: dict[str, Any], *, insert_rows: int = 10_000) -> pd.DataFrame:
@@ -100,8 +102,7 @@ def with_columns(frame: pd.DataFrame, columns: dict[str, Any], *, insert_rows: i
         out[name] = columns.pop(name)
     if not columns:
         return out
-    added = frame_of({name: np.full(n, v, dtype=object) if np.ndim(v) == 0 else v for name, v in columns.items()},
-                     frame.index)
+    added = frame_of(columns, frame.index)
     mgr_type = type(getattr(out, "_mgr", None))
     concat = getattr(mgr_type, "concat_horizontal", None)
     if concat is None or type(getattr(added, "_mgr", None)) is not mgr_type:

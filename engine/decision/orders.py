@@ -145,7 +145,7 @@ def _frame(columns: Mapping[str, Any], n: int) -> pd.DataFrame:
     Python objects (the stacking copies every text column of half a million orders once more). Small: one
     constructor call (each insert costs ~0.2 ms whatever the length, which a one-subscriber run would feel)."""
     if n < INSERT_ROWS:  # the arrays are this frame's own: not copied nor stacked into blocks
-        return frame_of({name: np.full(n, v, dtype=object) if np.ndim(v) == 0 else v for name, v in columns.items()})
+        return frame_of(columns)
     frame = pd.DataFrame(index=pd.RangeIndex(n))
     for name, values in columns.items():
         frame[name] = values
