@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -116,30 +117,28 @@ async def level(url: str, rows: list[dict], start: int, clients: int, seconds: f
             next_row += 1
             await post(send, row)
 
-    began, cpu = time.perf_counter(), time.process_time()
-    if client_library == "httpx":
-        limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-        async with httpx.AsyncClient(limits=limits, timeout=30) as http:
+    async with contextlib.AsyncExitStack() as stack:  # the client's session, then one timing for both libraries
+        if client_library == "httpx":
+            limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+            http = await stack.enter_async_context(httpx.AsyncClient(limits=limits, timeout=30))
+
             async def send(body: bytes) -> int:
                 r = await http.post(url, content=body, headers={"content-type": "application/json"})
                 return r.status_code
+        else:
+            import aiohttp
 
-            began, cpu = time.perf_counter(), time.process_time()
-            await asyncio.gather(*(client(send) for _ in range(clients)))
-            wall, cpu = time.perf_counter() - began, time.process_time() - cpu
-    else:
-        import aiohttp
+            session = await stack.enter_async_context(aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=clients), timeout=aiohttp.ClientTimeout(total=30)))
 
-        connector = aiohttp.TCPConnector(limit=clients)
-        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as http:
             async def send(body: bytes) -> int:
-                async with http.post(url, data=body, headers={"content-type": "application/json"}) as r:
+                async with session.post(url, data=body, headers={"content-type": "application/json"}) as r:
                     await r.read()
                     return r.status
 
-            began, cpu = time.perf_counter(), time.process_time()
-            await asyncio.gather(*(client(send) for _ in range(clients)))
-            wall, cpu = time.perf_counter() - began, time.process_time() - cpu
+        began, cpu = time.perf_counter(), time.process_time()
+        await asyncio.gather(*(client(send) for _ in range(clients)))
+        wall, cpu = time.perf_counter() - began, time.process_time() - cpu
     lat = np.array(latencies) * 1000
     return {"clients": clients, "requests": len(lat), "decisions_per_s": round(len(lat) / wall, 1),
             "p50_ms": round(float(np.percentile(lat, 50)), 1), "p95_ms": round(float(np.percentile(lat, 95)), 1),
