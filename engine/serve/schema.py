@@ -95,3 +95,35 @@ EXAMPLE_RESPONSE: dict[str, Any] = {"decisions": [{
     "model_version": "3", "policy_hash": "9f1c2e...", "decision_id": "20261124T101500-srv-1a2b3c4d5e6f/S0000042",
     "decision_run": "20261124T101500-srv-1a2b3c4d5e6f", "order_id": "20261124T101500-srv-1a2b3c4d5e6f-0000001",
 }]}
+
+
+def openapi_components() -> dict[str, Any]:
+    """The request and response bodies' JSON schemas, for `/openapi.json`'s components."""
+    out: dict[str, Any] = {}
+    for model, mode in ((DecisionRequest, "validation"), (DecisionResponse, "serialization")):
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}", mode=mode)
+        out.update(schema.pop("$defs", {}))
+        out[model.__name__] = schema
+    return out
+
+
+def _body(name: str, example: Any) -> dict[str, Any]:
+    return {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}, "example": example}}
+
+
+#: `POST /v1/decisions` in OpenAPI (the endpoint is plain ASGI, see engine/serve/app.py, so it is declared here).
+DECISIONS_OPENAPI: dict[str, Any] = {"post": {
+    "tags": ["decisions"], "summary": "Decide", "operationId": "decide",
+    "description": "Decide for 1 to 1,000 subscribers: score, explain, segment, policies, contact rules, arbitration "
+                   "within today's remaining budget and channel capacity. Every decision is recorded in the decision "
+                   "store. With RETAIN_API_TOKEN set, send `Authorization: Bearer <token>`.",
+    "requestBody": {"required": True, "content": _body("DecisionRequest", {"subscribers": [EXAMPLE_SUBSCRIBER]})},
+    "responses": {
+        "200": {"description": "One decision per subscriber, in request order",
+                "content": _body("DecisionResponse", EXAMPLE_RESPONSE)},
+        "401": {"description": "missing or wrong bearer token"},
+        "413": {"description": "request body too large"},
+        "422": {"description": "invalid payload: each problem names the field"},
+        "503": {"description": "model or policies not loaded yet"},
+    },
+}}

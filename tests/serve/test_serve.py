@@ -138,7 +138,13 @@ def test_happy_path_and_probes(server, month_files):
     assert "retain_http_request_duration_seconds_bucket" in metrics
     assert 'retain_decisions_total{status="offer"}' in metrics
     docs = httpx.get(server.url + "/openapi.json").json()
-    assert "/v1/decisions" in docs["paths"]
+    body = docs["paths"]["/v1/decisions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/DecisionRequest"}
+    schemas = docs["components"]["schemas"]
+    row = schemas[schemas["DecisionRequest"]["properties"]["subscribers"]["items"]["$ref"].rsplit("/", 1)[1]]
+    assert {"subscriber_id", "arpu_m0", "plan"} <= set(row["properties"])  # every schema field, with its meaning
+    assert row["properties"]["arpu_m0"]["description"]
+    assert "decisions" in schemas["DecisionResponse"]["properties"]
     assert "S0000042" in json.dumps(docs)  # example payload
     assert httpx.get(server.url + "/docs").status_code == 200
 
@@ -185,6 +191,7 @@ def test_bad_payloads(server, month_files):
         httpx.post(server.url + "/v1/decisions", json={"rows": rows}, headers=AUTH),
         server.post([]),
         server.post([rows[0], dict(rows[0])]),  # the same subscriber twice: the schema's uniqueness check
+        httpx.post(server.url + "/v1/decisions", content=b"", headers=AUTH),
     ]
     for r in cases:
         assert r.status_code == 422, r.text
@@ -193,6 +200,9 @@ def test_bad_payloads(server, month_files):
     assert cases[1].json()["detail"][0]["field"] == "subscribers"
     assert cases[2].json()["detail"][0]["field"] == "subscribers"
     assert "subscriber_id" in cases[3].text and "duplicate" in cases[3].text
+    assert cases[4].json()["detail"] == [{"field": "body", "problem": 'body is missing: send {"subscribers": [...]}'}]
+    wrong_method = httpx.get(server.url + "/v1/decisions", headers=AUTH)
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
     too_many = server.post([rows[0]] * 1001)
     assert too_many.status_code in (413, 422)
     big = httpx.post(server.url + "/v1/decisions", content=b"x" * (3 * 1024 * 1024),
