@@ -109,3 +109,44 @@ def with_columns(frame: pd.DataFrame, columns: dict[str, Any], *, insert_rows: i
         return pd.concat([out, added], axis=1, copy=False)
     mgr = concat([out._mgr, added._mgr], axes=[out.columns.append(added.columns), out.index])
     return pd.DataFrame._from_mgr(mgr, axes=mgr.axes)
+
+
+_NUMBERS = (int, float)
+
+
+def _record_column(values: list[Any]) -> np.ndarray | None:
+    """One column of `records_frame`, or None when pandas' own inference must decide it."""
+    kinds = {type(v) for v in values}
+    if kinds <= {str, type(None)}:  # text (and all-missing): objects, None kept
+        return np.array(values, dtype=object)
+    if kinds == {bool}:
+        return np.array(values, dtype=bool)
+    if kinds <= {int, float, type(None)}:  # numbers: float64 with NaN for None, int64 when all are ints
+        if kinds == {int}:
+            try:
+                return np.array(values, dtype=np.int64)
+            except OverflowError:  # beyond int64: pandas keeps Python ints
+                return None
+        return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+    return None
+
+
+def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """`pd.DataFrame(records)` for records of plain scalars (a request's rows), with the same columns (in
+    order of first appearance), dtypes and values, at about a quarter of the cost.
+
+    Why: the constructor infers every column's type from its Python objects, ~0.4 ms for eight request rows
+    of the subscriber schema. Columns of text, booleans or numbers (None as a missing value) are typed here
+    from the values' Python types; anything else (a key some record lacks, mixed kinds, nested values)
+    goes through the constructor for the whole frame, so the result is always the constructor's.
+    """
+    columns = list(dict.fromkeys(k for r in records for k in r))
+    if not records or any(len(r) != len(columns) for r in records):
+        return pd.DataFrame(records)
+    arrays = {}
+    for name in columns:
+        values = _record_column([r[name] for r in records])
+        if values is None:
+            return pd.DataFrame(records)
+        arrays[name] = values
+    return frame_of(arrays)

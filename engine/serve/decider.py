@@ -26,7 +26,7 @@ import queue
 import threading
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from engine.config import Settings
-from engine.data.frames import column_values
+from engine.data.frames import column_values, records_frame
 from engine.data.schema import ID
 from engine.decision.contact import SAME_DAY_REASON  # noqa: F401 - the reason the service shows, kept importable here
 from engine.decision.decide import Decisions, RunState, decide_frame
@@ -79,9 +79,10 @@ def batch_frame(jobs: list[Job]) -> pd.DataFrame:
 
     Why not a frame per request and a concat: building and concatenating one-row frames costs ~1 ms a
     request, and pandas warns on every concat of a one-row frame whose empty nullable number is None. The
-    records give the same frame: columns in order of first appearance, types inferred over all rows.
+    records give the same frame: columns in order of first appearance, types inferred over all rows
+    (`records_frame`: pandas' constructor's frame, typed from the values' Python types).
     """
-    return pd.DataFrame([r for job in jobs for r in job.records])
+    return records_frame([r for job in jobs for r in job.records])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,8 +102,9 @@ def response_rows(table: pd.DataFrame, orders: dict[str, pd.DataFrame], run_id: 
     """The public fields of each decision, in table order."""
     order_of: dict[str, str] = {}
     for o in orders.values():
-        order_of.update(zip(o[ID].astype(str), o["order_id"].astype(str), strict=True))
-    ids = table[ID].astype(str).tolist()
+        order_of.update(zip(map(str, column_values(o, ID, object).tolist()),
+                            map(str, column_values(o, "order_id", object).tolist()), strict=True))
+    ids = [str(s) for s in column_values(table, ID, object).tolist()]
 
     def col(name: str) -> list[Any]:
         return [None if v is None or (isinstance(v, float) and v != v) else v
@@ -456,7 +458,7 @@ class Decider:
             start += n
         if self.on_batch:
             t3 = time.perf_counter()
-            self.on_batch(len(batch), table["status"].value_counts().to_dict(),
+            self.on_batch(len(batch), dict(Counter(column_values(table, "status", object).tolist())),
                           {"state": t1 - t0, "decide": t2 - t1, "answer": t3 - t2, "wait": t0 - batch[0].enqueued})
 
     def close(self, timeout: float = 30.0) -> None:
