@@ -237,13 +237,8 @@ class Ledger:
         """
         ids = sorted({str(s) for s in subscriber_ids})
         since = (today - dt.timedelta(days=days)).isoformat()
-        c, o = contacts_table, outcomes_table
-        q = (sa.select(c.c.subscriber_id, c.c.contacted_on, c.c.channel, c.c.offer_id, c.c.order_id,
-                       o.c.contacted, o.c.accepted)
-             .outerjoin(o, (o.c.decision_run == c.c.decision_run) & (o.c.subscriber_id == c.c.subscriber_id))
-             .where(c.c.subscriber_id.in_(ids), c.c.contacted_on >= since))
         with self.store.engine.connect() as conn:
-            rows = conn.execute(q).all()
+            rows = conn.execute(HISTORY_QUERY, {"ids": ids, "since": since}).all()
         with self._lock:  # decided, not yet written: (subscriber, day, channel, offer, order), outcome unknown
             pending = [row for sub in ids for run_rows in self._unwritten_contacts.get(sub, {}).values()
                        for row in run_rows]
@@ -270,4 +265,16 @@ class Ledger:
         return pd.DataFrame(out, columns=list(HISTORY_COLUMNS))
 
 
+def _history_query() -> sa.Select:
+    """The contacts of some subscribers since a day, with their outcomes. Built once, its values bound per
+    call: building the statement cost ~0.15 ms, three times what running it costs on an indexed store."""
+    c, o = contacts_table, outcomes_table
+    return (sa.select(c.c.subscriber_id, c.c.contacted_on, c.c.channel, c.c.offer_id, c.c.order_id,
+                      o.c.contacted, o.c.accepted)
+            .outerjoin(o, (o.c.decision_run == c.c.decision_run) & (o.c.subscriber_id == c.c.subscriber_id))
+            .where(c.c.subscriber_id.in_(sa.bindparam("ids", expanding=True)),
+                   c.c.contacted_on >= sa.bindparam("since")))
+
+
+HISTORY_QUERY = _history_query()
 _EMPTY_HISTORY = pd.DataFrame({c: pd.Series(dtype=object) for c in HISTORY_COLUMNS})
