@@ -671,3 +671,24 @@ def test_loop_demo_runs_two_cycles(trained, tmp_path, monkeypatch):
     assert abs(truth - measured) <= side * 3.29 / 1.96, second
     assert result["learned_rates"] > 0
     assert open_store(url=f"sqlite:///{tmp_path / 'retain.db'}").counts()["decision_runs"] == 2
+
+
+def test_insert_frame_writes_every_kind_of_column_as_stored_values(tmp_path):
+    """Columns of each kind a decision table holds reach the store as Python values, None for missing."""
+    store = open_store(url=f"sqlite:///{tmp_path / 'kinds.db'}")
+    table = sa.Table("kinds", sa.MetaData(), *(sa.Column(c, sa.String if c in ("o", "cat", "s") else sa.Float)
+                                               for c in ("f", "i", "b", "o", "nb", "ni", "cat", "s")))
+    table.create(store.engine)
+    frame = pd.DataFrame({
+        "f": [1.5, np.nan, 3.0], "i": [1, 2, 3], "b": [True, False, True], "o": ["a", None, np.nan],
+        "nb": pd.array([True, None, False], dtype="boolean"), "ni": pd.array([4, None, 6], dtype="Int64"),
+        "cat": pd.Categorical(["x", None, "y"]), "s": pd.array(["p", None, "r"], dtype="string"),
+    })
+    with store.transaction() as conn:
+        assert store.insert_frame(conn, table, frame) == 3
+    with store.engine.connect() as conn:
+        rows = [tuple(r) for r in conn.execute(sa.select(table)).all()]
+    assert [r[:3] for r in rows] == [(1.5, 1.0, 1.0), (None, 2.0, 0.0), (3.0, 3.0, 1.0)]
+    assert [r[3] for r in rows] == ["a", None, None]
+    assert [r[4] for r in rows] == [1.0, None, 0.0] and [r[5] for r in rows] == [4.0, None, 6.0]
+    assert [r[6] for r in rows] == ["x", None, "y"] and [r[7] for r in rows] == ["p", None, "r"]
