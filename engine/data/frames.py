@@ -112,9 +112,6 @@ def with_columns(frame: pd.DataFrame, columns: dict[str, Any], *, insert_rows: i
     return pd.DataFrame._from_mgr(mgr, axes=mgr.axes)
 
 
-_NUMBERS = (int, float)
-
-
 def _record_column(values: list[Any]) -> np.ndarray | None:
     """One column of `records_frame`, or None when pandas' own inference must decide it."""
     kinds = {type(v) for v in values}

@@ -108,14 +108,14 @@ class Metrics:
 
 
 # ---------------------------------------------------------------------------------------------
-# auth, size limit and metrics, as one plain ASGI middleware (cheaper than BaseHTTPMiddleware)
+# auth, size limit, metrics and the decisions endpoint, as one plain ASGI middleware (see the module docs)
 # ---------------------------------------------------------------------------------------------
 DECISIONS = "/v1/decisions"
 ROUTES = (DECISIONS, "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json")
 
 
 async def _send_json(send: Any, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] = ()) -> None:
-    await _send_bytes(send, status, json.dumps(body).encode(), headers)
+    await _send_bytes(send, status, _json(body), headers)
 
 
 async def _send_bytes(send: Any, status: int, data: bytes, headers: list[tuple[bytes, bytes]] = ()) -> None:

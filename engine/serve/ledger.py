@@ -85,7 +85,7 @@ def contacts_of(run_id: str, run_date: dt.date, work_orders: Mapping[str, pd.Dat
         return pd.DataFrame(columns=[c.key for c in contacts_table.c])
 
     def text(col: str) -> np.ndarray:
-        return np.array([str(v) for o in (o for _ch, o in parts) for v in o[col].tolist()], dtype=object)
+        return np.array([str(v) for _ch, o in parts for v in column_values(o, col, object).tolist()], dtype=object)
 
     return frame_of({  # one frame from arrays (per-channel frames and a concat cost ~1 ms a request)
         "order_id": text("order_id"), "decision_run": run_id, ID: text(ID), "contacted_on": run_date.isoformat(),
