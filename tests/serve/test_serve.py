@@ -324,6 +324,41 @@ def test_sigterm_drains_every_decision(trained, month_files, tmp_path):
         assert c.execute(sa.text("SELECT count(*) FROM outcomes")).scalar() == 2, result
 
 
+def test_a_store_fault_is_a_500_without_details_and_nothing_answered_is_lost(trained, month_files, tmp_path):
+    """The contact history cannot be read (its table moved away under the service): 500 with a generic message,
+    the details in the log, the service alive; once the table is back, requests succeed again and every
+    decision answered is recorded."""
+    srv = Server(tmp_path, trained, extra=["--flush-seconds", "0.2", "--poll-seconds", "0"])
+    engine = sa.create_engine(f"sqlite:///{srv.db}")
+    rows = rows_of(month_files["same"], 1200, 3)
+    try:
+        first = srv.post(rows[:1])
+        assert first.status_code == 200, first.text
+        with engine.begin() as c:
+            c.exec_driver_sql("ALTER TABLE serve_contacts RENAME TO serve_contacts_away")
+        broken = srv.post(rows[1:2])
+        assert broken.status_code == 500
+        assert broken.json() == {"error": "internal error; see the service log"}
+        _clean(broken.text, srv)
+        assert httpx.get(srv.url + "/healthz").json() == {"status": "ok"}
+        with engine.begin() as c:
+            c.exec_driver_sql("ALTER TABLE serve_contacts_away RENAME TO serve_contacts")
+        last = srv.post(rows[2:3])
+        assert last.status_code == 200, last.text
+        answered = {d["decision_id"] for r in (first, last) for d in r.json()["decisions"]}
+
+        def recorded() -> bool:
+            with engine.connect() as c:
+                rows_ = c.execute(sa.text("SELECT decision_run, subscriber_id FROM decisions")).all()
+            return {f"{r}/{s}" for r, s in rows_} == answered
+
+        wait_for(recorded, timeout=60)
+    finally:
+        srv.stop()
+    log = srv.log.read_text()
+    assert "decision failed" in log and "serve_contacts" in log  # the details are in the log, not the answer
+
+
 def test_allowance_is_kept_in_the_store_across_restarts(trained, month_files, tmp_path):
     """Channel capacity is a daily allowance: used up by one process, still used up after a restart; risk grades
     follow the thresholds even when the batch is configured to grade by capacity."""
