@@ -400,7 +400,7 @@ class Decider:
         settings = resolve_risk_grades(self._settings, bundle.loaded)  # risk_grades.mode emp: the model's
         today = dt.date.today()
         frame = batch_frame(batch)
-        ids = [str(s) for s in column_values(frame, ID, object).tolist()]
+        ids = column_values(frame, ID, object)  # (history turns them into text)
         lookback = max(30, settings.contact.cooldown_days_after_decline)
         history = self.ledger.history(ids, today, lookback)
         t1 = time.perf_counter()
