@@ -453,9 +453,7 @@ def ingest(settings: Settings, file: str | Path, *, url: str | None = None, stri
     changed = ~is_new & ~same
     write = merged[is_new | changed].copy()
     write["source"] = Path(file).name
-    write["ingested_at"] = now_iso()
-    for col in OUTCOME_FLAGS:
-        write[col] = write[col].astype(object).where(write[col].notna(), None)
+    write["ingested_at"] = now_iso()  # (nullable flags go as they are: the store writes a missing one as NULL)
     with store.transaction() as conn:
         store.delete_keys(conn, outcomes_table, merged.loc[changed, ["decision_run", "subscriber_id"]])
         failpoint("ingest:in-transaction")
