@@ -249,7 +249,7 @@ def _tracked(settings: Settings, table: TrainingTable, hsplit: holdout.HoldoutSp
                      "dataset": table.config.model_dump(), "calibration": calibration,
                      "data_fingerprint": table.fingerprint, "code_version": code_version()}
         model = ChurnModel.from_parts(booster, pipeline, spec_json)
-        model.learn_leaf_shap(X_train)  # the training rows reach every leaf with a value
+        model.learn_leaf_shap(X_train)  # the leaves training rows (and rows mixing their columns) reach
         p_hold = model.predict_proba(raw_hold)
         metrics = holdout_metrics(y_hold.to_numpy(), p_hold, settings.risk_grades.high)
         if calibration:

@@ -66,3 +66,22 @@ def test_tables_round_trip_through_arrays(champion, features):
     with pytest.raises(ValueError, match="trees"):
         arrays = champion._leaf_shap.to_arrays()
         LeafShap.from_arrays(champion.booster, [], {k: v[:-1] for k, v in arrays.items()})
+
+
+def test_rows_mixing_the_training_columns_attribute_leaves_the_training_rows_missed(champion, features):
+    from catboost import Pool
+
+    from engine.model.portable.leafshap import LeafShap
+
+    cats = champion.pipeline.categorical_features_
+    training, new = features.iloc[:40], features.iloc[40:]
+    alone, mixed = LeafShap(champion.booster, cats), LeafShap(champion.booster, cats)
+    alone.learn(training, mixed_rows=0)
+    mixed.learn(training, mixed_rows=20_000)
+    pool = Pool(new, cat_features=cats)
+    _v, known_alone = alone.lookup(pool)
+    values, known_mixed = mixed.lookup(pool)
+    assert known_mixed.sum() > known_alone.sum(), "mixed rows reach leaves forty training rows did not"
+    assert known_mixed[known_alone].all(), "and lose none of theirs"
+    exact = champion._catboost_shap(new, approximate=False)
+    np.testing.assert_allclose(values[known_mixed], exact[known_mixed], rtol=0, atol=1e-12)

@@ -73,11 +73,12 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
         self._leaf_shap = None
 
     def learn_leaf_shap(self, features: pd.DataFrame) -> None:
-        """Attribute every (tree, leaf) the training rows reach, so the tables travel with the model (see
-        LeafShap): explaining a few rows is then a lookup, not a CatBoost SHAP call."""
+        """Attribute every (tree, leaf) the training rows reach, and those reached by rows mixing their
+        columns (`LeafShap.learn`), so the tables travel with the model: explaining a few rows is then a
+        lookup, not a CatBoost SHAP call."""
         assert self.pipeline is not None
         self._leaf_shap = LeafShap(self.booster, self.pipeline.categorical_features_)
-        self._leaf_shap(features)
+        self._leaf_shap.learn(features)
 
     def save_artifacts(self, folder: Path) -> dict[str, str]:
         """Write the parts MLflow packages; returns the `artifacts` mapping for `log_model`."""
