@@ -150,19 +150,3 @@ def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     # consolidated as the constructor's: a decide call reads its input's columns many times over, and one
     # block per column made that call ~0.2 ms slower on eight rows, undoing most of what typing them here saves
     return frame_of(arrays, consolidate=True)
-
-
-def stack_columns(frames: list[pd.DataFrame], columns: list[str], **extra: Any) -> pd.DataFrame:
-    """`columns` of several frames one under the other (None where a frame lacks one; a column no frame
-    has is left out), plus `extra` columns (arrays of the total length).
-
-    Why not `pd.concat`: the service records dozens of few-row runs per flush, and concatenating their
-    wide frames cost ~1 ms a run; stacking only the columns the store keeps costs a few microseconds each.
-    """
-    out: dict[str, Any] = {}
-    for col in columns:
-        if any(col in f.columns for f in frames):
-            parts = [column_values(f, col) if col in f.columns else np.full(len(f), None, dtype=object) for f in frames]
-            out[col] = np.concatenate(parts) if len(parts) > 1 else parts[0]
-    out.update(extra)
-    return frame_of(out)

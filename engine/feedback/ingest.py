@@ -38,7 +38,7 @@ import sqlalchemy as sa
 
 from engine.config import Settings
 from engine.data.flags import parse_flags
-from engine.data.frames import column_values
+from engine.data.frames import column_values, frame_of
 from engine.data.io import failpoint, read_table, restore_formulas
 from engine.errors import DataError
 from engine.feedback.store import (
@@ -124,27 +124,17 @@ def record_run_parts(settings: Settings, summary: Mapping[str, Any], tables: Ite
     with store.transaction() as conn:
         if replace:
             store.delete_run(conn, run)
-        store.insert_frame(conn, runs_table, pd.DataFrame([{  # first: decisions and orders refer to it
-            "decision_run": run, "decided_on": decided_on[:10], "recorded_at": now_iso(),
-            "input": summary.get("input"), "model": summary.get("model"),
-            "model_version": None if summary.get("model_version") is None else str(summary.get("model_version")),
-            "policy_hash": summary.get("policy_hash"), "subscribers": 0, "offers": 0, "control": 0,
-            "summary": json.dumps(dict(summary), default=str),
-        }]))
+        # first: decisions and orders refer to it
+        store.insert_frame(conn, runs_table, pd.DataFrame([run_row(summary, run, decided_on)]))
         for table in tables:
             _require_decision_columns(table)
-            rows = _decision_rows(table, run)
+            rows = decision_rows(table, run)
             store.insert_frame(conn, decisions_table, rows)
             n += len(rows)
             offers += int((rows["status"] == "offer").sum())
             control += int(rows["control"].sum())
         for part in orders:
-            part = part.assign(decision_run=run)
-            for col in ("offer_id", "rule_id", "priority"):
-                if col not in part.columns:
-                    part[col] = None
-            part["due_date"] = part["due_date"].astype(str).str[:10]
-            store.insert_frame(conn, orders_table, part[ORDER_COLUMNS])
+            store.insert_frame(conn, orders_table, order_rows(part, run))
             n_orders += len(part)
         conn.execute(sa.update(runs_table).where(runs_table.c.decision_run == run)
                      .values(subscribers=n, offers=offers, control=control))
@@ -157,24 +147,68 @@ def _require_decision_columns(table: pd.DataFrame) -> None:
         raise DataError(f"decision table lacks column(s) {', '.join(missing)}; is it a retain decisions table?")
 
 
-def _decision_rows(table: pd.DataFrame, run: str | np.ndarray) -> pd.DataFrame:
-    """The store's `decisions` rows of a decision table. `run`: the run id, or one per row (several runs'
-    tables stacked, as the HTTP service records them); a subscriber appears at most once per run."""
-    cols: dict[str, Any] = {"decision_run": run, "subscriber_id": table["subscriber_id"].astype(str).to_numpy()}
-    for col in DECISION_COLUMNS[2:]:  # one constructor: column inserts cost ~0.15 ms each on a one-row run
+def run_row(summary: Mapping[str, Any], run: str, decided_on: str, *, subscribers: int = 0, offers: int = 0,
+            control: int = 0) -> dict[str, Any]:
+    """The store's `decision_runs` row of a run (`summary`: `Decisions.summary`, kept whole as JSON)."""
+    version = summary.get("model_version")
+    return {"decision_run": run, "decided_on": decided_on[:10], "recorded_at": now_iso(),
+            "input": summary.get("input"), "model": summary.get("model"),
+            "model_version": None if version is None else str(version), "policy_hash": summary.get("policy_hash"),
+            "subscribers": subscribers, "offers": offers, "control": control,
+            "summary": json.dumps(dict(summary), default=str)}
+
+
+def decision_rows(table: pd.DataFrame, run: str) -> pd.DataFrame:
+    """The store's `decisions` rows of a run's decision table (`decision_columns` as a frame)."""
+    return frame_of(decision_columns(table, run), pd.RangeIndex(len(table)))
+
+
+def decision_columns(table: pd.DataFrame, run: str) -> dict[str, Any]:
+    """The store's `decisions` columns (arrays; scalars for a whole column) of a run's decision table; a
+    subscriber appears at most once per run. Arrays, not a frame: the service turns a few subscribers' into
+    rows for every decide call, where building a frame costs as much as reading it back."""
+    ids = np.asarray(column_values(table, "subscriber_id"), dtype=str).astype(object)
+    cols: dict[str, Any] = {"decision_run": run, "subscriber_id": ids}
+    for col in DECISION_COLUMNS[2:]:
         if col == "arpu":
-            cols[col] = column_values(table, "arpu_m0", float) if "arpu_m0" in table else np.nan
+            cols[col] = column_values(table, "arpu_m0", float) if "arpu_m0" in table else np.full(len(ids), np.nan)
+        elif col == "control":
+            cols[col] = np.asarray(column_values(table, col), dtype=bool)
         elif col in table.columns:
             cols[col] = column_values(table, col)
         else:
             cols[col] = None
-    out = pd.DataFrame(cols, index=pd.RangeIndex(len(table)))
-    out["control"] = out["control"].astype(bool)
-    dup = out.duplicated(["decision_run", "subscriber_id"]) if isinstance(run, np.ndarray) else \
-        out["subscriber_id"].duplicated()
-    if dup.any():
-        raise DataError(f"decision table has duplicate subscriber_id (e.g. '{out.loc[dup, 'subscriber_id'].iloc[0]}')")
-    return out
+    seen = pd.Index(ids)
+    if seen.has_duplicates:
+        raise DataError(f"decision table has duplicate subscriber_id (e.g. '{ids[seen.duplicated()][0]}')")
+    return cols
+
+
+def order_rows(part: pd.DataFrame, run: str) -> pd.DataFrame:
+    """The store's `work_orders` rows of a run's published orders (`order_columns` as a frame)."""
+    return frame_of(order_columns(part, run), pd.RangeIndex(len(part)))
+
+
+def order_columns(part: pd.DataFrame, run: str, channel: str | None = None) -> dict[str, Any]:
+    """The store's `work_orders` columns of a run's published orders; `channel` for one channel's orders
+    (which have no channel column of their own). Dates are stored as their first ten characters."""
+    cols: dict[str, Any] = {}
+    for col in ORDER_COLUMNS:
+        if col == "decision_run":
+            cols[col] = run
+        elif col == "channel" and channel is not None:
+            cols[col] = channel
+        elif col == "due_date":
+            due = column_values(part, col)
+            cols[col] = (np.array([str(v)[:10] for v in due.tolist()], dtype=object) if due.dtype == object
+                         else part[col].astype(str).str[:10].to_numpy(dtype=object))
+        elif col in part.columns:
+            cols[col] = column_values(part, col)
+        elif col in ("offer_id", "rule_id", "priority"):
+            cols[col] = None
+        else:
+            raise DataError(f"work orders lack column '{col}'")
+    return cols
 
 
 def record_run_dir(settings: Settings, decisions_dir: str | Path, *, url: str | None = None,

@@ -46,7 +46,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -360,21 +360,27 @@ class Store:
     def insert_frame(self, conn: Connection, table: sa.Table, frame: pd.DataFrame) -> int:
         """Bulk insert `frame` (columns named like the table's; missing ones are NULL)."""
         cols = [c.key for c in table.c if c.key in frame.columns]
-        sql = f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})"
-        stmt = table.insert()
         for start in range(0, len(frame), INSERT_CHUNK):  # chunks keep the Python tuples' memory flat
-            rows = _tuples(frame if len(frame) <= INSERT_CHUNK else frame.iloc[start:start + INSERT_CHUNK], cols)
-            if self.is_sqlite:
-                conn.exec_driver_sql(sql, rows)
-            else:
-                conn.execute(stmt, [dict(zip(cols, r, strict=True)) for r in rows])
+            part = frame if len(frame) <= INSERT_CHUNK else frame.iloc[start:start + INSERT_CHUNK]
+            self.insert_rows(conn, table, cols, store_tuples(part, cols))
         return len(frame)
+
+    def insert_rows(self, conn: Connection, table: sa.Table, columns: Sequence[str], rows: list[tuple]) -> int:
+        """Bulk insert rows already made of plain Python values (`store_tuples`), in `columns`' order."""
+        if not rows:
+            return 0
+        if self.is_sqlite:  # the driver's executemany: SQLAlchemy's per-row parameter handling costs more
+            sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
+            conn.exec_driver_sql(sql, rows)
+        else:
+            conn.execute(table.insert(), [dict(zip(columns, r, strict=True)) for r in rows])
+        return len(rows)
 
     def delete_keys(self, conn: Connection, table: sa.Table, keys: pd.DataFrame) -> None:
         """Delete rows of `table` whose (decision_run, subscriber_id) are in `keys`."""
         if len(keys) == 0:
             return
-        rows = _tuples(keys, ["decision_run", "subscriber_id"])
+        rows = store_tuples(keys, ["decision_run", "subscriber_id"])
         if self.is_sqlite:
             conn.exec_driver_sql(f"DELETE FROM {table.name} WHERE decision_run = ? AND subscriber_id = ?", rows)
         else:
@@ -388,28 +394,41 @@ class Store:
             conn.execute(table.delete().where(table.c.decision_run == run))
 
 
-def _tuples(frame: pd.DataFrame, cols: Sequence[str]) -> list[tuple]:
+def store_tuples(frame: pd.DataFrame, cols: Sequence[str]) -> list[tuple]:
     """Plain Python tuples (None for missing) column by column: ~10x faster than itertuples on wide frames."""
     return list(zip(*(_python_values(frame, c) for c in cols), strict=True))
+
+
+def column_tuples(columns: Mapping[str, Any], names: Sequence[str], n: int) -> list[tuple]:
+    """`store_tuples` of the frame `frame_of(columns)` would make (arrays of length n, scalars repeated),
+    without making it: for the service's few-row runs, building the frame cost as much as reading it."""
+    return list(zip(*(python_values(columns[c], n) for c in names), strict=True))
 
 
 def _python_values(frame: pd.DataFrame, col: str) -> list[Any]:
     """One column as Python values, None for missing. Numpy columns are read from the frame's blocks (the
     service writes dozens of small frames a second, where a Series per column cost more than the insert)."""
     raw = block_values(frame, col)
-    kind = raw.dtype.kind if raw is not None else None
+    return python_values(raw if raw is not None else frame[col], len(frame))
+
+
+def python_values(values: Any, n: int) -> list[Any]:
+    """A column (an array, a Series, or a scalar repeated n times) as Python values, None for missing."""
+    if np.ndim(values) == 0:
+        values = np.full(n, values, dtype=object)
+    kind = values.dtype.kind if isinstance(values, np.ndarray) else None
     if kind in ("b", "i", "u"):
-        return raw.tolist()
+        return values.tolist()
     if kind == "f":
-        values = raw.tolist()
-        return [None if v != v else v for v in values] if np.isnan(raw).any() else values
+        out = values.tolist()
+        return [None if v != v else v for v in out] if np.isnan(values).any() else out
     if kind == "O":
-        values, mask = raw.tolist(), pd.isna(raw)
-        return [None if m else v for v, m in zip(values, mask, strict=True)] if mask.any() else values
-    obj = frame[col].astype(object)  # extension arrays (nullable, categorical, string), dates: objects, NA -> None
+        out, mask = values.tolist(), pd.isna(values)
+        return [None if m else v for v, m in zip(out, mask, strict=True)] if mask.any() else out
+    obj = pd.Series(values, copy=False).astype(object)  # extension arrays (nullable, categorical), dates: objects
     mask = pd.isna(obj).to_numpy()
-    values = obj.to_numpy().tolist()
-    return [None if m else v for v, m in zip(values, mask, strict=True)] if mask.any() else values
+    out = obj.to_numpy().tolist()
+    return [None if m else v for v, m in zip(out, mask, strict=True)] if mask.any() else out
 
 
 def now_iso() -> str:

@@ -367,7 +367,8 @@ def create_app(cfg: ServeConfig | None = None, *, token: str | None = None) -> F
         body = state.status()
         recorder = parts["recorder"]
         body["recorder"] = {"backlog": recorder.backlog, "written_runs": recorder.written_runs,
-                            "written_decisions": recorder.written_decisions, "last_error": recorder.last_error}
+                            "written_decisions": recorder.written_decisions,
+                            "unrecorded_runs": recorder.unrecorded_runs, "last_error": recorder.last_error}
         metrics.reloads.set(state.reloads)
         metrics.reload_failing.set(1 if state.last_reload_error else 0)
         return JSONResponse(body)

@@ -24,7 +24,7 @@ def test_batched_recording_equals_record_run(trained, month_files, tmp_path):
     from engine.feedback.ingest import record_run
     from engine.feedback.store import open_store
     from engine.model.registry import load_model
-    from engine.serve.decider import record_runs, serving_settings
+    from engine.serve.decider import record_runs, run_rows, serving_settings
 
     settings = serving_settings(trained.settings())
     loaded = load_model(settings, "champion")
@@ -39,7 +39,7 @@ def test_batched_recording_equals_record_run(trained, month_files, tmp_path):
 
     batched = open_store(url=f"sqlite:///{tmp_path / 'batched.db'}")
     with batched.transaction() as conn:
-        record_runs(batched, conn, runs)
+        record_runs(batched, conn, [run_rows(d) for d in runs])
     one_by_one = f"sqlite:///{tmp_path / 'single.db'}"
     for d in runs:
         record_run(settings, d.table, d.summary, work_orders=d.work_orders, url=one_by_one)
@@ -50,3 +50,32 @@ def test_batched_recording_equals_record_run(trained, month_files, tmp_path):
         got, want = _table(batched, name, order), _table(single, name, order)
         assert len(want) > 0
         pd.testing.assert_frame_equal(got, want, check_dtype=False)
+
+
+def test_a_run_that_cannot_become_rows_is_reported_and_the_others_are_recorded(trained, month_files, tmp_path,
+                                                                               caplog):
+    from engine.decision.decide import decide_frame
+    from engine.decision.run import load_policy_engine
+    from engine.feedback.store import open_store
+    from engine.model.registry import load_model
+    from engine.serve.decider import Recorder, serving_settings
+    from engine.serve.ledger import Ledger
+
+    settings = serving_settings(trained.settings())
+    loaded = load_model(settings, "champion")
+    rows = read_table(month_files["same"]).drop(columns=["churn", "churn_reason"]).iloc[:6].reset_index(drop=True)
+    good, bad = (decide_frame(rows, loaded=loaded, policy_engine=load_policy_engine("policies"), settings=settings,
+                              run_id=f"run-{name}", run_date=dt.date(2026, 11, 24), source="request")
+                 for name in ("good", "bad"))
+    bad.table["subscriber_id"] = bad.table["subscriber_id"].iloc[0]  # one subscriber twice: not storable
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    store = open_store(settings, url=url)
+    recorder = Recorder(settings, Ledger(store, None, {}), flush_seconds=0.05, store_url=url)
+    recorder.submit(bad, {}, pd.DataFrame())
+    recorder.submit(good, {}, pd.DataFrame())
+    recorder.close()
+    assert recorder.unrecorded_runs == 1
+    assert any("run-bad could not be recorded" in r.getMessage() and "duplicate subscriber_id" in r.getMessage()
+               for r in caplog.records)
+    assert recorder.written_runs == 1 and recorder.written_decisions == 6
+    assert _table(store, "decision_runs", ["decision_run"])["decision_run"].tolist() == ["run-good"]
