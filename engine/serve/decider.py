@@ -454,13 +454,13 @@ class Decider:
         if claimed:  # taken from the allowance and logged in the store already
             items, contacts = {}, contacts.iloc[0:0]
         self.ledger.spend(today, items, run_id, contacts)
-        self.recorder.submit(decisions, items, contacts)
         rows = response_rows(table, decisions.work_orders, run_id)
         start = 0
         for job in batch:
             n = len(job.records)
             job.future.set_result(rows[start:start + n])
             start += n
+        self.recorder.submit(decisions, items, contacts)  # after the answers: the writer's work wakes after them
         if self.on_batch:
             t3 = time.perf_counter()
             self.on_batch(len(batch), dict(Counter(column_values(table, "status", object).tolist())),
