@@ -23,7 +23,7 @@ def features(champion):
 def test_a_trained_model_carries_its_leaf_tables(champion, features):
     assert champion._leaf_shap is not None, "training logs leaf_shap.npz and loading restores it"
     _values, known = champion._leaf_shap.lookup(champion._pool(features))
-    assert known.mean() > 0.9, "training rows reach the leaves most new rows reach"
+    assert known.mean() >= 0.99, "training rows, and rows mixing their columns, reach the leaves new rows reach"
 
 
 def test_a_few_rows_get_catboosts_exact_values_and_the_batch_values(champion, features):
