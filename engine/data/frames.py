@@ -61,6 +61,24 @@ def _plain(values: Any, n: int) -> bool:
     return isinstance(values, pd.Categorical) and len(values) == n
 
 
+_COLUMN_INDEXES: dict[tuple[str, ...], pd.Index] = {}
+COLUMN_INDEXES_KEPT = 1024
+
+
+def _columns_index(names: list[str]) -> pd.Index:
+    """One shared columns Index per list of names. Why: an Index is immutable, and a decide call builds the
+    same few frames' columns every call: building the Index (~15 us) and, on the first `get_loc`, its hash
+    table cost more than the frame's other parts. Shared, both are made once. (pandas never changes an
+    Index in place; `frame.columns.name = ...` would, for every frame sharing it: nothing here does that.)"""
+    key = tuple(names)
+    index = _COLUMN_INDEXES.get(key)
+    if index is None:
+        if len(_COLUMN_INDEXES) >= COLUMN_INDEXES_KEPT:
+            _COLUMN_INDEXES.clear()
+        index = _COLUMN_INDEXES[key] = pd.Index(names, dtype=object)
+    return index
+
+
 def frame_of(columns: Mapping[str, Any], index: pd.Index | None = None, *, consolidate: bool = False) -> pd.DataFrame:
     """`pd.DataFrame(columns, index=index, copy=False)`: the arrays are the frame's, not copied; a scalar
     (a run id, a date) is broadcast as a column of Python objects. `consolidate=True` copies columns of one
@@ -80,7 +98,7 @@ def frame_of(columns: Mapping[str, Any], index: pd.Index | None = None, *, conso
         except ImportError:  # other internals: the constructor
             pass
         else:
-            mgr = create_block_manager_from_column_arrays(arrays, [pd.Index(names, dtype=object), index],
+            mgr = create_block_manager_from_column_arrays(arrays, [_columns_index(names), index],
                                                           consolidate=consolidate, refs=[None] * len(arrays))
             return pd.DataFrame._from_mgr(mgr, axes=mgr.axes)
     return pd.DataFrame(dict(zip(names, arrays, strict=True)), index=index, copy=False)

@@ -93,3 +93,18 @@ def test_records_frame_is_the_constructor_s_frame() -> None:
         expected = pd.DataFrame(rows)
         pd.testing.assert_frame_equal(records_frame(rows), expected, check_exact=True)
     pd.testing.assert_frame_equal(records_frame([]), pd.DataFrame([]))
+
+
+def test_frames_with_the_same_columns_share_one_columns_index_and_changing_one_leaves_the_other() -> None:
+    from engine.data.frames import frame_of
+
+    a = frame_of({"x": np.arange(3), "y": np.array(["p", "q", "r"], dtype=object)})
+    b = frame_of({"x": np.arange(2), "y": np.array(["s", "t"], dtype=object)})
+    assert a.columns is b.columns, "built once, shared"
+    a["z"] = 1.0
+    a = a.rename(columns={"x": "w"})
+    c = b.copy()
+    c.insert(0, "first", 0)
+    assert list(b.columns) == ["x", "y"] and b["y"].tolist() == ["s", "t"]
+    assert list(frame_of({"x": np.arange(1), "y": np.array(["u"], dtype=object)}).columns) == ["x", "y"]
+    pd.testing.assert_frame_equal(b, pd.DataFrame({"x": np.arange(2), "y": ["s", "t"]}))
