@@ -79,3 +79,35 @@ def test_a_run_that_cannot_become_rows_is_reported_and_the_others_are_recorded(t
                for r in caplog.records)
     assert recorder.written_runs == 1 and recorder.written_decisions == 6
     assert _table(store, "decision_runs", ["decision_run"])["decision_run"].tolist() == ["run-good"]
+
+
+def test_a_failed_write_keeps_the_runs_rows_and_writes_them_once_the_store_is_back(trained, month_files, tmp_path):
+    import time
+
+    from engine.decision.decide import decide_frame
+    from engine.decision.run import load_policy_engine
+    from engine.feedback.store import open_store
+    from engine.model.registry import load_model
+    from engine.serve.decider import Recorder, serving_settings
+    from engine.serve.ledger import Ledger
+
+    settings = serving_settings(trained.settings())
+    loaded = load_model(settings, "champion")
+    rows = read_table(month_files["same"]).drop(columns=["churn", "churn_reason"]).iloc[:5].reset_index(drop=True)
+    run = decide_frame(rows, loaded=loaded, policy_engine=load_policy_engine("policies"), settings=settings,
+                       run_id="run-late", run_date=dt.date(2026, 11, 24), source="request")
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    store = open_store(settings, url=url)
+    with store.engine.begin() as c:
+        c.exec_driver_sql("ALTER TABLE decisions RENAME TO decisions_away")
+    recorder = Recorder(settings, Ledger(store, None, {}), flush_seconds=0.05, store_url=url)
+    recorder.submit(run, {}, pd.DataFrame())
+    deadline = time.monotonic() + 30
+    while recorder.failures < 4 and time.monotonic() < deadline:  # a flush and its 3 retries: queued again
+        time.sleep(0.02)
+    assert recorder.failures >= 4 and recorder.written_runs == 0 and "decisions" in recorder.last_error
+    with store.engine.begin() as c:
+        c.exec_driver_sql("ALTER TABLE decisions_away RENAME TO decisions")
+    recorder.close()
+    assert recorder.written_runs == 1 and recorder.written_decisions == 5 and recorder.unrecorded_runs == 0
+    assert len(_table(store, "decisions", ["subscriber_id"])) == 5
