@@ -125,16 +125,16 @@ def record_run_parts(settings: Settings, summary: Mapping[str, Any], tables: Ite
         if replace:
             store.delete_run(conn, run)
         # first: decisions and orders refer to it
-        store.insert_frame(conn, runs_table, pd.DataFrame([run_row(summary, run, decided_on)]))
+        store.insert_frame(conn, runs_table, pd.DataFrame([stored_run(summary, run, decided_on)]))
         for table in tables:
             _require_decision_columns(table)
-            rows = decision_rows(table, run)
+            rows = stored_decisions(table, run)
             store.insert_frame(conn, decisions_table, rows)
             n += len(rows)
             offers += int((rows["status"] == "offer").sum())
             control += int(rows["control"].sum())
         for part in orders:
-            store.insert_frame(conn, orders_table, order_rows(part, run))
+            store.insert_frame(conn, orders_table, stored_orders(part, run))
             n_orders += len(part)
         conn.execute(sa.update(runs_table).where(runs_table.c.decision_run == run)
                      .values(subscribers=n, offers=offers, control=control))
@@ -147,8 +147,8 @@ def _require_decision_columns(table: pd.DataFrame) -> None:
         raise DataError(f"decision table lacks column(s) {', '.join(missing)}; is it a retain decisions table?")
 
 
-def run_row(summary: Mapping[str, Any], run: str, decided_on: str, *, subscribers: int = 0, offers: int = 0,
-            control: int = 0) -> dict[str, Any]:
+def stored_run(summary: Mapping[str, Any], run: str, decided_on: str, *, subscribers: int = 0,
+               offers: int = 0, control: int = 0) -> dict[str, Any]:
     """The store's `decision_runs` row of a run (`summary`: `Decisions.summary`, kept whole as JSON)."""
     version = summary.get("model_version")
     return {"decision_run": run, "decided_on": decided_on[:10], "recorded_at": now_iso(),
@@ -158,12 +158,12 @@ def run_row(summary: Mapping[str, Any], run: str, decided_on: str, *, subscriber
             "summary": json.dumps(dict(summary), default=str)}
 
 
-def decision_rows(table: pd.DataFrame, run: str) -> pd.DataFrame:
-    """The store's `decisions` rows of a run's decision table (`decision_columns` as a frame)."""
-    return frame_of(decision_columns(table, run), pd.RangeIndex(len(table)))
+def stored_decisions(table: pd.DataFrame, run: str) -> pd.DataFrame:
+    """The store's `decisions` rows of a run's decision table (`stored_decision_columns` as a frame)."""
+    return frame_of(stored_decision_columns(table, run), pd.RangeIndex(len(table)))
 
 
-def decision_columns(table: pd.DataFrame, run: str) -> dict[str, Any]:
+def stored_decision_columns(table: pd.DataFrame, run: str) -> dict[str, Any]:
     """The store's `decisions` columns (arrays; scalars for a whole column) of a run's decision table; a
     subscriber appears at most once per run. Arrays, not a frame: the service turns a few subscribers' into
     rows for every decide call, where building a frame costs as much as reading it back."""
@@ -184,12 +184,12 @@ def decision_columns(table: pd.DataFrame, run: str) -> dict[str, Any]:
     return cols
 
 
-def order_rows(part: pd.DataFrame, run: str) -> pd.DataFrame:
-    """The store's `work_orders` rows of a run's published orders (`order_columns` as a frame)."""
-    return frame_of(order_columns(part, run), pd.RangeIndex(len(part)))
+def stored_orders(part: pd.DataFrame, run: str) -> pd.DataFrame:
+    """The store's `work_orders` rows of a run's published orders (`stored_order_columns` as a frame)."""
+    return frame_of(stored_order_columns(part, run), pd.RangeIndex(len(part)))
 
 
-def order_columns(part: pd.DataFrame, run: str, channel: str | None = None) -> dict[str, Any]:
+def stored_order_columns(part: pd.DataFrame, run: str, channel: str | None = None) -> dict[str, Any]:
     """The store's `work_orders` columns of a run's published orders; `channel` for one channel's orders
     (which have no channel column of their own). Dates are stored as their first ten characters."""
     cols: dict[str, Any] = {}

@@ -153,7 +153,8 @@ class RunRows:
 def run_rows(decisions: Decisions, items: dict[str, float] | None = None,
              contacts: pd.DataFrame | None = None) -> RunRows:
     """A decided run as exactly the rows `engine.feedback.ingest.record_run` stores for it (the same builders:
-    `run_row`, `decision_columns`, `order_columns`), plus the allowance it used and its contacts for the ledger.
+    `stored_run`, `stored_decision_columns`, `stored_order_columns`), plus the allowance it used and its
+    contacts for the ledger.
 
     Why a run at a time, as it is queued: built for many runs at once in the flush, the same work was one
     burst of ~15 ms of Python every flush interval, which stretched whichever decide calls it overlapped
@@ -161,15 +162,21 @@ def run_rows(decisions: Decisions, items: dict[str, float] | None = None,
     Why not `record_run` per run: it opens the store and commits once per run (~20 ms per one-subscriber run
     measured under load), and the service makes a run per decide call.
     """
-    from engine.feedback.ingest import DECISION_COLUMNS, ORDER_COLUMNS, decision_columns, order_columns, run_row
+    from engine.feedback.ingest import (
+        DECISION_COLUMNS,
+        ORDER_COLUMNS,
+        stored_decision_columns,
+        stored_order_columns,
+        stored_run,
+    )
 
     table, run, n = decisions.table, decisions.run_id, len(decisions.table)
-    cols = decision_columns(table, run)
-    summary = run_row(decisions.summary, run, decisions.run_date.isoformat(), subscribers=n,
+    cols = stored_decision_columns(table, run)
+    summary = stored_run(decisions.summary, run, decisions.run_date.isoformat(), subscribers=n,
                       offers=int((np.asarray(cols["status"], dtype=object) == "offer").sum()),
                       control=int(np.sum(cols["control"])))
     orders = [row for ch, o in decisions.work_orders.items() if len(o)
-              for row in column_tuples(order_columns(o, run, channel=ch), ORDER_COLUMNS, len(o))]
+              for row in column_tuples(stored_order_columns(o, run, channel=ch), ORDER_COLUMNS, len(o))]
     return RunRows(decisions.run_date, run, dict(items or {}), tuple(summary[c] for c in RUN_COLUMNS),
                    column_tuples(cols, DECISION_COLUMNS, n), orders,
                    [] if contacts is None else contact_rows(contacts))
