@@ -45,7 +45,7 @@ from engine.errors import DataError
 from engine.feedback.store import Store, column_tuples, open_store
 from engine.feedback.store import decision_runs as _runs_table
 from engine.model.churn import PROBABILITY
-from engine.serve.ledger import Ledger, RunSpend, contact_rows, contacts_of, spend_of
+from engine.serve.ledger import Ledger, RunSpend, contacts_of, spend_of
 from engine.serve.state import ServingState
 
 log = logging.getLogger("retain.serve")
@@ -151,7 +151,7 @@ class RunRows:
 
 
 def run_rows(decisions: Decisions, items: dict[str, float] | None = None,
-             contacts: pd.DataFrame | None = None) -> RunRows:
+             contacts: list[tuple] | None = None) -> RunRows:
     """A decided run as exactly the rows `engine.feedback.ingest.record_run` stores for it (the same builders:
     `stored_run`, `stored_decision_columns`, `stored_order_columns`), plus the allowance it used and its
     contacts for the ledger.
@@ -179,7 +179,7 @@ def run_rows(decisions: Decisions, items: dict[str, float] | None = None,
               for row in column_tuples(stored_order_columns(o, run, channel=ch), ORDER_COLUMNS, len(o))]
     return RunRows(decisions.run_date, run, dict(items or {}), tuple(summary[c] for c in RUN_COLUMNS),
                    column_tuples(cols, DECISION_COLUMNS, n), orders,
-                   [] if contacts is None else contact_rows(contacts))
+                   list(contacts or []))
 
 
 def record_runs(store: Store, conn: Any, runs: list[RunRows]) -> None:
@@ -219,7 +219,7 @@ class Recorder:
     def backlog(self) -> int:
         return self._queue.qsize()
 
-    def submit(self, decisions: Decisions, items: dict[str, float], contacts: pd.DataFrame) -> None:
+    def submit(self, decisions: Decisions, items: dict[str, float], contacts: list[tuple]) -> None:
         self._queue.put((decisions, items, contacts))
 
     def _rows(self, item: Any) -> RunRows | None:
@@ -461,7 +461,7 @@ class Decider:
         table = decisions.table
         decisions.summary["input"] = "retain serve"
         if claimed:  # taken from the allowance and logged in the store already
-            items, contacts = {}, contacts.iloc[0:0]
+            items, contacts = {}, []
         self.ledger.spend(today, items, run_id, contacts)
         rows = response_rows(table, decisions.work_orders, run_id)
         start = 0

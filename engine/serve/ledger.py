@@ -27,16 +27,16 @@ import datetime as dt
 import threading
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
+from itertools import repeat
 
-import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from engine.data.frames import column_values, frame_of
+from engine.data.frames import column_values
 from engine.data.schema import ID
 from engine.decision.contact import HISTORY_COLUMNS
 from engine.decision.decide import RunState
-from engine.feedback.store import Store, StoreError, now_iso, store_tuples
+from engine.feedback.store import Store, StoreError, now_iso, python_values
 from engine.feedback.store import outcomes as outcomes_table
 
 BUDGET = "budget"
@@ -61,7 +61,7 @@ contacts_table = sa.Table(
     sa.Index("ix_serve_contacts_subscriber", "subscriber_id", "contacted_on"),
 )
 CONTACT_COLUMNS = [c.key for c in contacts_table.c]
-#: day, decision run, allowance items used, contacts (rows in CONTACT_COLUMNS' order, `store_tuples`)
+#: day, decision run, allowance items used, contacts (`contacts_of` rows)
 RunSpend = tuple[dt.date, str, Mapping[str, float], list[tuple]]
 #: Built once, values bound per call: building an update statement cost ~0.3 ms, more than running it.
 _ADD_USED = (allowance_table.update()
@@ -85,25 +85,17 @@ def spend_of(state: RunState) -> dict[str, float]:
     return out
 
 
-def contacts_of(run_id: str, run_date: dt.date, work_orders: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
-    """One row per published work order, in `serve_contacts`' columns."""
-    parts = [(ch, o) for ch, o in work_orders.items() if len(o)]
-    if not parts:
-        return pd.DataFrame(columns=CONTACT_COLUMNS)
-
-    def text(col: str) -> np.ndarray:
-        return np.array([str(v) for _ch, o in parts for v in column_values(o, col, object).tolist()], dtype=object)
-
-    return frame_of({  # one frame from arrays (per-channel frames and a concat cost ~1 ms a request)
-        "order_id": text("order_id"), "decision_run": run_id, ID: text(ID), "contacted_on": run_date.isoformat(),
-        "channel": np.concatenate([np.full(len(o), ch, dtype=object) for ch, o in parts]),
-        "offer_id": np.concatenate([column_values(o, "offer_id", object) for _ch, o in parts]),
-    })
-
-
-def contact_rows(contacts: pd.DataFrame) -> list[tuple]:
-    """`contacts_of`'s frame as rows for `Ledger.write` (CONTACT_COLUMNS' order)."""
-    return store_tuples(contacts, CONTACT_COLUMNS) if len(contacts) else []
+def contacts_of(run_id: str, run_date: dt.date, work_orders: Mapping[str, pd.DataFrame]) -> list[tuple]:
+    """One row per published work order, in `serve_contacts`' columns (CONTACT_COLUMNS' order, plain Python
+    values, None for a missing offer): what the ledger counts, claims and writes, built once per decide call."""
+    day = run_date.isoformat()
+    rows: list[tuple] = []
+    for ch, o in work_orders.items():
+        if len(o):
+            rows.extend(zip(map(str, column_values(o, "order_id", object).tolist()), repeat(run_id),
+                            map(str, column_values(o, ID, object).tolist()), repeat(day), repeat(ch),
+                            python_values(column_values(o, "offer_id", object), len(o)), strict=False))
+    return rows
 
 
 class Ledger:
@@ -159,7 +151,7 @@ class Ledger:
     def limit_of(self, item: str) -> float | None:
         return self.budget if item == BUDGET else self.capacity.get(item.removeprefix(CHANNEL_PREFIX))
 
-    def claim(self, day: dt.date, items: Mapping[str, float], contacts: pd.DataFrame | None = None) -> bool:
+    def claim(self, day: dt.date, items: Mapping[str, float], contacts: list[tuple] | None = None) -> bool:
         """Take `items` from today's allowance in the store now, all or nothing (for several workers),
         and log `contacts` in the same transaction, so every worker's contact rules see them at once.
 
@@ -181,8 +173,8 @@ class Ledger:
                         if there is not None or (limit is not None and v > limit + 1e-9):
                             raise _Refused(item)
                         conn.execute(a.insert().values(day=key, item=item, used=v, updated_at=stamp))
-                if contacts is not None and len(contacts):
-                    self.store.insert_frame(conn, contacts_table, contacts)
+                if contacts:
+                    self.store.insert_rows(conn, contacts_table, CONTACT_COLUMNS, contacts)
         except (_Refused, StoreError):
             return False
         with self._lock:
@@ -191,17 +183,16 @@ class Ledger:
                 stored[item] = stored.get(item, 0.0) + v
         return True
 
-    def spend(self, day: dt.date, items: Mapping[str, float], run_id: str, contacts: pd.DataFrame) -> None:
-        """A decision made (not yet written): count it now so the next decision sees it."""
+    def spend(self, day: dt.date, items: Mapping[str, float], run_id: str, contacts: list[tuple]) -> None:
+        """A decision made (not yet written): count it now so the next decision sees it. `contacts`: the
+        run's `contacts_of` rows."""
         with self._lock:
             for item, v in items.items():
                 self._unwritten[day.isoformat()][item] += v
-            if len(contacts):
-                rows = list(zip(*(column_values(contacts, c, object).tolist()
-                                  for c in (ID, "contacted_on", "channel", "offer_id", "order_id")), strict=True))
-                for row in rows:
-                    self._unwritten_contacts[row[0]].setdefault(run_id, []).append(row)
-                self._unwritten_runs[run_id] = [row[0] for row in rows]
+            if contacts:
+                for order, _run, sub, on, channel, offer in contacts:
+                    self._unwritten_contacts[sub].setdefault(run_id, []).append((sub, on, channel, offer, order))
+                self._unwritten_runs[run_id] = [row[2] for row in contacts]
 
     def write(self, conn: sa.Connection, runs: Iterable[RunSpend]) -> None:
         """Add the allowance used and the contacts of `runs` inside the caller's transaction."""

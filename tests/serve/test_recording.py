@@ -71,8 +71,8 @@ def test_a_run_that_cannot_become_rows_is_reported_and_the_others_are_recorded(t
     url = f"sqlite:///{tmp_path / 'store.db'}"
     store = open_store(settings, url=url)
     recorder = Recorder(settings, Ledger(store, None, {}), flush_seconds=0.05, store_url=url)
-    recorder.submit(bad, {}, pd.DataFrame())
-    recorder.submit(good, {}, pd.DataFrame())
+    recorder.submit(bad, {}, [])
+    recorder.submit(good, {}, [])
     recorder.close()
     assert recorder.unrecorded_runs == 1
     assert any("run-bad could not be recorded" in r.getMessage() and "duplicate subscriber_id" in r.getMessage()
@@ -101,7 +101,7 @@ def test_a_failed_write_keeps_the_runs_rows_and_writes_them_once_the_store_is_ba
     with store.engine.begin() as c:
         c.exec_driver_sql("ALTER TABLE decisions RENAME TO decisions_away")
     recorder = Recorder(settings, Ledger(store, None, {}), flush_seconds=0.05, store_url=url)
-    recorder.submit(run, {}, pd.DataFrame())
+    recorder.submit(run, {}, [])
     deadline = time.monotonic() + 30
     while recorder.failures < 4 and time.monotonic() < deadline:  # a flush and its 3 retries: queued again
         time.sleep(0.02)

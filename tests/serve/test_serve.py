@@ -407,7 +407,7 @@ def test_history_from_the_store_feeds_the_contact_rules(tmp_path):
     from engine.decision.contact import blocked_reasons
     from engine.feedback.store import open_store
     from engine.serve.decider import SAME_DAY_REASON, serving_settings
-    from engine.serve.ledger import Ledger, contact_rows, contacts_of
+    from engine.serve.ledger import Ledger, contacts_of
 
     store = open_store(url=f"sqlite:///{tmp_path / 'h.db'}")
     ledger = Ledger(store, budget=10.0, capacity={"sms": 3, "app_popup": None})
@@ -422,10 +422,10 @@ def test_history_from_the_store_feeds_the_contact_rules(tmp_path):
                           "VALUES ('r1', 'A', 1, 0, 'x')"))
         orders = {"sms": pd.DataFrame({"order_id": ["r1-1"], "subscriber_id": ["A"], "offer_id": ["discount_15"]})}
         ledger.write(c, [(dt.date(2026, 11, 10), "r1", {"budget": 4.0, "channel:sms": 1},
-                          contact_rows(contacts_of("r1", dt.date(2026, 11, 10), orders)))])
+                          (contacts_of("r1", dt.date(2026, 11, 10), orders)))])
         orders = {"app_popup": pd.DataFrame({"order_id": ["r2-1"], "subscriber_id": ["B"], "offer_id": ["bonus_data"]})}
         ledger.write(c, [(today, "r2", {"budget": 4.0, "channel:app_popup": 1},
-                          contact_rows(contacts_of("r2", today, orders)))])
+                          (contacts_of("r2", today, orders)))])
     # decided but not yet written: seen by the next decision all the same
     ledger.spend(today, {"budget": 3.0, "channel:sms": 2}, "r3",
                  contacts_of("r3", today, {"sms": pd.DataFrame({"order_id": ["r3-1"], "subscriber_id": ["C"],
@@ -445,7 +445,7 @@ def test_history_from_the_store_feeds_the_contact_rules(tmp_path):
         "without a daily limit (the batch default) a contact today alone blocks nothing"
     # once written, the contact is read from the store: once, not also from what waited for the writer
     r3 = (today, "r3", {"budget": 3.0, "channel:sms": 2},
-          contact_rows(contacts_of("r3", today, {"sms": pd.DataFrame({"order_id": ["r3-1"], "subscriber_id": ["C"],
+          (contacts_of("r3", today, {"sms": pd.DataFrame({"order_id": ["r3-1"], "subscriber_id": ["C"],
                                                                       "offer_id": ["care_message"]})})))
     with store.transaction() as c:
         ledger.write(c, [r3])
