@@ -288,6 +288,37 @@ def test_remembered_classes_give_what_durable_rules_gives():
         assert semantics.decide_one(rec, dt.date(2030, 1, 1))["rule_id"] == "future"
 
 
+def test_new_combinations_are_answered_from_each_rules_own_classes():
+    """A combination of classes not seen before is answered without durable-rules once every rule has met the
+    classes of its own inputs, and the answers are still durable-rules' own, on every decision date."""
+    engine = PolicyEngine(load_policy_set(ROOT / "policies"), decision_date=TODAY)
+    asked = []
+    match = engine._ruleset.match
+    engine._ruleset.match = lambda facts: asked.append(len(facts)) or match(facts)
+    warm = synthetic_frame(3000, seed=21)
+    for start in range(0, len(warm), 8):
+        engine.evaluate(warm.iloc[start:start + 8].reset_index(drop=True))
+    known = set(engine._matched_memo)
+    later = synthetic_frame(800, seed=22)
+    asked.clear()
+    new_classes = 0
+    for start in range(0, len(later), 8):
+        part = later.iloc[start:start + 8].reset_index(drop=True)
+        cols = engine._columns(part)
+        new_classes += len(set(engine._class_keys(cols, np.arange(len(part)), TODAY)) - known)
+        known |= set(engine._class_keys(cols, np.arange(len(part)), TODAY))
+        reference = PolicyEngine(load_policy_set(ROOT / "policies"), decision_date=TODAY)
+        pd.testing.assert_frame_equal(engine.decide(part), reference.decide(part, per_row=True))
+    assert new_classes > 50, "the later subscribers bring combinations of classes not seen before"
+    assert sum(asked) < new_classes / 5, (sum(asked), new_classes)
+    # remembered per day: on another date (a rule's validity window) the same rows get that date's answers
+    dated = PolicyEngine(load_policy_set(SEMANTICS), decision_date=TODAY)
+    rows = pd.DataFrame([subscriber(risk_grade="high", tenure_months=24), subscriber(risk_grade="low")])
+    for on in (TODAY, dt.date(2030, 1, 1), TODAY):
+        fresh = PolicyEngine(load_policy_set(SEMANTICS), decision_date=TODAY)
+        pd.testing.assert_frame_equal(dated.decide(rows, on), fresh.decide(rows, on, per_row=True))
+
+
 def test_remembered_reachability_gives_what_a_fresh_engine_gives():
     """`reachable` remembers each group's answer per day: small frames asked again and again (the HTTP
     service's) get the answers a fresh engine works out, and a group seen before is not evaluated again."""
