@@ -164,3 +164,22 @@ def test_category_text_of_many_rows_is_the_value_by_value_text_with_one_string_p
         assert category_text(values).tolist() == by_value(values).tolist()
     shared = category_text(np.array(["prepaid", "business"] * 50, dtype=object))
     assert len({id(v) for v in shared}) == 2, "one object per distinct value"
+
+
+def test_model_frames_are_the_constructors_frames():
+    """The model's frames (features, scores, reasons) skip the constructor's per-column checks; the frame is
+    the constructor's: dtypes, blocks, index, values; other arrays take the constructor itself."""
+    from engine.model.portable.features import frame_from_arrays
+
+    n = 6
+    columns = {"plan": np.array(["prepaid", None, "x", "y", "z", "w"], dtype=object), "arpu": np.linspace(0, 1, n),
+               "count": np.arange(n), "flag": np.arange(n) % 2 == 0, "tier": np.array(["a"] * n, dtype=object)}
+    index = pd.RangeIndex(n) * 3 + 7
+    for idx in (index, None):
+        got = frame_from_arrays(columns, idx)
+        want = pd.DataFrame(columns, index=idx)
+        pd.testing.assert_frame_equal(got, want)
+        assert got._mgr.nblocks == want._mgr.nblocks
+    listed = {"a": [1, 2], "b": np.array([0.5, 1.5])}  # a list: the constructor
+    pd.testing.assert_frame_equal(frame_from_arrays(listed), pd.DataFrame(listed))
+    pd.testing.assert_frame_equal(frame_from_arrays({}), pd.DataFrame({}, index=pd.RangeIndex(0)))

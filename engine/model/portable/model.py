@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from catboost import CatBoostClassifier, Pool
 
-from .features import FeaturePipeline, column_values
+from .features import FeaturePipeline, column_values, frame_from_arrays
 from .leafshap import LeafShap
 from .reasons import reasons_from_shap
 from .value_tiers import ValueTiers
@@ -217,7 +217,7 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
         cols[PROBABILITY] = self.predict_proba(df, features=feats)
         tiers = self.value_tiers(df)
         cols[VALUE_TIER] = np.full(len(df), None, dtype=object) if tiers is None else tiers
-        return pd.DataFrame(cols, index=df.index)  # one constructor: column inserts cost ms per call
+        return frame_from_arrays(cols, df.index)  # one constructor: column inserts cost ms per call
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """The generic pyfunc entry point (mlflow serving, Spark UDFs): `churn_probability` per row.

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
+from .features import frame_from_arrays
+
 NO_REASON = "none"
 
 #: How a signal reads in a work order. `{v}` is the subscriber's value of the feature.
@@ -73,7 +75,7 @@ def reasons_from_shap(shap: np.ndarray, feature_names: list[str],
     masked = np.where(member, shap, -np.inf)
     best = masked.argmax(axis=1)
     signal = np.where(has, np.asarray(feature_names, dtype=object)[best], "")
-    return pd.DataFrame({"reason": reason, "reason_share": share.round(4), "reason_signal": signal}, copy=False)
+    return frame_from_arrays({"reason": reason, "reason_share": share.round(4), "reason_signal": signal})
 
 
 def _pct(v: float) -> str:
