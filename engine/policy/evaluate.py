@@ -309,7 +309,7 @@ class PolicyEngine:
     def _remember_by_rule(self, keys: list[tuple], matched: list[tuple[int, ...]]) -> None:
         """Each rule's answer for the classes of its own inputs, as durable-rules gave it for `keys`."""
         memo = self._rule_memo
-        if len(memo) + len(keys) * len(self._rule_inputs) > MEMO_CLASSES:
+        if len(memo) >= MEMO_CLASSES:  # (each rule's combinations are few: a bound that is seldom reached)
             memo.clear()
         for key, hits in zip(keys, matched, strict=True):
             day, found = key[0], set(hits)
