@@ -283,7 +283,7 @@ class PolicyEngine:
         classes before, filling `matched`; the rest are returned for durable-rules.
 
         Why: a class key combines the codes of every rule input, so subscribers keep bringing combinations
-        not seen before (~9,000 classes after 24,000 subscribers of the demo data), each an assertion to
+        not seen before (~9,000 classes after 24,000 simulated subscribers), each an assertion to
         durable-rules inside a real-time request. A rule reads a handful of inputs, so each rule's own
         combinations are few and soon all known. Exact for the reason the classes are (module docs): a
         rule's truth on a day depends only on the classes of the inputs it reads.

@@ -54,7 +54,7 @@ def column_values(df: pd.DataFrame, col: str) -> np.ndarray | None:
 
 def frame_from_arrays(columns: dict[str, np.ndarray], index: pd.Index | None = None) -> pd.DataFrame:
     """`pd.DataFrame(columns, index=index)` for 1-D numpy arrays of one length, without the constructor's
-    checks of every column (8 rows of 27 features: ~130 -> ~35 us, which a real-time request pays on each
+    checks of every column (8 rows of 27 features: ~125 -> ~50 us, which a real-time request pays on each
     frame the model builds). `DataFrame._from_arrays` is the step the constructor ends with; anything else
     (another pandas without it, other arrays) goes through the constructor, so the frame is the same."""
     arrays = list(columns.values())
