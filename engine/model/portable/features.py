@@ -56,7 +56,8 @@ def frame_from_arrays(columns: dict[str, np.ndarray], index: pd.Index | None = N
     """`pd.DataFrame(columns, index=index)` for 1-D numpy arrays of one length, without the constructor's
     checks of every column (8 rows of 27 features: ~125 -> ~50 us, which a real-time request pays on each
     frame the model builds). `DataFrame._from_arrays` is the step the constructor ends with; anything else
-    (another pandas without it, other arrays) goes through the constructor, so the frame is the same."""
+    (another pandas without it, other arrays) goes through the constructor, so the frame is the same.
+    (`engine.data.frames.frame_of` is the engine's, for its own frames; this package cannot import it.)"""
     arrays = list(columns.values())
     n = len(arrays[0]) if arrays else 0
     index = pd.RangeIndex(n) if index is None else index
