@@ -128,11 +128,12 @@ def record_run_parts(settings: Settings, summary: Mapping[str, Any], tables: Ite
         store.insert_frame(conn, runs_table, pd.DataFrame([stored_run(summary, run, decided_on)]))
         for table in tables:
             _require_decision_columns(table)
-            rows = stored_decisions(table, run)
-            store.insert_frame(conn, decisions_table, rows)
-            n += len(rows)
-            offers += int((rows["status"] == "offer").sum())
-            control += int(rows["control"].sum())
+            cols = stored_decision_columns(table, run)
+            store.insert_frame(conn, decisions_table, frame_of(cols, pd.RangeIndex(len(table))))
+            n += len(table)
+            run_offers, run_control = offers_and_control(cols)
+            offers += run_offers
+            control += run_control
         for part in orders:
             store.insert_frame(conn, orders_table, stored_orders(part, run))
             n_orders += len(part)
@@ -158,11 +159,6 @@ def stored_run(summary: Mapping[str, Any], run: str, decided_on: str, *, subscri
             "summary": json.dumps(dict(summary), default=str)}
 
 
-def stored_decisions(table: pd.DataFrame, run: str) -> pd.DataFrame:
-    """The store's `decisions` rows of a run's decision table (`stored_decision_columns` as a frame)."""
-    return frame_of(stored_decision_columns(table, run), pd.RangeIndex(len(table)))
-
-
 def stored_decision_columns(table: pd.DataFrame, run: str) -> dict[str, Any]:
     """The store's `decisions` columns (arrays; scalars for a whole column) of a run's decision table; a
     subscriber appears at most once per run. Arrays, not a frame: the service turns a few subscribers' into
@@ -182,6 +178,13 @@ def stored_decision_columns(table: pd.DataFrame, run: str) -> dict[str, Any]:
     if seen.has_duplicates:
         raise DataError(f"decision table has duplicate subscriber_id (e.g. '{ids[seen.duplicated()][0]}')")
     return cols
+
+
+def offers_and_control(columns: Mapping[str, Any]) -> tuple[int, int]:
+    """A run's offers and control subscribers (its `decision_runs` counts), from the columns
+    `stored_decision_columns` gives: one place for both writers of runs (`record_run`, the HTTP service)."""
+    status = np.asarray(columns["status"], dtype=object)
+    return int((status == "offer").sum()), int(np.count_nonzero(columns["control"]))
 
 
 def stored_orders(part: pd.DataFrame, run: str) -> pd.DataFrame:

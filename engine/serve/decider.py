@@ -165,6 +165,7 @@ def run_rows(decisions: Decisions, items: dict[str, float] | None = None,
     from engine.feedback.ingest import (
         DECISION_COLUMNS,
         ORDER_COLUMNS,
+        offers_and_control,
         stored_decision_columns,
         stored_order_columns,
         stored_run,
@@ -172,9 +173,9 @@ def run_rows(decisions: Decisions, items: dict[str, float] | None = None,
 
     table, run, n = decisions.table, decisions.run_id, len(decisions.table)
     cols = stored_decision_columns(table, run)
+    offers, control = offers_and_control(cols)
     summary = stored_run(decisions.summary, run, decisions.run_date.isoformat(), subscribers=n,
-                      offers=int((np.asarray(cols["status"], dtype=object) == "offer").sum()),
-                      control=int(np.sum(cols["control"])))
+                         offers=offers, control=control)
     orders = [row for ch, o in decisions.work_orders.items() if len(o)
               for row in column_tuples(stored_order_columns(o, run, channel=ch), ORDER_COLUMNS, len(o))]
     return RunRows(decisions.run_date, run, dict(items or {}), tuple(summary[c] for c in RUN_COLUMNS),
